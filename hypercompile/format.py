@@ -1,0 +1,144 @@
+"""The on-disk bundle format, shared by the builder and the torch-free runtime.
+
+Weight files use the safetensors layout (8-byte little-endian header length, a JSON header
+of name -> dtype/shape/offsets, then raw little-endian bytes), read and written with numpy
+alone: tensors only, never a pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from .errors import BundleError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_HEADER_BYTES = 16 << 20
+
+# Marks an ONNX initializer whose value is bound per variant at load time.
+WEIGHT_STUB_LOCATION = "hypercompile:variant-weights"
+
+_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+_CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
+
+
+def sha256_bytes(data: bytes | bytearray | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_tensors(path: Path, tensors: dict[str, np.ndarray]) -> int:
+    """Write `tensors` in safetensors layout; returns the file size in bytes."""
+    header: dict[str, Any] = {}
+    offset = 0
+    arrays = []
+    for name, arr in tensors.items():
+        arr = np.ascontiguousarray(arr)
+        if arr.dtype not in _CODES:
+            raise BundleError(f"tensor {name!r}: dtype {arr.dtype} cannot be stored")
+        arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        header[name] = {
+            "dtype": _CODES[arr.dtype],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + arr.nbytes],
+        }
+        offset += arr.nbytes
+        arrays.append(arr)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for arr in arrays:
+            f.write(arr.tobytes())
+    return 8 + len(raw) + offset
+
+
+def read_tensors(data: bytes, what: str = "weight file") -> dict[str, np.ndarray]:
+    """Parse safetensors bytes into read-only numpy views of `data`."""
+    try:
+        if len(data) < 8:
+            raise ValueError("file too short")
+        (n,) = struct.unpack("<Q", data[:8])
+        if n > min(MAX_HEADER_BYTES, len(data) - 8):
+            raise ValueError("header length out of range")
+        header = json.loads(data[8 : 8 + n])
+        base = 8 + n
+        out = {}
+        for name, spec in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = np.dtype(_DTYPES[spec["dtype"]]).newbyteorder("<")
+            shape = tuple(int(d) for d in spec["shape"])
+            start, end = (int(o) for o in spec["data_offsets"])
+            count = int(np.prod(shape, dtype=np.int64))
+            if start < 0 or end != start + count * dtype.itemsize or base + end > len(data):
+                raise ValueError(f"tensor {name!r} lies outside the file")
+            arr = np.frombuffer(data, dtype=dtype, count=count, offset=base + start)
+            out[name] = arr.reshape(shape)
+        return out
+    except (ValueError, KeyError, TypeError, struct.error) as e:
+        raise BundleError(f"{what} is damaged: {e}") from None
+
+
+def safe_path(root: Path, rel: str) -> Path:
+    """Resolve a manifest path inside `root`, refusing anything that leaves it."""
+    if not isinstance(rel, str) or not rel:
+        raise BundleError(f"bundle manifest has an invalid path {rel!r}")
+    p = PurePosixPath(rel)
+    if p.is_absolute() or "\\" in rel or ".." in p.parts or rel.startswith("~"):
+        raise BundleError(f"bundle manifest path {rel!r} leaves the bundle directory")
+    full = (root / p).resolve()
+    if not full.is_relative_to(root.resolve()):
+        raise BundleError(f"bundle manifest path {rel!r} leaves the bundle directory")
+    return full
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError(f"{root} is not a bundle directory")
+    if not path.is_file():
+        raise BundleError(f"{root} has no {MANIFEST}: not a hypercompile bundle")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{path} is too large to be a manifest")
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path} is damaged: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        got = manifest.get("schema_version") if isinstance(manifest, dict) else None
+        raise BundleError(f"{path}: unsupported schema_version {got!r} (expected {SCHEMA_VERSION})")
+    return manifest
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """Replace the manifest atomically (write a sibling, then rename over)."""
+    tmp = root / f".{MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, root / MANIFEST)

@@ -1,0 +1,60 @@
+"""The HyperModel protocol: what the front end asks of a model (see DESIGN.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+
+
+@runtime_checkable
+class HyperModel(Protocol):
+    """A family of static target networks, one per condition, whose weights a hypernet makes.
+
+    - `conditions()`: JSON-scalar dicts, e.g. `{"task": 3}` or `{"width": 32}`.
+    - `build(cond)`: the target architecture for `cond`, an `nn.Module`.
+    - `generate(cond)`: the full state_dict for `build(cond)` (the hypernet's output).
+    - `example_inputs(cond)`: a tuple of tensors with the deployed shapes (batch 1).
+    - `reference(cond, *inputs)` (optional): the hypernet + target path, for parity.
+    - `quality(cond)` (optional): a score, higher is better, used by budget selection.
+    """
+
+    def conditions(self) -> Iterable[dict[str, Any]]: ...
+
+    def build(self, cond: dict[str, Any]) -> torch.nn.Module: ...
+
+    def generate(self, cond: dict[str, Any]) -> dict[str, torch.Tensor]: ...
+
+    def example_inputs(self, cond: dict[str, Any]) -> tuple[torch.Tensor, ...]: ...
+
+
+PROTOCOL_METHODS = ("conditions", "build", "generate", "example_inputs")
+
+
+def is_hypermodel(obj: Any) -> bool:
+    """Duck-typed check: an instance with the four protocol methods."""
+    return not isinstance(obj, type) and all(
+        callable(getattr(obj, m, None)) for m in PROTOCOL_METHODS
+    )
+
+
+class StaticModel:
+    """Wraps a plain `nn.Module` as a one-variant HyperModel (condition `{}`)."""
+
+    def __init__(self, module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]):
+        self.module = module.eval()
+        self._inputs = tuple(example_inputs)
+
+    def conditions(self) -> list[dict[str, Any]]:
+        return [{}]
+
+    def build(self, cond: dict[str, Any]) -> torch.nn.Module:
+        return self.module
+
+    def generate(self, cond: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return dict(self.module.state_dict())
+
+    def example_inputs(self, cond: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        return self._inputs

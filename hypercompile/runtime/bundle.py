@@ -1,0 +1,202 @@
+"""The torch-free host runtime: load a bundle, pick a variant, bind its weights, run it."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import format as fmt
+from ..backends import Runner, get_backend
+from ..errors import BackendError, BundleError, ConditionError, InputError
+from ..targets import Target, parse_target
+
+DEFAULT_CACHE_SIZE = 8
+
+
+def _cond_key(cond: dict[str, Any]) -> tuple:
+    return tuple(sorted(cond.items()))
+
+
+class Bundle:
+    """A loaded bundle. `run` is safe to call from several threads at once."""
+
+    def __init__(self, path: Path, *, cache_size: int = DEFAULT_CACHE_SIZE, verify: bool = True):
+        self.path = Path(path).resolve()
+        self.manifest = fmt.read_manifest(self.path)
+        self.cache_size = max(1, int(cache_size))
+        self._files: dict[str, str] = self.manifest.get("files", {})
+        self._check_layout()
+        if verify:
+            for rel in self._files:
+                self._verify(rel)
+        try:
+            self.target: Target = parse_target(dict(self.manifest["target"]), "bundle target")
+        except (KeyError, TypeError):
+            raise BundleError(f"{self.path}: manifest has no valid target") from None
+        self._by_cond = {_cond_key(v["cond"]): v for v in self.manifest["variants"]}
+        self._lock = threading.Lock()
+        self._runners: OrderedDict[tuple[str, str], Runner] = OrderedDict()
+        self._graph_bytes: dict[str, bytes] = {}
+
+    # -- integrity -------------------------------------------------------------------------
+    def _check_layout(self) -> None:
+        m = self.manifest
+        if not isinstance(m.get("variants"), list) or not m["variants"]:
+            raise BundleError(f"{self.path}: manifest lists no variants")
+        if not isinstance(m.get("graphs"), dict) or not isinstance(self._files, dict):
+            raise BundleError(f"{self.path}: manifest lacks graphs or files")
+        for rel in self._files:
+            fmt.safe_path(self.path, rel)
+        for v in m["variants"]:
+            if not isinstance(v, dict) or not isinstance(v.get("cond"), dict):
+                raise BundleError(f"{self.path}: manifest has a malformed variant")
+            if v.get("graph") not in m["graphs"]:
+                raise BundleError(f"{self.path}: variant {v.get('id')} names unknown graph")
+            for rel in [v.get("weights"), *v.get("artifacts", {}).values()]:
+                if rel is not None and rel not in self._files:
+                    fmt.safe_path(self.path, rel)
+                    raise BundleError(f"{self.path}: {rel!r} is not covered by the manifest hashes")
+
+    def _verify(self, rel: str, data: bytes | None = None) -> bytes:
+        path = fmt.safe_path(self.path, rel)
+        if data is None:
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                raise BundleError(f"{self.path}: cannot read {rel}: {e.strerror}") from None
+        if rel not in self._files or fmt.sha256_bytes(data) != self._files[rel]:
+            raise BundleError(f"{self.path}: {rel} is damaged (sha256 does not match the manifest)")
+        return data
+
+    # -- selection -------------------------------------------------------------------------
+    @property
+    def variants(self) -> list[dict[str, Any]]:
+        return [dict(v["cond"]) for v in self.manifest["variants"]]
+
+    @property
+    def inputs(self) -> list[dict[str, Any]]:
+        return self.manifest["inputs"]
+
+    @property
+    def outputs(self) -> list[dict[str, Any]]:
+        return self.manifest["outputs"]
+
+    def select(self, **cond: Any) -> dict[str, Any]:
+        """The variant entry whose condition matches `cond` (all given keys)."""
+        exact = self._by_cond.get(_cond_key(cond))
+        if exact is not None:
+            return exact
+        found = [
+            v for v in self.manifest["variants"] if all(v["cond"].get(k) == x for k, x in cond.items())
+        ]
+        if len(found) == 1:
+            return found[0]
+        shown = ", ".join(_fmt_cond(v) for v in self.variants[:8])
+        more = "" if len(self.variants) <= 8 else f", ... ({len(self.variants)} in all)"
+        if not found:
+            raise ConditionError(f"no variant matches {_fmt_cond(cond)}; available: {shown}{more}")
+        keys = sorted({k for v in found for k in v["cond"]} - set(cond))
+        raise ConditionError(
+            f"{len(found)} variants match {_fmt_cond(cond)}; also give {', '.join(keys)}"
+        )
+
+    # -- execution -------------------------------------------------------------------------
+    def run(
+        self, inputs: dict[str, np.ndarray], *, backend: str | None = None, **cond: Any
+    ) -> dict[str, np.ndarray]:
+        """Run the variant selected by `cond`; returns output name -> array."""
+        variant = self.select(**cond)
+        graph = self.manifest["graphs"][variant["graph"]]
+        feeds = _check_inputs(inputs, graph["inputs"])
+        runner = self._runner(variant, backend or self._default_backend(variant))
+        values = runner.run(feeds)
+        return dict(zip(graph["output_names"], values))
+
+    def _default_backend(self, variant: dict[str, Any]) -> str:
+        for name in self.target.backends:
+            if name in variant["artifacts"]:
+                return name
+        return next(iter(variant["artifacts"]))
+
+    def _runner(self, variant: dict[str, Any], backend: str) -> Runner:
+        key = (variant["id"], backend)
+        with self._lock:
+            runner = self._runners.get(key)
+            if runner is not None:
+                self._runners.move_to_end(key)
+                return runner
+            runner = self._load_runner(variant, backend)
+            self._runners[key] = runner
+            while len(self._runners) > self.cache_size:
+                self._runners.popitem(last=False)
+            return runner
+
+    def _load_runner(self, variant: dict[str, Any], backend: str) -> Runner:
+        if backend not in variant["artifacts"]:
+            have = ", ".join(variant["artifacts"])
+            raise BackendError(f"variant {_fmt_cond(variant['cond'])} has no {backend} artifact ({have})")
+        be = get_backend(backend)
+        reason = be.available()
+        if reason:
+            raise BackendError(reason)
+        rel = variant["artifacts"][backend]
+        if rel not in self._graph_bytes:
+            self._graph_bytes[rel] = self._verify(rel)
+        weights = fmt.read_tensors(self._verify(variant["weights"]), variant["weights"])
+        graph = self.manifest["graphs"][variant["graph"]]
+        missing = sorted(set(graph["weights"]) - set(weights))
+        if missing:
+            raise BundleError(f"{variant['weights']} lacks tensor(s) {', '.join(missing[:5])}")
+        return be.load(self._graph_bytes[rel], weights, self.target, graph["output_names"])
+
+    def __repr__(self) -> str:
+        return f"Bundle({str(self.path)!r}, variants={len(self.manifest['variants'])})"
+
+
+def _fmt_cond(cond: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}={v!r}" for k, v in cond.items()) + "}" if cond else "{}"
+
+
+def _check_inputs(inputs: dict[str, np.ndarray], specs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    if not isinstance(inputs, dict):
+        raise InputError("inputs must be a dict of input name -> numpy array")
+    names = [s["name"] for s in specs]
+    if inputs.keys() != set(names):
+        extra = sorted(set(inputs) - set(names))
+        missing = [n for n in names if n not in inputs]
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {', '.join(missing)}")
+        if extra:
+            parts.append(f"unknown input(s) {', '.join(extra)}")
+        raise InputError(f"{'; '.join(parts)} (expected {', '.join(names)})")
+    feeds = {}
+    batch = None
+    for spec in specs:
+        name, arr = spec["name"], inputs[spec["name"]]
+        if not isinstance(arr, np.ndarray):
+            raise InputError(f"input {name!r} must be a numpy array, got {type(arr).__name__}")
+        if arr.dtype.name != spec["dtype"]:
+            raise InputError(f"input {name!r}: expected dtype {spec['dtype']}, got {arr.dtype.name}")
+        shape = spec["shape"]
+        ok = len(arr.shape) == len(shape)
+        for want, got in zip(shape, arr.shape):
+            if isinstance(want, int):
+                ok = ok and want == got
+            elif want == "batch":
+                ok = ok and got >= 1 and (batch is None or batch == got)
+                batch = got
+        if not ok:
+            want_s = "[" + ", ".join(str(d) for d in shape) + "]"
+            raise InputError(f"input {name!r}: expected shape {want_s}, got {list(arr.shape)}")
+        feeds[name] = arr
+    return feeds
+
+
+def load(path: str | Path, *, cache_size: int = DEFAULT_CACHE_SIZE, verify: bool = True) -> Bundle:
+    """Open a bundle directory; checks every file's sha256 unless `verify=False`."""
+    return Bundle(Path(path), cache_size=cache_size, verify=verify)
