@@ -25,7 +25,8 @@ IN_DIM = 64
 NUM_CLASSES = 10
 MAX_WIDTH = 64
 NUM_FREQS = 32
-FREQ_SCALE = 8.0
+FREQ_SCALE = 4.0
+HIDDEN_GAIN = 4.0
 HIDDEN = 64
 TRAIN_SIZE = 2048
 TEST_SIZE = 1024
@@ -81,7 +82,7 @@ class WeightGrid:
             bias = torch.stack([out_pos, torch.zeros(fan_out)], -1)
             # Hidden inputs sum over `width` units: scaling by 1/fan_in makes that sum a Riemann
             # sum of the continuous field, so narrow and wide networks compute similar functions.
-            scale = 1.0 / math.sqrt(fan_in) if layer == 0 else 4.0 / fan_in
+            scale = 1.0 / math.sqrt(fan_in) if layer == 0 else HIDDEN_GAIN / fan_in
             for suffix, pos, is_bias in (("weight", weight, 0.0), ("bias", bias, 1.0)):
                 flags = torch.zeros(len(pos), len(LAYERS) + 2)
                 flags[:, layer] = 1.0
@@ -111,10 +112,11 @@ class WeightField(nn.Module):
             nn.SiLU(),
             nn.Linear(HIDDEN, HIDDEN),
             nn.SiLU(),
-            nn.Linear(HIDDEN, HIDDEN),
-            nn.SiLU(),
             nn.Linear(HIDDEN, 1),
         )
+        # Zero-mean output at unit scale, so that neurons start out distinct.
+        nn.init.normal_(self.mlp[-1].weight, std=1.0 / math.sqrt(HIDDEN))
+        nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, grid: WeightGrid) -> dict[str, torch.Tensor]:
         chunks = (self.mlp(grid.features) * grid.scale).split(grid.numels)
@@ -205,7 +207,7 @@ class MorphHyperModel:
             self._targets[width] = _fresh_target(width)
         return functional_call(self._targets[width], self.field(self._grid(width)), (x,))
 
-    def fit(self, steps: int, lr: float = 3e-3) -> None:
+    def fit(self, steps: int, lr: float = 1e-2) -> None:
         """Train the field on every listed width plus one random width per step."""
         x_train, y_train, _, _ = _data(self.seed)
         lo, hi = min(self.widths), max(self.widths)
@@ -219,7 +221,7 @@ class MorphHyperModel:
             loss = sum(
                 F.cross_entropy(self._forward(w, x_train[idx]), y_train[idx]) for w in widths
             ) / len(widths)
-            self.losses.append(float(loss))
+            self.losses.append(loss.item())
             opt.zero_grad()
             loss.backward()
             opt.step()

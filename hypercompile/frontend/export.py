@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import io
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ def _quiet():
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
             warnings.simplefilter("ignore")
             yield buf
     finally:
@@ -103,7 +104,7 @@ def export_graph(
             proto = _torch_export(module, inputs, names, out_names, dynamic)
             break
         except Exception as e:  # the exporter raises many types; keep the first line
-            errors.append(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}")
+            errors.append(_first_line(e))
     if proto is None:
         raise BuildError(f"variant {label}: torch.onnx.export failed: {errors[-1]}")
     graph = proto.graph
@@ -142,6 +143,14 @@ def export_graph(
         for vi, o in zip(graph.output, outs)
     ]
     return GraphInfo(weights, inputs_spec, outputs_spec, batch_symbol is not None)
+
+
+def _first_line(e: BaseException) -> str:
+    """A readable one-line cause: the innermost exception's first line, without ANSI colour."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _np_dtype(t: torch.Tensor) -> np.dtype:

@@ -1,0 +1,230 @@
+"""Command line: a thin skin over the Python API. User errors print one line and exit 1."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from .errors import HypercompileError, InputError
+
+out = Console() if sys.stdout.isatty() else Console(width=140)
+err = Console(stderr=True)
+
+
+def _scalar(text: str) -> Any:
+    """`3` -> 3, `0.5` -> 0.5, `true` -> True, anything else stays a string."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, (int, float, str, bool)) else text
+
+
+def _pairs(items: tuple[str, ...], what: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise HypercompileError(f"{what} {item!r} must look like KEY=VALUE")
+        pairs.append((key, value))
+    return pairs
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _cond_text(cond: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in cond.items()) or "-"
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HypercompileError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="hypercompile")
+def main() -> None:
+    """Compile hypernetworks and dynamic networks into bundles, and run them without torch."""
+
+
+@main.command()
+@click.argument("model_ref")
+@click.option("--target", "target", default=None, help="Target name or TOML path [x86-cpu].")
+@click.option("--backend", "backends", multiple=True, help="Back end(s); default: the target's.")
+@click.option("--where", multiple=True, help="Keep conditions with KEY in V1,V2,... (repeatable).")
+@click.option("--out", "out_dir", default=None, help="Bundle directory [build/<model name>].")
+@click.option("--rtol", default=1e-4, show_default=True, help="Parity tolerance (relative).")
+@click.option("--parity-inputs", default=3, show_default=True, help="Random parity inputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def build(model_ref, target, backends, where, out_dir, rtol, parity_inputs, as_json) -> None:
+    """Build a bundle from MODEL_REF (path/file.py:NAME or package.module:NAME)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .builder import build as do_build
+
+    where_map: dict[str, list[Any]] = {}
+    for key, values in _pairs(where, "--where"):
+        where_map.setdefault(key, []).extend(_scalar(v) for v in values.split(","))
+    out_path = Path(out_dir or Path("build") / model_ref.rsplit(":", 1)[-1].lower())
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        path = do_build(
+            model_ref,
+            target,
+            out_path,
+            backends=list(backends) or None,
+            where=where_map or None,
+            rtol=rtol,
+            parity_inputs=parity_inputs,
+            progress=progress,
+        )
+    manifest = json.loads((path / "manifest.json").read_text())
+    summary = {
+        "bundle": str(path),
+        "target": manifest["target"]["name"],
+        "variants": len(manifest["variants"]),
+        "graphs": len(manifest["graphs"]),
+        "build_s": manifest["build_s"],
+        "max_rel": max(
+            p["max_rel"] for v in manifest["variants"] for p in v["parity"].values()
+        ),
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        out.print(
+            f"built [bold]{path}[/]: {summary['variants']} variant(s), {summary['graphs']} "
+            f"graph(s) for {summary['target']} in {summary['build_s']:.1f} s; "
+            f"worst parity {summary['max_rel']:.2e} rel",
+            highlight=False,
+        )
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--input", "inputs", multiple=True, help="NAME=FILE.npy (repeatable).")
+@click.option("--cond", multiple=True, help="KEY=VALUE selecting the variant (repeatable).")
+@click.option("--budget-ms", type=float, default=None, help="Latency budget in milliseconds.")
+@click.option("--backend", default=None, help="Back end to run on; default: the target's order.")
+@click.option("--out", "out_file", default=None, help="Write outputs to FILE.npz.")
+@click.option("--json", "as_json", is_flag=True, help="Print outputs as JSON.")
+def run(bundle, inputs, cond, budget_ms, backend, out_file, as_json) -> None:
+    """Run a bundle on inputs saved as .npy files."""
+    from .runtime import load
+
+    feeds = {}
+    for name, file in _pairs(inputs, "--input"):
+        try:
+            feeds[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise InputError(f"--input {name}: cannot read {file}: {e}") from None
+    conds = {k: _scalar(v) for k, v in _pairs(cond, "--cond")}
+    b = load(bundle)
+    if budget_ms is not None:
+        conds["budget_ms"] = budget_ms
+    results = b.run(feeds, backend=backend, **conds)
+    if out_file:
+        np.savez(out_file, **results)
+    if as_json:
+        payload = {
+            k: {"shape": list(v.shape), "dtype": v.dtype.name, "data": v.tolist()}
+            for k, v in results.items()
+        }
+        click.echo(json.dumps({"outputs": payload}))
+        return
+    for name, value in results.items():
+        arr = np.array2string(value, precision=4, threshold=20, edgeitems=3)
+        out.print(f"[bold]{name}[/] {value.dtype.name}{list(value.shape)}\n{arr}", highlight=False)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
+def inspect(bundle, as_json) -> None:
+    """Show a bundle's variants, graphs, sizes and parity."""
+    from .runtime import load
+
+    b = load(bundle)
+    m = b.manifest
+    if as_json:
+        keep = ("producer", "target", "inputs", "outputs", "graphs", "variants", "programs")
+        click.echo(json.dumps({k: m.get(k) for k in keep} | {"profile": m.get("profile", {})}))
+        return
+    size = sum((b.path / rel).stat().st_size for rel in m["files"])
+    io = ", ".join(f"{s['name']}:{s['dtype']}{s['shape']}" for s in m["inputs"])
+    oo = ", ".join(f"{s['name']}:{s['dtype']}{s['shape']}" for s in m["outputs"])
+    out.print(
+        f"[bold]{b.path}[/]  target {m['target']['name']}, {len(m['variants'])} variant(s), "
+        f"{len(m['graphs'])} graph(s), {_human_bytes(size)}\n  inputs {io}\n  outputs {oo}",
+        highlight=False,
+    )
+    table = Table(title="variants")
+    for col in ("condition", "graph", "params", "bytes", "backends", "parity max abs", "max rel"):
+        table.add_column(col, justify="right" if col not in ("condition", "backends") else "left")
+    for v in m["variants"]:
+        parity = v.get("parity", {})
+        worst_abs = max((p["max_abs"] for p in parity.values()), default=float("nan"))
+        worst_rel = max((p["max_rel"] for p in parity.values()), default=float("nan"))
+        table.add_row(
+            _cond_text(v["cond"]),
+            f"{v['graph']} ({m['graphs'][v['graph']]['arch'][:8]})",
+            f"{v['params']:,}",
+            _human_bytes(v["bytes"]),
+            ", ".join(v["artifacts"]),
+            f"{worst_abs:.2e}",
+            f"{worst_rel:.2e}",
+        )
+    out.print(table)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print targets as JSON.")
+def targets(as_json) -> None:
+    """List the device targets shipped with hypercompile."""
+    from .targets import list_targets
+
+    found = list_targets()
+    if as_json:
+        click.echo(json.dumps([t.to_json() for t in found]))
+        return
+    table = Table(title="targets")
+    for col in ("name", "arch", "back ends", "ORT providers", "TVM target", "memory"):
+        table.add_column(col)
+    for t in found:
+        table.add_row(
+            t.name,
+            t.arch,
+            ", ".join(t.backends),
+            ", ".join(t.ort_providers),
+            json.dumps(t.tvm_target) if t.tvm_target else "-",
+            f"{t.memory_mb} MiB" if t.memory_mb else "-",
+        )
+    out.print(table)
+
+
+if __name__ == "__main__":
+    main()
