@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def build(model: Any, target: Any = None, out: Any = "build/bundle", **kwargs: Any) -> "Path":
+def build(model: Any, target: Any = None, out: Any = "build/bundle", **kwargs: Any) -> Path:
     """Build a bundle (see `hypercompile.builder.build`); imports torch, unlike `load`."""
     from .builder import build as _build
 

@@ -225,7 +225,8 @@ def _merge_specs(spec_lists: list[list[dict[str, Any]]]) -> list[dict[str, Any]]
                 "the same names and dtypes"
             )
         shape = [
-            d if all(len(o["shape"]) == len(spec["shape"]) and o["shape"][j] == d for o in others)
+            d
+            if all(len(o["shape"]) == len(spec["shape"]) and o["shape"][j] == d for o in others)
             else None
             for j, d in enumerate(spec["shape"])
         ]

@@ -10,6 +10,7 @@ from typing import Any
 import click
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import HypercompileError, InputError
@@ -54,7 +55,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except HypercompileError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             sys.exit(1)
 
 
@@ -84,7 +85,9 @@ def build(model_ref, target, backends, where, out_dir, rtol, parity_inputs, as_j
         where_map.setdefault(key, []).extend(_scalar(v) for v in values.split(","))
     out_path = Path(out_dir or Path("build") / model_ref.rsplit(":", 1)[-1].lower())
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
+    with Progress(
+        *columns, console=err, transient=True, disable=as_json or not err.is_terminal
+    ) as bar:
         tasks: dict[str, Any] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
@@ -109,9 +112,7 @@ def build(model_ref, target, backends, where, out_dir, rtol, parity_inputs, as_j
         "variants": len(manifest["variants"]),
         "graphs": len(manifest["graphs"]),
         "build_s": manifest["build_s"],
-        "max_rel": max(
-            p["max_rel"] for v in manifest["variants"] for p in v["parity"].values()
-        ),
+        "max_rel": max(p["max_rel"] for v in manifest["variants"] for p in v["parity"].values()),
     }
     if as_json:
         click.echo(json.dumps(summary))
@@ -158,7 +159,10 @@ def run(bundle, inputs, cond, budget_ms, backend, out_file, as_json) -> None:
         return
     for name, value in results.items():
         arr = np.array2string(value, precision=4, threshold=20, edgeitems=3)
-        out.print(f"[bold]{name}[/] {value.dtype.name}{list(value.shape)}\n{arr}", highlight=False)
+        out.print(
+            f"[bold]{name}[/] {value.dtype.name}{escape(str(list(value.shape)))}", highlight=False
+        )
+        out.print(arr, markup=False, highlight=False)
 
 
 @main.command()
@@ -175,8 +179,8 @@ def inspect(bundle, as_json) -> None:
         click.echo(json.dumps({k: m.get(k) for k in keep} | {"profile": m.get("profile", {})}))
         return
     size = sum((b.path / rel).stat().st_size for rel in m["files"])
-    io = ", ".join(f"{s['name']}:{s['dtype']}{s['shape']}" for s in m["inputs"])
-    oo = ", ".join(f"{s['name']}:{s['dtype']}{s['shape']}" for s in m["outputs"])
+    io = escape(", ".join(f"{s['name']}:{s['dtype']}{s['shape']}" for s in m["inputs"]))
+    oo = escape(", ".join(f"{s['name']}:{s['dtype']}{s['shape']}" for s in m["outputs"]))
     out.print(
         f"[bold]{b.path}[/]  target {m['target']['name']}, {len(m['variants'])} variant(s), "
         f"{len(m['graphs'])} graph(s), {_human_bytes(size)}\n  inputs {io}\n  outputs {oo}",

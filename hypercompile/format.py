@@ -58,10 +58,10 @@ def write_tensors(path: Path, tensors: dict[str, np.ndarray]) -> int:
     offset = 0
     arrays = []
     for name, arr in tensors.items():
-        arr = np.ascontiguousarray(arr)
+        arr = np.asarray(arr)
         if arr.dtype not in _CODES:
             raise BundleError(f"tensor {name!r}: dtype {arr.dtype} cannot be stored")
-        arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        arr = np.require(arr.astype(arr.dtype.newbyteorder("<"), copy=False), requirements="C")
         header[name] = {
             "dtype": _CODES[arr.dtype],
             "shape": list(arr.shape),
@@ -140,5 +140,5 @@ def read_manifest(root: Path) -> dict[str, Any]:
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     """Replace the manifest atomically (write a sibling, then rename over)."""
     tmp = root / f".{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(manifest, separators=(",", ":")) + "\n")
     os.replace(tmp, root / MANIFEST)

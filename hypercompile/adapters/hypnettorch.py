@@ -72,7 +72,9 @@ class HypnettorchModel:
             raise BuildError("hypnettorch hypernet has no task embeddings (num_cond_embs=0)")
         learned = [list(s) for s in mnet.hyper_shapes_learned or []]
         if [list(s) for s in hnet.target_shapes] != learned:
-            raise BuildError("hypnettorch: hnet.target_shapes differ from mnet.hyper_shapes_learned")
+            raise BuildError(
+                "hypnettorch: hnet.target_shapes differ from mnet.hyper_shapes_learned"
+            )
         self.input_shape = tuple(input_shape or _default_input_shape(mnet))
         bns = list(mnet.batchnorm_layers or [])
         self.per_task_stats = bool(bns) and all(b.num_stats >= self.num_tasks for b in bns)
@@ -87,7 +89,8 @@ class HypnettorchModel:
         return t
 
     def _stats_id(self, cond: dict[str, Any]) -> int | None:
-        return self._task(cond) if self.per_task_stats else None
+        task = self._task(cond)
+        return task if self.per_task_stats else None
 
     def _full_weights(self, cond: dict[str, Any]) -> list[torch.Tensor]:
         """All of param_shapes: generated where learned, the main net's own elsewhere."""

@@ -50,7 +50,11 @@ def _quiet():
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(buf),
+            contextlib.redirect_stderr(buf),
+        ):
             warnings.simplefilter("ignore")
             yield buf
     finally:
@@ -110,8 +114,10 @@ def export_graph(
     graph = proto.graph
     if [vi.name for vi in graph.input] != names:
         got = ", ".join(vi.name for vi in graph.input)
-        raise BuildError(f"variant {label}: exported graph inputs ({got}) differ from forward's "
-                         f"({', '.join(names)}); an unused input?")
+        raise BuildError(
+            f"variant {label}: exported graph inputs ({got}) differ from forward's "
+            f"({', '.join(names)}); an unused input?"
+        )
     batch_symbol = None
     if inputs and inputs[0].dim():
         d0 = graph.input[0].type.tensor_type.shape.dim[0]
@@ -128,7 +134,11 @@ def export_graph(
             t.ClearField(f)
         del t.external_data[:]
         t.data_location = TensorProto.EXTERNAL
-        for k, v in (("location", fmt.WEIGHT_STUB_LOCATION), ("offset", "0"), ("length", str(nbytes))):
+        for k, v in (
+            ("location", fmt.WEIGHT_STUB_LOCATION),
+            ("offset", "0"),
+            ("length", str(nbytes)),
+        ):
             entry = t.external_data.add()
             entry.key, entry.value = k, v
         weights.append(t.name)

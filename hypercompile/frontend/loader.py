@@ -19,7 +19,9 @@ from ..protocol import StaticModel, is_hypermodel
 def import_ref(ref: str) -> Any:
     """The object a reference names; the file form imports the file as a fresh module."""
     if ":" not in ref:
-        raise ModelRefError(f"model reference {ref!r} must look like path/file.py:NAME or module:NAME")
+        raise ModelRefError(
+            f"model reference {ref!r} must look like path/file.py:NAME or module:NAME"
+        )
     where, name = ref.rsplit(":", 1)
     if not name:
         raise ModelRefError(f"model reference {ref!r} names no object after ':'")

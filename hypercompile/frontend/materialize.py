@@ -21,7 +21,9 @@ def materialize(model: Any, cond: dict[str, Any]) -> torch.nn.Module:
     label = cond_label(cond)
     target = model.build(cond)
     if not isinstance(target, torch.nn.Module):
-        raise BuildError(f"variant {label}: build() returned {type(target).__name__}, not an nn.Module")
+        raise BuildError(
+            f"variant {label}: build() returned {type(target).__name__}, not an nn.Module"
+        )
     with torch.no_grad():
         weights = model.generate(cond)
     if not isinstance(weights, dict):
@@ -35,12 +37,16 @@ def materialize(model: Any, cond: dict[str, Any]) -> torch.nn.Module:
             parts.append(f"missing {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
         if extra:
             parts.append(f"unexpected {', '.join(extra[:6])}{' ...' if len(extra) > 6 else ''}")
-        raise BuildError(f"variant {label}: generated weights do not fit the target: {'; '.join(parts)}")
+        raise BuildError(
+            f"variant {label}: generated weights do not fit the target: {'; '.join(parts)}"
+        )
     for k, v in expected.items():
         w = weights[k]
         if not isinstance(w, torch.Tensor) or tuple(w.shape) != tuple(v.shape):
             got = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
-            raise BuildError(f"variant {label}: tensor {k} has shape {got}, target wants {tuple(v.shape)}")
+            raise BuildError(
+                f"variant {label}: tensor {k} has shape {got}, target wants {tuple(v.shape)}"
+            )
     target.load_state_dict({k: v.detach() for k, v in weights.items()}, strict=True)
     return target.eval()
 

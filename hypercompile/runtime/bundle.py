@@ -91,7 +91,9 @@ class Bundle:
         if exact is not None:
             return exact
         found = [
-            v for v in self.manifest["variants"] if all(v["cond"].get(k) == x for k, x in cond.items())
+            v
+            for v in self.manifest["variants"]
+            if all(v["cond"].get(k) == x for k, x in cond.items())
         ]
         if len(found) == 1:
             return found[0]
@@ -138,7 +140,9 @@ class Bundle:
     def _load_runner(self, variant: dict[str, Any], backend: str) -> Runner:
         if backend not in variant["artifacts"]:
             have = ", ".join(variant["artifacts"])
-            raise BackendError(f"variant {_fmt_cond(variant['cond'])} has no {backend} artifact ({have})")
+            raise BackendError(
+                f"variant {_fmt_cond(variant['cond'])} has no {backend} artifact ({have})"
+            )
         be = get_backend(backend)
         reason = be.available()
         if reason:
@@ -161,7 +165,9 @@ def _fmt_cond(cond: dict[str, Any]) -> str:
     return "{" + ", ".join(f"{k}={v!r}" for k, v in cond.items()) + "}" if cond else "{}"
 
 
-def _check_inputs(inputs: dict[str, np.ndarray], specs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+def _check_inputs(
+    inputs: dict[str, np.ndarray], specs: list[dict[str, Any]]
+) -> dict[str, np.ndarray]:
     if not isinstance(inputs, dict):
         raise InputError("inputs must be a dict of input name -> numpy array")
     names = [s["name"] for s in specs]
@@ -181,7 +187,9 @@ def _check_inputs(inputs: dict[str, np.ndarray], specs: list[dict[str, Any]]) ->
         if not isinstance(arr, np.ndarray):
             raise InputError(f"input {name!r} must be a numpy array, got {type(arr).__name__}")
         if arr.dtype.name != spec["dtype"]:
-            raise InputError(f"input {name!r}: expected dtype {spec['dtype']}, got {arr.dtype.name}")
+            raise InputError(
+                f"input {name!r}: expected dtype {spec['dtype']}, got {arr.dtype.name}"
+            )
         shape = spec["shape"]
         ok = len(arr.shape) == len(shape)
         for want, got in zip(shape, arr.shape):

@@ -1,0 +1,42 @@
+import pytest
+
+from hypercompile import TargetError
+from hypercompile.targets import DEFAULT_TARGET, list_targets, load_target
+
+
+def test_default_target_is_x86_cpu_on_onnxruntime():
+    t = load_target(None)
+    assert t.name == DEFAULT_TARGET == "x86-cpu"
+    assert t.backends[0] == "onnxruntime"
+    assert "CPUExecutionProvider" in t.ort_providers
+    assert "x86-cpu" in [t.name for t in list_targets()]
+
+
+def test_user_target_file(tmp_path):
+    p = tmp_path / "board.toml"
+    p.write_text('name = "board"\narch = "aarch64"\nbackends = ["onnxruntime"]\nmemory_mb = 512\n')
+    t = load_target(str(p))
+    assert (t.name, t.arch, t.memory_mb) == ("board", "aarch64", 512)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('name = "x"\narch = "y"\n', "missing required key 'backends'"),
+        ('name = "x"\narch = "y"\nbackends = ["cuda-magic"]\n', "backends must be"),
+        ('name = "x"\narch = "y"\nbackends = ["onnxruntime"]\ncolour = 1\n', "unknown key"),
+        ('name = "x"\narch = 3\nbackends = ["onnxruntime"]\n', "'arch' must be a str"),
+        ("name = [", "invalid TOML"),
+    ],
+)
+def test_invalid_target_files_name_the_problem(tmp_path, text, message):
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(TargetError, match=message) as e:
+        load_target(str(p))
+    assert str(p) in str(e.value)
+
+
+def test_unknown_target_name_lists_known_ones():
+    with pytest.raises(TargetError, match="unknown target 'nope'.*x86-cpu"):
+        load_target("nope")
