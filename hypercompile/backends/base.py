@@ -1,4 +1,4 @@
-"""The small contract every back end implements: compile at build time, load a runner at run time."""
+"""The contract every back end implements: compile at build time, load a runner at run time."""
 
 from __future__ import annotations
 

@@ -113,7 +113,7 @@ def random_like(x: torch.Tensor, gen: torch.Generator, batch: int | None = None)
 
 
 def parity(got: list[np.ndarray], want: list[np.ndarray]) -> tuple[float, float]:
-    """(max abs error, max abs error / max |want|) over all outputs; inf on shape or NaN mismatch."""
+    """(max abs error, max abs error / max |want|) over all outputs; inf on shape/NaN mismatch."""
     max_abs, max_rel = 0.0, 0.0
     for g, w in zip(got, want):
         if g.shape != w.shape:
