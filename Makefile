@@ -1,0 +1,30 @@
+# Two entry points (see README): `make demo` and `make test`; both install what they need.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HC := $(VENV)/bin/hypercompile
+
+.PHONY: install demo test lint bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned to the CPU build; the package itself pins no torch
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[build,dev]'
+	touch $@
+
+demo: install
+	$(HC) build examples/continual_hypernet/model.py:make --out build/continual
+	$(PY) examples/continual_hypernet/predict.py build/continual
+	$(HC) inspect build/continual
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check hypercompile tests examples benchmarks
+
+bench: install
+	$(PY) benchmarks/bench_hypernets.py
