@@ -51,7 +51,8 @@ def bare_session(bundle: hc.Bundle, variant: dict):
     weights = read_tensors((bundle.path / variant["weights"]).read_bytes())
     for i, t in enumerate(g.graph.initializer):
         if t.name in weights:
-            g.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.array(weights[t.name]), t.name))
+            tensor = numpy_helper.from_array(np.array(weights[t.name]), t.name)
+            g.graph.initializer[i].CopyFrom(tensor)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(g.SerializeToString(), so, providers=["CPUExecutionProvider"])
@@ -92,14 +93,14 @@ def bench_example(name: str, ref: str, out: Path, rounds: int, rows: list) -> No
         xt = torch.randn(batch, *example.shape[1:])
         xn = xt.numpy()
         feeds = {in_name: xn}
-        fns = {}
-        with torch.no_grad():
-            fns["eager hypernet+target"] = lambda: hm.reference(cond, xt)
-            fns["eager materialized"] = lambda: target(xt)
-        fns["bundle (ORT)"] = lambda: bundle.run(feeds, **cond)
-        fns["bare ORT"] = lambda: bare.run(None, feeds)
+        fns = {
+            "eager hypernet+target": lambda xt=xt: hm.reference(cond, xt),
+            "eager materialized": lambda xt=xt: target(xt),
+            "bundle (ORT)": lambda feeds=feeds: bundle.run(feeds, **cond),
+            "bare ORT": lambda feeds=feeds: bare.run(None, feeds),
+        }
         if whole is not None:
-            fns["whole-graph ONNX"] = lambda: whole.run(None, {"x": xn})
+            fns["whole-graph ONNX"] = lambda xn=xn: whole.run(None, {"x": xn})
         with torch.no_grad():
             stats = measure(fns, rounds=rounds)
         med = {k: v["median"] for k, v in stats.items()}

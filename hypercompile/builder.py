@@ -117,6 +117,9 @@ def build(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    # Parity forwards are tiny: one thread avoids oversubscription stalls on shared machines.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     (tmp / "graphs").mkdir(parents=True)
     (tmp / "weights").mkdir()
     try:
@@ -130,6 +133,8 @@ def build(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
@@ -258,7 +263,7 @@ def _verify_bundle(root: Path, manifest, checks: list[_Check], rtol: float, repo
         if p.is_file() and p.name != fmt.MANIFEST:
             manifest["files"][p.relative_to(root).as_posix()] = fmt.sha256_file(p)
     fmt.write_manifest(root, manifest)
-    bundle = Bundle(root, cache_size=1)
+    bundle = Bundle(root, cache_size=1, threads=1)
     total = len(manifest["variants"])
     for i, (variant, check) in enumerate(zip(manifest["variants"], checks)):
         report("verify", i, total)

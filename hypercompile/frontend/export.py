@@ -45,7 +45,9 @@ def input_names(module: torch.nn.Module, n: int) -> list[str]:
 def _quiet():
     """The exporter prints progress and warnings; keep the build's output readable."""
     buf = io.StringIO()
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo")]
+    prefixes = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript")
+    names = [n for n in logging.Logger.manager.loggerDict if n.startswith(prefixes)]
+    loggers = [logging.getLogger(n) for n in (*prefixes, *names)]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

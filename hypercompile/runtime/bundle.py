@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -24,7 +25,14 @@ def _cond_key(cond: dict[str, Any]) -> tuple:
 class Bundle:
     """A loaded bundle. `run` is safe to call from several threads at once."""
 
-    def __init__(self, path: Path, *, cache_size: int = DEFAULT_CACHE_SIZE, verify: bool = True):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        verify: bool = True,
+        threads: int | None = None,
+    ):
         self.path = Path(path).resolve()
         self.manifest = fmt.read_manifest(self.path)
         self.cache_size = max(1, int(cache_size))
@@ -37,6 +45,8 @@ class Bundle:
             self.target: Target = parse_target(dict(self.manifest["target"]), "bundle target")
         except (KeyError, TypeError):
             raise BundleError(f"{self.path}: manifest has no valid target") from None
+        if threads is not None:
+            self.target = dataclasses.replace(self.target, ort_threads=int(threads))
         self._by_cond = {_cond_key(v["cond"]): v for v in self.manifest["variants"]}
         self._lock = threading.Lock()
         self._runners: OrderedDict[tuple[str, str], Runner] = OrderedDict()
@@ -205,6 +215,13 @@ def _check_inputs(
     return feeds
 
 
-def load(path: str | Path, *, cache_size: int = DEFAULT_CACHE_SIZE, verify: bool = True) -> Bundle:
-    """Open a bundle directory; checks every file's sha256 unless `verify=False`."""
-    return Bundle(Path(path), cache_size=cache_size, verify=verify)
+def load(
+    path: str | Path,
+    *,
+    cache_size: int = DEFAULT_CACHE_SIZE,
+    verify: bool = True,
+    threads: int | None = None,
+) -> Bundle:
+    """Open a bundle directory; checks every file's sha256 unless `verify=False`.
+    `threads` overrides the target's intra-op thread count (0: the back end's default)."""
+    return Bundle(Path(path), cache_size=cache_size, verify=verify, threads=threads)
