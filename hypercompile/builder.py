@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import time
@@ -18,7 +19,7 @@ import torch
 from . import __version__
 from . import format as fmt
 from .backends import get_backend
-from .errors import BackendError, BuildError, ParityError
+from .errors import BackendError, BuildError, ParityError, UnsupportedModelError
 from .frontend.export import OPSET, GraphInfo, export_graph
 from .frontend.loader import resolve_model
 from .frontend.materialize import (
@@ -33,6 +34,7 @@ from .runtime.bundle import Bundle
 from .targets import Target, load_target
 
 Progress = Callable[[str, int, int], None]
+DYNAMIC_PARITY_INPUTS = 200
 
 
 @dataclass
@@ -95,7 +97,7 @@ def build(
     backends: list[str] | None = None,
     where: dict[str, list[Any]] | None = None,
     rtol: float = 1e-4,
-    parity_inputs: int = 3,
+    parity_inputs: int | None = None,
     example_inputs: tuple[torch.Tensor, ...] | None = None,
     progress: Progress | None = None,
 ) -> Path:
@@ -140,7 +142,9 @@ def build(
 
 def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random, report):
     graphs: dict[str, dict[str, Any]] = {}
+    programs: dict[str, dict[str, Any]] = {}
     by_arch: dict[str, str] = {}
+    block_cache: dict[str, str] = {}  # block source digest -> graph id
     variants, checks = [], []
     gen = torch.Generator().manual_seed(0)
     for i, cond in enumerate(conds):
@@ -150,40 +154,55 @@ def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random,
         inputs = tuple(hm.example_inputs(cond))
         if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
             raise BuildError(f"variant {label}: example_inputs() must return a tuple of tensors")
-        arch = architecture_signature(target, inputs)
-        if arch not in by_arch:
-            gid = f"g{len(by_arch)}"
-            t = time.perf_counter()
-            info = export_graph(target, inputs, tmp / "graphs" / f"{gid}.onnx", label)
-            graphs[gid] = _graph_entry(gid, arch, info, time.perf_counter() - t)
-            for name in backend_names:
-                rel = get_backend(name).compile(tmp / "graphs" / f"{gid}.onnx", tmp, gid, tgt)
-                graphs[gid]["artifacts"][name] = rel
-            by_arch[arch] = gid
-        gid = by_arch[arch]
-        g = graphs[gid]
-        state = target.state_dict()
-        tensors = {n: _np(state[n]) for n in g["weights"]}
         vid = f"v{i:04d}"
+        prog = _split(target, label)
+        if prog is None:
+            arch = architecture_signature(target, inputs)
+            if arch not in by_arch:
+                gid = f"g{len(graphs)}"
+                t = time.perf_counter()
+                info = export_graph(target, inputs, tmp / "graphs" / f"{gid}.onnx", label)
+                graphs[gid] = _graph_entry(gid, arch, info, time.perf_counter() - t)
+                _compile_graph(graphs[gid], tmp, tgt, backend_names)
+                by_arch[arch] = gid
+            g = graphs[by_arch[arch]]
+            weight_names, where = g["weights"], {"graph": g["id"]}
+            artifacts = dict(g["artifacts"])
+            check = _expected(hm, cond, target, inputs, g, gen, 3 if n_random is None else n_random)
+        else:
+            pid = f"p{len(programs)}"
+            n_dyn = n_random if n_random is not None else DYNAMIC_PARITY_INPUTS
+            check, program = _build_program(
+                prog, target, inputs, tmp, tgt, backend_names, graphs, block_cache, gen, n_dyn
+            )
+            programs[pid] = program
+            weight_names = sorted({w for b in program["blocks"] if b["graph"]
+                                   for w in graphs[b["graph"]]["weights"]})
+            where = {"program": pid}
+            used = sorted({b["graph"] for b in program["blocks"] if b["graph"]})
+            artifacts = {name: [graphs[g]["artifacts"][name] for g in used]
+                         for name in backend_names}
+        state = target.state_dict()
+        tensors = {n: _np(state[n]) for n in weight_names}
         wrel = f"weights/{vid}.safetensors"
         nbytes = fmt.write_tensors(tmp / wrel, tensors)
         entry = {
             "id": vid,
             "cond": cond,
-            "graph": gid,
+            **where,
             "weights": wrel,
             "params": int(sum(t.size for t in tensors.values())),
             "bytes": nbytes,
-            "artifacts": dict(g["artifacts"]),
+            "artifacts": artifacts,
         }
         quality = getattr(hm, "quality", None)
         if callable(quality):
             entry["quality"] = float(quality(cond))
         variants.append(entry)
-        checks.append(_expected(hm, cond, target, inputs, g, gen, n_random))
+        checks.append(check)
     report("materialize", len(conds), len(conds))
-    for g in graphs.values():
-        g.pop("arch_inputs", None)
+    io_in = [_io(v, graphs, programs)[0] for v in variants]
+    io_out = [_io(v, graphs, programs)[1] for v in variants]
     manifest = {
         "schema_version": fmt.SCHEMA_VERSION,
         "producer": {
@@ -193,19 +212,127 @@ def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random,
             "onnx_opset": OPSET,
         },
         "target": tgt.to_json(),
-        "inputs": _merge_specs([g["inputs"] for g in graphs.values()]),
-        "outputs": _merge_specs([g["outputs"] for g in graphs.values()]),
+        "inputs": _merge_specs(io_in),
+        "outputs": _merge_specs(io_out),
         "graphs": graphs,
         "variants": variants,
-        "programs": {},
+        "programs": programs,
         "profile": {},
         "files": {},
     }
     return manifest, checks
 
 
+def _io(variant: dict, graphs: dict, programs: dict) -> tuple[list, list]:
+    if "program" in variant:
+        p = programs[variant["program"]]
+        return p["input_specs"], p["output_specs"]
+    g = graphs[variant["graph"]]
+    return g["inputs"], g["outputs"]
+
+
+def _split(target: torch.nn.Module, label: str):
+    """The host program of a target with data-dependent control flow, else None. When the
+    splitter meets something it cannot handle but forward has no control flow of its own, the
+    whole-graph exporter gets its chance (it refuses data-dependent branches itself)."""
+    from .frontend.program import split_module
+    from .frontend.splitter import Unsupported
+
+    try:
+        return split_module(target)
+    except Unsupported as e:
+        if getattr(e, "hard", False) or _forward_has_control(target):
+            raise UnsupportedModelError(f"variant {label}: {e}") from None
+        return None
+
+
+def _forward_has_control(module: torch.nn.Module) -> bool:
+    from .frontend.splitter import _has_control, function_ast
+
+    try:
+        node, _, _ = function_ast(type(module).forward)
+    except UnsupportedModelError:
+        return False
+    body = [s for s in node.body]
+    last_return = body and isinstance(body[-1], ast.Return)
+    return _has_control(body[:-1] if last_return else body)
+
+
+def _compile_graph(g: dict, tmp: Path, tgt: Target, backend_names: list[str]) -> None:
+    for name in backend_names:
+        g["artifacts"][name] = get_backend(name).compile(tmp / g["path"], tmp, g["id"], tgt)
+
+
+def _build_program(prog, target, inputs, tmp, tgt, backend_names, graphs, block_cache, gen,
+                   n_random):
+    """Probe the program against eager forward, export every block, and return the parity
+    check and the program's manifest entry."""
+    from .frontend import program as P
+
+    names = list(prog.inputs)
+    if len(names) != len(inputs):
+        raise BuildError(f"forward takes {len(names)} inputs, example_inputs() gave {len(inputs)}")
+    sets = [inputs] + [tuple(random_like(x, gen) for x in inputs) for _ in range(n_random)]
+    probe = P.Probe(prog, target)
+    check = _Check(against="eager forward")
+    out_names = None
+    with torch.no_grad():
+        for xs in sets:
+            want_names, want = flatten_outputs(target(*xs))
+            got = probe.run({n: x for n, x in zip(names, xs)})
+            got_names, got_t = flatten_outputs(got)
+            out_names = out_names or want_names
+            a, r = parity([_np(t) for t in got_t], [_np(t) for t in want])
+            if len(got_t) != len(want) or r > 1e-5:
+                raise BuildError(
+                    "the split program disagrees with eager forward (max rel error "
+                    f"{r:.3g}); this is a hypercompile bug or an unsupported construct"
+                )
+            check.inputs.append({n: _np(x) for n, x in zip(names, xs)})
+            check.expected.append([_np(t) for t in want])
+        probe.explore()
+    graph_of: dict[int, str] = {}
+    for k, b in sorted(prog.blocks.items()):
+        if b.fn is None:
+            continue
+        key = P.block_key(prog, b)
+        if key not in block_cache:
+            gid = f"g{len(graphs)}"
+            path = tmp / "graphs" / f"{gid}.onnx"
+            t = time.perf_counter()
+            weights, ins, outs = P.export_block(prog, b, target, path)
+            digest = P.graph_digest(path)
+            same = next((g for g in graphs.values() if g.get("digest") == digest), None)
+            if same is not None:  # identical subgraph (structure and weight names): store once
+                path.unlink()
+                block_cache[key] = same["id"]
+            else:
+                graphs[gid] = {
+                    "id": gid, "path": f"graphs/{gid}.onnx", "weights": weights, "inputs": ins,
+                    "outputs": outs, "output_names": [o["name"] for o in outs],
+                    "dynamic_batch": False, "export_s": round(time.perf_counter() - t, 3),
+                    "digest": digest, "artifacts": {},
+                }
+                _compile_graph(graphs[gid], tmp, tgt, backend_names)
+                block_cache[key] = gid
+        graph_of[k] = block_cache[key]
+    entry = P.program_entry(prog, graph_of)
+    entry["input_specs"] = [
+        {"name": n, "dtype": str(_np(x).dtype), "shape": list(x.shape)} for n, x in zip(names, inputs)
+    ]
+    with torch.no_grad():
+        outs = flatten_outputs(target(*inputs))[1]
+    entry["output_specs"] = [
+        {"name": n, "dtype": str(_np(o).dtype), "shape": list(o.shape)}
+        for n, o in zip(out_names, outs)
+    ]
+    entry["output_names"] = out_names
+    return check, entry
+
+
 def _graph_entry(gid: str, arch: str, info: GraphInfo, export_s: float) -> dict[str, Any]:
     return {
+        "id": gid,
         "path": f"graphs/{gid}.onnx",
         "arch": arch,
         "weights": info.weights,
@@ -256,6 +383,15 @@ def _expected(hm, cond, target, inputs, graph, gen, n_random) -> _Check:
     return check
 
 
+def _argmax_differs(got: list[np.ndarray], want: list[np.ndarray]) -> bool:
+    """Whether the first output's predicted class (argmax over the last axis) differs."""
+    if not got or not want or got[0].shape != want[0].shape or got[0].ndim == 0:
+        return False
+    if got[0].dtype.kind != "f":
+        return False
+    return bool(np.any(np.argmax(got[0], axis=-1) != np.argmax(want[0], axis=-1)))
+
+
 def _verify_bundle(root: Path, manifest, checks: list[_Check], rtol: float, report) -> None:
     """Hash every file, load the bundle through the runtime, and compare every variant on every
     back end with PyTorch; record parity and refuse the bundle if any exceeds `rtol`."""
@@ -269,17 +405,27 @@ def _verify_bundle(root: Path, manifest, checks: list[_Check], rtol: float, repo
         report("verify", i, total)
         variant["parity"] = {}
         for backend in variant["artifacts"]:
-            worst_abs, worst_rel = 0.0, 0.0
+            worst_abs, worst_rel, mismatched = 0.0, 0.0, 0
+            runner = bundle._runner(variant, backend)
+            stats = {} if "program" in variant else None
+            if stats is not None:
+                runner.stats = stats
             for feeds, want in zip(check.inputs, check.expected):
                 got = bundle.run(feeds, backend=backend, **variant["cond"])
                 a, r = parity(list(got.values()), want)
                 worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
+                mismatched += int(_argmax_differs(list(got.values()), want))
             variant["parity"][backend] = {
                 "max_abs": worst_abs,
                 "max_rel": worst_rel,
                 "inputs": len(check.inputs),
                 "against": check.against,
+                "argmax_mismatches": mismatched,
             }
+            if stats is not None:
+                runner.stats = None
+                program = manifest["programs"][variant["program"]]
+                program["coverage"] = {str(k): v for k, v in sorted(stats.items())}
             if not worst_rel <= rtol:
                 raise ParityError(
                     f"variant {cond_label(variant['cond'])} on {backend}: max rel error "

@@ -72,7 +72,9 @@ def main() -> None:
 @click.option("--where", multiple=True, help="Keep conditions with KEY in V1,V2,... (repeatable).")
 @click.option("--out", "out_dir", default=None, help="Bundle directory [build/<model name>].")
 @click.option("--rtol", default=1e-4, show_default=True, help="Parity tolerance (relative).")
-@click.option("--parity-inputs", default=3, show_default=True, help="Random parity inputs.")
+@click.option(
+    "--parity-inputs", type=int, default=None, help="Random parity inputs [3; 200 for dynamic]."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def build(model_ref, target, backends, where, out_dir, rtol, parity_inputs, as_json) -> None:
     """Build a bundle from MODEL_REF (path/file.py:NAME or package.module:NAME)."""

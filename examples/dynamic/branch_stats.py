@@ -1,19 +1,18 @@
-"""How often each side of every data-dependent decision in the zoo is taken on random inputs.
+"""How often each side of every decision in the zoo's ``forward``s is taken on random inputs.
 
 Runs every model of ``zoo.ZOO`` (or the ones named on the command line) on N random
-``1x3x32x32`` inputs and, with a ``sys.settrace`` line tracer over the code of ``zoo.py`` (the
-model code is not modified), records for each decision point:
+``1x3x32x32`` inputs and records, with a ``sys.settrace`` line tracer over the model's
+``forward`` (the model code is not modified or wrapped), for each decision point:
 
-* ``if`` / ``elif``: whether the body, the ``else`` part, or nothing (fall-through) ran next.
-  Decisions inside loops are reported per occurrence within one forward call (``#k``) so that,
-  e.g., every SkipNet gate gets its own row.
-* ``while``: the number of iterations per call (histogram).
-* ``for`` loops containing ``break``: the number of iterations per call (histogram).
+* ``if`` / ``elif``: whether the body, the ``else`` part, or nothing (fall-through, "skip")
+  ran next. Inside ``for`` loops, a row per value of the loop's integer variables (``g=1 i=2``);
+  loops over modules (``for blk in self.blocks``) use the per-call occurrence number (``#2``).
+* ``while`` and ``for`` loops containing ``break``: histogram of iterations per loop execution.
 * subscripts indexed by ``int(<expr>)`` (e.g. ``self.experts[int(idx)]``): the index values.
 
 Rows whose outcome never varies are marked ``const`` (static conditions such as ``if i == 0``
-show up like this); a data-dependent branch that is taken less than 20 % or more than 80 % of
-the time is marked ``!``.
+show up like this); a varying branch taken less than 20 % or more than 80 % of the time is
+marked ``!``. The latency column is plain eager execution without the tracer.
 
 Usage (from the repo root)::
 
@@ -26,6 +25,7 @@ import argparse
 import ast
 import collections
 import inspect
+import re
 import sys
 import textwrap
 import time
@@ -43,184 +43,228 @@ ZOO_FILE = str(Path(zoo.__file__).resolve())
 @dataclass(eq=False)
 class Decision:
     kind: str  # "if", "while", "for-break", "index"
-    line: int  # the line whose execution marks the decision
+    line: int  # line of the test / loop header / subscript
     text: str
     body: tuple[int, int] = (0, 0)
     orelse: tuple[int, int] | None = None
-    test_lines: tuple[int, int] = (0, 0)
+    header: tuple[int, int] = (0, 0)  # lines of the test (if/while) or of the loop header
+    loop_vars: tuple[str, ...] = ()  # names bound by enclosing ``for`` loops
     expr: object = None  # compiled index expression (kind == "index")
-    # occurrence -> Counter(outcome)
+    # context key -> Counter(outcome)
     outcomes: dict = field(default_factory=lambda: collections.defaultdict(collections.Counter))
 
 
-def _span(stmts):
-    return (stmts[0].lineno, max(s.end_lineno for s in stmts))
+def _span(stmts, off):
+    return (stmts[0].lineno + off, max(s.end_lineno for s in stmts) + off)
+
+
+def _names(target) -> tuple[str, ...]:
+    return tuple(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
 
 
 def _decisions_of(fn) -> list[Decision]:
     """Decision points in the source of ``fn`` (absolute line numbers in zoo.py)."""
     lines, first = inspect.getsourcelines(fn)
     src = textwrap.dedent("".join(lines))  # dedent keeps line numbers
-    tree = ast.parse(src)
     off = first - 1
-    out = []
+    out: list[Decision] = []
 
     def seg(node):
-        return ast.get_source_segment(src, node)
+        return " ".join(ast.get_source_segment(src, node).split())
 
-    for node in ast.walk(tree):
+    def visit(node, loop_vars):
         if isinstance(node, ast.If):
-            d = Decision("if", node.lineno + off, "if " + seg(node.test),
-                         body=tuple(x + off for x in _span(node.body)),
-                         orelse=tuple(x + off for x in _span(node.orelse)) if node.orelse else None,
-                         test_lines=(node.test.lineno + off, node.test.end_lineno + off))
-            out.append(d)
+            out.append(
+                Decision(
+                    "if",
+                    node.lineno + off,
+                    "if " + seg(node.test),
+                    body=_span(node.body, off),
+                    orelse=_span(node.orelse, off) if node.orelse else None,
+                    header=(node.test.lineno + off, node.test.end_lineno + off),
+                    loop_vars=loop_vars,
+                )
+            )
         elif isinstance(node, ast.While):
-            out.append(Decision("while", node.lineno + off, "while " + seg(node.test),
-                                body=tuple(x + off for x in _span(node.body)),
-                                test_lines=(node.test.lineno + off, node.test.end_lineno + off)))
-        elif isinstance(node, (ast.For, ast.AsyncFor)):
-            has_break = any(isinstance(n, ast.Break) for n in ast.walk(node)
-                            if not isinstance(n, (ast.For, ast.While)) or n is node)
-            if has_break:
-                out.append(Decision("for-break", node.lineno + off,
-                                    "for " + seg(node.target) + " in " + seg(node.iter) + ": ... break",
-                                    body=tuple(x + off for x in _span(node.body)),
-                                    test_lines=(node.lineno + off, node.iter.end_lineno + off)))
+            out.append(
+                Decision(
+                    "while",
+                    node.lineno + off,
+                    "while " + seg(node.test),
+                    body=_span(node.body, off),
+                    header=(node.test.lineno + off, node.test.end_lineno + off),
+                    loop_vars=loop_vars,
+                )
+            )
+        elif isinstance(node, ast.For):
+            breaks = any(isinstance(n, ast.Break) for n in _walk_same_loop(node))
+            if breaks:
+                out.append(
+                    Decision(
+                        "for-break",
+                        node.lineno + off,
+                        "for " + seg(node.target) + " in " + seg(node.iter) + ": ...break",
+                        body=_span(node.body, off),
+                        header=(node.lineno + off, node.iter.end_lineno + off),
+                        loop_vars=loop_vars,
+                    )
+                )
         elif isinstance(node, ast.Subscript):
             s = node.slice
             if isinstance(s, ast.Call) and isinstance(s.func, ast.Name) and s.func.id == "int":
-                out.append(Decision("index", node.lineno + off, seg(node),
-                                    expr=compile(ast.Expression(s), ZOO_FILE, "eval")))
+                out.append(
+                    Decision(
+                        "index",
+                        node.lineno + off,
+                        seg(node),
+                        expr=compile(ast.Expression(s), ZOO_FILE, "eval"),
+                    )
+                )
+        inner = loop_vars + _names(node.target) if isinstance(node, ast.For) else loop_vars
+        body = node.body if isinstance(node, ast.For) else ()
+        for child in ast.iter_child_nodes(node):
+            visit(child, inner if any(child is b for b in body) else loop_vars)
+
+    visit(ast.parse(src), ())
     return out
 
 
-class Tracer:
-    """Line tracer over zoo.py frames; feeds outcomes into the decisions of one model."""
+def _walk_same_loop(loop):
+    """Nodes of ``loop``'s body, not descending into nested loops (whose breaks are theirs)."""
+    todo = list(loop.body)
+    while todo:
+        n = todo.pop()
+        yield n
+        if not isinstance(n, (ast.For, ast.While, ast.FunctionDef, ast.Lambda)):
+            todo.extend(ast.iter_child_nodes(n))
 
-    def __init__(self, decisions: list[Decision]):
-        self.by_line = collections.defaultdict(list)
+
+class Tracer:
+    """Line tracer over the frames of one function; feeds outcomes into its decisions."""
+
+    def __init__(self, code, decisions: list[Decision]):
+        self.code = code
+        self.tests = collections.defaultdict(list)  # line -> if/index decisions evaluated there
+        self.loops = []
         for d in decisions:
-            self.by_line[d.line].append(d)
-        self.code_names = set()
+            if d.kind in ("while", "for-break"):
+                self.loops.append(d)
+            else:
+                self.tests[d.line].append(d)
 
     def run(self, model, x):
         self.occ = collections.Counter()  # decision -> occurrences in this call
-        self.pending = {}  # frame -> (decision, occurrence)
-        self.loop_iters = {}  # (frame, decision) -> iteration count for the active loop
+        self.pending = None  # (if-decision, context key) waiting for the next line
+        self.last_line = 0
+        self.iters = {}  # active loop decision -> iterations so far
         sys.settrace(self._global)
         try:
             with torch.no_grad():
                 model(x)
         finally:
             sys.settrace(None)
-        for (frame, d), n in self.loop_iters.items():
-            d.outcomes[0][n] += 1
+        self._close_loops(lambda d: True)
 
     def _global(self, frame, event, arg):
-        if frame.f_code.co_filename == ZOO_FILE:
-            return self._local
-        return None
+        return self._local if frame.f_code is self.code else None
 
-    def _resolve(self, frame, line):
-        """Close the pending decision of ``frame`` given that ``line`` executes next."""
-        d, k = self.pending.pop(frame)
-        if d.kind == "if":
-            if d.body[0] <= line <= d.body[1]:
-                d.outcomes[k]["then"] += 1
-            elif d.orelse and d.orelse[0] <= line <= d.orelse[1]:
-                d.outcomes[k]["else"] += 1
-            else:
-                d.outcomes[k]["skip"] += 1
+    def _close_loops(self, pred):
+        for d in [d for d in self.iters if pred(d)]:
+            d.outcomes["-"][self.iters.pop(d)] += 1
+
+    def _context(self, d, frame):
+        values = [frame.f_locals.get(v) for v in d.loop_vars]
+        if d.loop_vars and all(isinstance(v, int) for v in values):
+            return " ".join(f"{n}={v}" for n, v in zip(d.loop_vars, values))
+        k = self.occ[d]
+        self.occ[d] += 1
+        return f"#{k}" if d.loop_vars else "-"
 
     def _local(self, frame, event, arg):
-        if event == "line":
-            line = frame.f_lineno
-            if frame in self.pending:
-                d, _ = self.pending[frame]
-                if d.test_lines[0] <= line <= d.test_lines[1]:
-                    return self._local  # still evaluating a multi-line test
-                self._resolve(frame, line)
-            for d in self.by_line.get(line, ()):
-                if d.kind == "if":
-                    k = self.occ[d]
-                    self.occ[d] += 1
-                    self.pending[frame] = (d, k)
-                elif d.kind == "index":
-                    value = eval(d.expr, frame.f_globals, frame.f_locals)
-                    d.outcomes[0][value] += 1
-            # loop iteration counting: a line in the loop body that is the body's first line
-            for d in self.by_line_body_start.get(line, ()):
-                key = (frame, d)
-                self.loop_iters[key] = self.loop_iters.get(key, 0) + 1
-            for d in self.by_line.get(line, ()):
-                if d.kind in ("while", "for-break") and (frame, d) not in self.loop_iters:
-                    self.loop_iters[(frame, d)] = 0
-        elif event == "return" and frame in self.pending:
-            d, k = self.pending.pop(frame)
-            d.outcomes[k]["skip"] += 1
+        if event == "return":
+            if self.pending:
+                d, key = self.pending
+                d.outcomes[key]["skip"] += 1
+                self.pending = None
+            return None
+        if event != "line":
+            return self._local
+        line, prev = frame.f_lineno, self.last_line
+        self.last_line = line
+        if self.pending:
+            d, key = self.pending
+            if d.header[0] <= line <= d.header[1]:
+                return self._local  # still evaluating a multi-line test
+            self.pending = None
+            if d.body[0] <= line <= d.body[1]:
+                d.outcomes[key]["then"] += 1
+            elif d.orelse and d.orelse[0] <= line <= d.orelse[1]:
+                d.outcomes[key]["else"] += 1
+            else:
+                d.outcomes[key]["skip"] += 1
+        for d in self.loops:
+            inside = d.header[0] <= line <= d.body[1]
+            if d in self.iters and not inside:
+                self._close_loops(lambda e, d=d: e is d)  # left the loop (exhausted, break, return)
+            elif d.header[0] <= line <= d.header[1] and not (d.header[0] <= prev <= d.body[1]):
+                self._close_loops(lambda e, d=d: e is d)
+                self.iters[d] = 0  # (re-)entered the loop from outside
+            elif line == d.body[0] and d in self.iters:
+                self.iters[d] += 1
+        for d in self.tests.get(line, ()):
+            if d.kind == "if":
+                self.pending = (d, self._context(d, frame))
+            else:  # index
+                d.outcomes["-"][eval(d.expr, frame.f_globals, frame.f_locals)] += 1
         return self._local
 
-    def prepare(self):
-        self.by_line_body_start = collections.defaultdict(list)
-        for ds in self.by_line.values():
-            for d in ds:
-                if d.kind in ("while", "for-break"):
-                    self.by_line_body_start[d.body[0]].append(d)
 
-
-def _methods(cls):
-    """forward and every other function defined in zoo.py on the model class (not submodules:
-    in the zoo all data-dependent control flow is in the top-level forward)."""
-    fns = []
-    for klass in cls.__mro__:
-        for name, obj in vars(klass).items():
-            if inspect.isfunction(obj) and obj.__code__.co_filename == ZOO_FILE and name == "forward":
-                fns.append(obj)
-        if fns:
-            break
-    return fns
-
-
-def _fmt_row(d: Decision, k, counts, n_calls):
+def _row(d: Decision, key, counts):
     total = sum(counts.values())
+    where = f"L{d.line}"
     if d.kind == "if":
         then = counts.get("then", 0)
-        other = counts.get("else", 0) + counts.get("skip", 0)
-        other_name = "else" if d.orelse else "not taken"
-        pct = 100.0 * then / total if total else 0.0
-        const = then == 0 or other == 0
-        flag = "const" if const else ("!" if pct < 20 or pct > 80 else "")
-        return (f"L{d.line:<4d} #{k:<2d} {d.text[:58]:58s} n={total:<5d} "
-                f"taken {pct:5.1f}%  {other_name} {100 - pct:5.1f}%  {flag}")
-    hist = " ".join(f"{v}:{c}" for v, c in sorted(counts.items()))
-    label = {"while": "iterations", "for-break": "iterations", "index": "values"}[d.kind]
+        other = total - then
+        other_name = "else" if d.orelse else "skip"
+        pct = 100.0 * then / total
+        flag = "const" if then == 0 or other == 0 else ("!" if pct < 20 or pct > 80 else "")
+        return (
+            f"  {where:5s} {d.text[:52]:52s} {key:16s} n={total:<4d} "
+            f"taken {pct:5.1f}% / {other_name} {100 - pct:5.1f}%  {flag}"
+        )
+    hist = "  ".join(f"{v}:{c}" for v, c in sorted(counts.items()))
+    label = "values" if d.kind == "index" else "iterations"
     flag = "const" if len(counts) <= 1 else ""
-    return f"L{d.line:<4d}     {d.text[:58]:58s} n={total:<5d} {label} {hist}  {flag}"
+    return f"  {where:5s} {d.text[:52]:52s} {'':16s} n={total:<4d} {label} {hist}  {flag}"
 
 
-def stats(name, ctor, n, seed, verbose=True):
+def _sort_key(key):
+    return [int(v) for v in re.findall(r"\d+", key)]
+
+
+def stats(name, ctor, n=300, seed=0):
+    """Trace ``n`` random inputs through ``ctor()``; print and return (decisions, latency_ms)."""
     model = ctor()
-    decisions = [d for fn in _methods(type(model)) for d in _decisions_of(fn)]
-    tracer = Tracer(decisions)
-    tracer.prepare()
+    forward = type(model).forward
+    decisions = _decisions_of(forward)
+    tracer = Tracer(forward.__code__, decisions)
     g = torch.Generator().manual_seed(seed)
     inputs = [torch.randn(1, 3, 32, 32, generator=g) for _ in range(n)]
     for x in inputs:
         tracer.run(model, x)
-    # eager latency (untraced)
-    with torch.no_grad():
-        for x in inputs[:20]:
+    with torch.no_grad():  # eager latency, untraced: median over the inputs
+        for x in inputs[:10]:
             model(x)
-        t0 = time.perf_counter()
-        for x in inputs[:200]:
+        times = []
+        for x in inputs[:100]:
+            t0 = time.perf_counter()
             model(x)
-        ms = (time.perf_counter() - t0) / min(200, n) * 1e3
-    if verbose:
-        print(f"== {name} ({type(model).__name__}): {n} inputs, eager {ms:.2f} ms/forward")
-        for d in sorted(decisions, key=lambda d: d.line):
-            for k in sorted(d.outcomes):
-                print("  " + _fmt_row(d, k, d.outcomes[k], n))
+            times.append(time.perf_counter() - t0)
+    ms = sorted(times)[len(times) // 2] * 1e3
+    print(f"== {name} ({type(model).__name__}): {n} inputs, eager median {ms:.2f} ms/forward")
+    for d in sorted(decisions, key=lambda d: d.line):
+        for key in sorted(d.outcomes, key=_sort_key):
+            print(_row(d, key, d.outcomes[key]))
     return decisions, ms
 
 
@@ -230,11 +274,36 @@ def main(argv=None):
     ap.add_argument("-n", type=int, default=300, help="random inputs per model")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    names = args.models or list(zoo.ZOO)
-    for name in names:
-        stats(name, zoo.ZOO[name], args.n, args.seed)
+    summary = []
+    for name in args.models or list(zoo.ZOO):
+        decisions, ms = stats(name, zoo.ZOO[name], args.n, args.seed)
+        ifs = [
+            c.get("then", 0) / sum(c.values())
+            for d in decisions
+            if d.kind == "if"
+            for c in d.outcomes.values()
+        ]
+        varying = [p for p in ifs if 0 < p < 1]
+        out_of_range = sum(1 for p in varying if p < 0.2 or p > 0.8)
+        other = [len(c) for d in decisions if d.kind != "if" for c in d.outcomes.values()]
+        summary.append(
+            (
+                name,
+                ms,
+                len(varying),
+                len(ifs) - len(varying),
+                out_of_range,
+                sum(1 for k in other if k > 1),
+                len(other),
+            )
+        )
         print()
+    print(
+        f"{'model':18s} {'eager ms':>8s} {'if rows varying':>16s} {'const':>6s} "
+        f"{'outside 20-80%':>15s} {'loops/index varying':>20s}"
+    )
+    for name, ms, nv, nc, bad, ov, on in summary:
+        print(f"{name:18s} {ms:8.2f} {nv:16d} {nc:6d} {bad:15d} {f'{ov}/{on}':>20s}")
 
 
 if __name__ == "__main__":

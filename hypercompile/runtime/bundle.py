@@ -61,12 +61,18 @@ class Bundle:
             raise BundleError(f"{self.path}: manifest lacks graphs or files")
         for rel in self._files:
             fmt.safe_path(self.path, rel)
+        programs = m.get("programs") or {}
         for v in m["variants"]:
             if not isinstance(v, dict) or not isinstance(v.get("cond"), dict):
                 raise BundleError(f"{self.path}: manifest has a malformed variant")
-            if v.get("graph") not in m["graphs"]:
+            if v.get("graph") not in m["graphs"] and v.get("program") not in programs:
                 raise BundleError(f"{self.path}: variant {v.get('id')} names unknown graph")
-            for rel in [v.get("weights"), *v.get("artifacts", {}).values()]:
+            rels = [v.get("weights")]
+            for art in v.get("artifacts", {}).values():
+                rels += art if isinstance(art, list) else [art]
+            for g in m["graphs"].values():
+                rels += list(g.get("artifacts", {}).values())
+            for rel in rels:
                 if rel is not None and rel not in self._files:
                     fmt.safe_path(self.path, rel)
                     raise BundleError(f"{self.path}: {rel!r} is not covered by the manifest hashes")
@@ -122,11 +128,17 @@ class Bundle:
     ) -> dict[str, np.ndarray]:
         """Run the variant selected by `cond`; returns output name -> array."""
         variant = self.select(**cond)
-        graph = self.manifest["graphs"][variant["graph"]]
-        feeds = _check_inputs(inputs, graph["inputs"])
+        io = self._io(variant)
+        feeds = _check_inputs(inputs, io["inputs"])
         runner = self._runner(variant, backend or self._default_backend(variant))
         values = runner.run(feeds)
-        return dict(zip(graph["output_names"], values))
+        return dict(zip(io["output_names"], values))
+
+    def _io(self, variant: dict[str, Any]) -> dict[str, Any]:
+        if "program" in variant:
+            p = self.manifest["programs"][variant["program"]]
+            return {"inputs": p["input_specs"], "output_names": p["output_names"]}
+        return self.manifest["graphs"][variant["graph"]]
 
     def _default_backend(self, variant: dict[str, Any]) -> str:
         for name in self.target.backends:
@@ -157,15 +169,29 @@ class Bundle:
         reason = be.available()
         if reason:
             raise BackendError(reason)
-        rel = variant["artifacts"][backend]
+        weights = fmt.read_tensors(self._verify(variant["weights"]), variant["weights"])
+        if "program" not in variant:
+            return self._graph_runner(variant["graph"], backend, weights)
+        from .program import ProgramRunner
+
+        program = self.manifest["programs"][variant["program"]]
+        gids = {b["graph"] for b in program["blocks"] if b.get("graph")}
+        runners = {gid: self._graph_runner(gid, backend, weights) for gid in sorted(gids)}
+        return ProgramRunner(program, self.manifest["graphs"], runners)
+
+    def _graph_runner(self, gid: str, backend: str, weights: dict[str, np.ndarray]) -> Runner:
+        graph = self.manifest["graphs"].get(gid)
+        if graph is None or backend not in graph.get("artifacts", {}):
+            raise BundleError(f"{self.path}: graph {gid} has no {backend} artifact")
+        rel = graph["artifacts"][backend]
         if rel not in self._graph_bytes:
             self._graph_bytes[rel] = self._verify(rel)
-        weights = fmt.read_tensors(self._verify(variant["weights"]), variant["weights"])
-        graph = self.manifest["graphs"][variant["graph"]]
         missing = sorted(set(graph["weights"]) - set(weights))
         if missing:
-            raise BundleError(f"{variant['weights']} lacks tensor(s) {', '.join(missing[:5])}")
-        return be.load(self._graph_bytes[rel], weights, self.target, graph["output_names"])
+            raise BundleError(f"weight file lacks tensor(s) {', '.join(missing[:5])}")
+        bound = {n: weights[n] for n in graph["weights"]}
+        return get_backend(backend).load(self._graph_bytes[rel], bound, self.target,
+                                         graph["output_names"])
 
     def __repr__(self) -> str:
         return f"Bundle({str(self.path)!r}, variants={len(self.manifest['variants'])})"
