@@ -30,6 +30,7 @@ from .frontend.materialize import (
     parity,
     random_like,
 )
+from .frontend.program import source_coverage
 from .runtime.bundle import Bundle
 from .targets import Target, load_target
 
@@ -425,7 +426,7 @@ def _verify_bundle(root: Path, manifest, checks: list[_Check], rtol: float, repo
             if stats is not None:
                 runner.stats = None
                 program = manifest["programs"][variant["program"]]
-                program["coverage"] = {str(k): v for k, v in sorted(stats.items())}
+                program["coverage"] = source_coverage(program, stats)
             if not worst_rel <= rtol:
                 raise ParityError(
                     f"variant {cond_label(variant['cond'])} on {backend}: max rel error "

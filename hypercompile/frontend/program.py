@@ -100,6 +100,7 @@ class Program:
     specs: dict[str, Any] = field(default_factory=dict)  # name -> pytree spec
     examples: dict[int, dict[str, list[Any]]] = field(default_factory=dict)  # by shapes
     output_spec: Any = None
+    decisions: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 def split_module(module: torch.nn.Module) -> Program | None:
@@ -111,6 +112,7 @@ def split_module(module: torch.nn.Module) -> Program | None:
         {b.id: PBlock(b.id, b.stmts, dict(b.assign), term=b.term) for b in lw.blocks},
         entry.id, inputs, lw.consts, lw.globals,
         sys.modules[type(module).__module__].__file__ or "<forward>",
+        decisions=lw.decisions,
     )
     _clean(prog)
     if len(prog.blocks) == 1 and prog.blocks[prog.entry].term[0] == "return":
@@ -522,7 +524,9 @@ class BlockModule(torch.nn.Module):
             args.append(pytree.tree_unflatten(list(flat[i:i + n]), spec))
             i += n
         outs = self._fn(self.root, *args)
-        return tuple(pytree.tree_leaves([pytree.tree_map(_as_value, o) for o in outs]))
+        leaves = pytree.tree_leaves([pytree.tree_map(_as_value, o) for o in outs])
+        ins = {id(x) for x in flat}
+        return tuple(x.clone() if id(x) in ins else x for x in leaves)  # an output is a node
 
 
 def leaves_of(prog: Program, name: str) -> list[str]:
@@ -654,8 +658,30 @@ def program_entry(prog: Program, graph_of: dict[int, str], coverage: dict | None
         "inputs": list(prog.inputs),
         "blocks": blocks,
         "max_iterations": MAX_ITERATIONS,
+        "decisions": {
+            leaves_of(prog, n)[0]: {"line": line, "source": src}
+            for n, (line, src) in prog.decisions.items()
+        },
         "coverage": coverage or {},
     }
+
+
+def source_coverage(program: dict[str, Any], stats: dict[int, dict[str, int]]) -> dict[str, Any]:
+    """Per source-level decision (copies made by tail duplication counted together): how often
+    each side or case was taken, with the line and text of the test."""
+    by_id = {b["id"]: b for b in program["blocks"]}
+    out: dict[str, Any] = {}
+    for name, info in program.get("decisions", {}).items():
+        entry = {"line": info["line"], "source": info["source"], "taken": {}}
+        for bid, counts in stats.items():
+            nxt = by_id[bid]["next"]
+            if nxt.get("branch") == name or nxt.get("switch") == name:
+                for side, n in counts.items():
+                    entry["taken"][side] = entry["taken"].get(side, 0) + n
+        if "branch" in str([by_id[b]["next"] for b in by_id if name in by_id[b]["next"].values()]):
+            entry["taken"] = {"then": 0, "else": 0} | entry["taken"]
+        out[name] = entry
+    return out
 
 
 def to_numpy(x: Any) -> np.ndarray:

@@ -208,6 +208,7 @@ class Lowerer:
         self.tensor_paths |= {id(t): n for n, t in root.named_buffers()}
         self._inline_cache: dict[int, bool] = {}
         self.globals: dict[str, Any] = {}  # global names the blocks use, shared by all blocks
+        self.decisions: dict[str, tuple[int, str]] = {}  # predicate/index name -> (line, source)
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def new_block(self) -> Block:
@@ -510,6 +511,9 @@ class Lowerer:
             recv = call.func.value
             if isinstance(recv, ast.Name) and isinstance(st.env.static.get(recv.id), SymList):
                 return self.lower_list_method(call, st.env.static[recv.id], st, frame)
+            if isinstance(recv, ast.Name) and isinstance(st.env.static.get(recv.id), Poisoned):
+                if call.func.attr in ("append", "extend"):
+                    return st  # stays unusable; an error only if it is read later
         if isinstance(call, ast.Call):
             ok, fn = self.static_eval(call.func, st.env, frame)
             if ok and getattr(fn, "__name__", "") in _SIDE_EFFECTS | {"info", "debug", "warning"}:
@@ -633,15 +637,18 @@ class Lowerer:
         """The first call in `stmt` that must be dispatched (container[dynamic index]) or inlined
         (a user function or submodule whose own forward has data-dependent control flow)."""
         for node in ast.walk(stmt):
-            if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
-                if _free_names(node.slice) & env.dynamic:
-                    ok, container = self.static_eval(node.value, env, frame)
-                    if ok and _is_dispatch_container(container):
-                        return ("switch", node, container)
-            if isinstance(node, ast.Call):
-                ok, fn = self.static_eval(node.func, env, frame)
-                if ok and self.needs_inline(fn, frame):
-                    return ("inline", node, fn)
+            try:
+                if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
+                    if _free_names(node.slice) & env.dynamic:
+                        ok, container = self.static_eval(node.value, env, frame)
+                        if ok and _is_dispatch_container(container):
+                            return ("switch", node, container)
+                if isinstance(node, ast.Call):
+                    ok, fn = self.static_eval(node.func, env, frame)
+                    if ok and self.needs_inline(fn, frame):
+                        return ("inline", node, fn)
+            except Unsupported:
+                continue  # reading a poisoned name: reported where the value is used
         return None
 
     def needs_inline(self, fn: Any, frame: Frame) -> bool:
@@ -741,6 +748,7 @@ class Lowerer:
 
     def lower_switch(self, stmt, sub: ast.Subscript, container: Any, st: St, frame: Frame):
         index = self.fresh("idx")
+        self.decisions[index] = (getattr(sub, "lineno", 0), ast.unparse(sub))
         self.emit(ast.Assign([ast.Name(index, ast.Store())],
                              ast.Call(ast.Name("_hc_int", ast.Load()), [sub.slice], [])),
                   st, frame, program_targets=True, node=sub)
@@ -931,6 +939,7 @@ class Lowerer:
         if isinstance(test, ast.Name) and test.id in st.env.dynamic:
             return frame.prog(test.id)
         name = self.fresh("p")
+        self.decisions[name] = (getattr(test, "lineno", 0), ast.unparse(test))
         call = ast.Call(ast.Name("_hc_bool", ast.Load()), [test], [])
         self.emit(ast.Assign([ast.Name(name, ast.Store())], ast.copy_location(call, test)),
                   st, frame, program_targets=True, node=test)
