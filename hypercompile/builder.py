@@ -400,7 +400,7 @@ def _verify_bundle(root: Path, manifest, checks: list[_Check], rtol: float, repo
         if p.is_file() and p.name != fmt.MANIFEST:
             manifest["files"][p.relative_to(root).as_posix()] = fmt.sha256_file(p)
     fmt.write_manifest(root, manifest)
-    bundle = Bundle(root, cache_size=1, threads=1)
+    bundle = Bundle(root, cache_size=1)
     total = len(manifest["variants"])
     for i, (variant, check) in enumerate(zip(manifest["variants"], checks)):
         report("verify", i, total)

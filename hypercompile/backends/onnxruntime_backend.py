@@ -11,6 +11,23 @@ from ..errors import BackendError
 from .base import Backend
 
 
+_pool_state: list[bool] = []
+
+
+def _shared_pool() -> bool:
+    """Create ONNX Runtime's global intra-op pool once (it must precede the first session);
+    False when the process already made its ONNX Runtime environment without one."""
+    if not _pool_state:
+        try:
+            from onnxruntime.capi import _pybind_state
+
+            _pybind_state.set_global_thread_pool_sizes(0, 1)
+            _pool_state.append(True)
+        except Exception:
+            _pool_state.append(False)
+    return _pool_state[0]
+
+
 class OrtRunner:
     def __init__(self, session: Any, keepalive: list[Any]):
         self.session = session
@@ -34,14 +51,19 @@ class OnnxRuntimeBackend(Backend):
         return graph_path.relative_to(bundle_dir).as_posix()
 
     def session_options(self, target: Any) -> Any:
+        """Sessions share one process-wide thread pool: a DyNN program holds one session per
+        block, and per-session pools that spin while idle starve the session that runs."""
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
         threads = int(getattr(target, "ort_threads", 0) or 0)
-        if threads:
+        if (threads == 0 and _shared_pool()) or (_pool_state and _pool_state[0]):
+            so.use_per_session_threads = False  # once the shared pool exists, all must use it
+        else:
             so.intra_op_num_threads = threads
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return so
 
     def load(
