@@ -46,6 +46,13 @@ def _human_bytes(n: float) -> str:
     return str(n)
 
 
+def _arch_text(v: dict[str, Any], m: dict[str, Any]) -> str:
+    if "program" in v:
+        n = len({b["graph"] for b in m["programs"][v["program"]]["blocks"] if b["graph"]})
+        return f"{v['program']} ({n} subgraphs)"
+    return f"{v['graph']} ({m['graphs'][v['graph']]['arch'][:8]})"
+
+
 def _cond_text(cond: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in cond.items()) or "-"
 
@@ -197,7 +204,7 @@ def inspect(bundle, as_json) -> None:
         worst_rel = max((p["max_rel"] for p in parity.values()), default=float("nan"))
         table.add_row(
             _cond_text(v["cond"]),
-            f"{v['graph']} ({m['graphs'][v['graph']]['arch'][:8]})",
+            _arch_text(v, m),
             f"{v['params']:,}",
             _human_bytes(v["bytes"]),
             ", ".join(v["artifacts"]),
@@ -205,6 +212,84 @@ def inspect(bundle, as_json) -> None:
             f"{worst_rel:.2e}",
         )
     out.print(table)
+    programs = m.get("programs") or {}
+    for pid, program in programs.items():
+        users = [_cond_text(v["cond"]) for v in m["variants"] if v.get("program") == pid]
+        out.print(program_tree(pid, program, ", ".join(users)))
+    if programs:
+        out.print(coverage_table(programs))
+
+
+def program_tree(pid: str, program: dict[str, Any], label: str) -> Any:
+    """The host program as a tree: blocks with their statements, decisions with the line of
+    the test and how often each side was taken at build time."""
+    from rich.tree import Tree
+
+    blocks = {b["id"]: b for b in program["blocks"]}
+    decisions = program.get("decisions", {})
+    coverage = program.get("coverage", {})
+    seen: set[int] = set()
+    root = Tree(f"[bold]program {pid}[/] ({escape(label)}): {len(blocks)} blocks, "
+                f"{len({b['graph'] for b in blocks.values() if b['graph']})} subgraphs")
+
+    def describe(b: dict) -> str:
+        head = f"[cyan]b{b['id']}[/]"
+        if b["graph"]:
+            head += f" [dim]{b['graph']}[/] {escape(', '.join(b['inputs']) or '-')} -> " \
+                    f"{escape(', '.join(b['outputs']) or '-')}"
+        if b.get("loop_header"):
+            head += " [magenta](loop header)[/]"
+        extra = [f"{k} = {v['value']}" for k, v in b.get("assign", {}).items()]
+        extra += [f"{d} = {s}" for d, s in b.get("moves", [])]
+        if extra:
+            head += f" [dim]host: {escape('; '.join(extra))}[/]"
+        return head
+
+    def walk(node: Any, bid: int) -> None:
+        while True:
+            if bid in seen:
+                node.add(f"[dim]-> b{bid}[/]")
+                return
+            seen.add(bid)
+            b = blocks[bid]
+            node.add(describe(b))
+            nxt = b["next"]
+            if "goto" in nxt:
+                bid = nxt["goto"]
+                continue
+            if "return" in nxt:
+                node.add(f"[green]return[/] {escape(', '.join(nxt['return']))}")
+                return
+            name = nxt.get("branch") or nxt.get("switch")
+            info = decisions.get(name, {})
+            taken = coverage.get(name, {}).get("taken", {})
+            where = f"line {info.get('line', '?')}: {escape(info.get('source', name))}"
+            if "branch" in nxt:
+                sub = node.add(f"[yellow]if[/] {where}")
+                walk(sub.add(f"then [dim]({taken.get('then', 0)} of build inputs)[/]"), nxt["then"])
+                walk(sub.add(f"else [dim]({taken.get('else', 0)})[/]"), nxt["else"])
+            else:
+                sub = node.add(f"[yellow]switch[/] {where}")
+                for i, case in enumerate(nxt["cases"]):
+                    walk(sub.add(f"case {i} [dim]({taken.get(str(i), 0)})[/]"), case)
+            return
+
+    walk(root, program["entry"])
+    return root
+
+
+def coverage_table(programs: dict[str, Any]) -> Any:
+    table = Table(title="branch coverage at build time (parity inputs)")
+    for col in ("program", "line", "decision", "taken", "never taken"):
+        table.add_column(col)
+    for pid, program in programs.items():
+        for name, c in program.get("coverage", {}).items():
+            taken = c.get("taken", {})
+            never = [k for k, n in taken.items() if n == 0]
+            table.add_row(pid, str(c.get("line")), escape(c.get("source", name)),
+                          ", ".join(f"{k}: {n}" for k, n in taken.items()),
+                          "[red]" + ", ".join(never) + "[/]" if never else "-")
+    return table
 
 
 @main.command()

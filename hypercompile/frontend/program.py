@@ -573,8 +573,14 @@ def export_block(
                 dynamic_shapes=tuple(dynamic) if any(dynamic) else None,
             ).model_proto
     except Exception as e:
-        line = getattr(b.stmts[0], "lineno", "?")
-        raise BuildError(f"{prog.filename}:{line}: exporting a block failed: {_first_line(e)}")
+        line = _user_line(e, prog.filename) or getattr(b.stmts[0], "lineno", "?")
+        text = _first_line(e)
+        if "data-dependent" in text or "DataDependent" in text:
+            raise Unsupported(
+                f"{prog.filename}:{line}: a value computed from tensor data is used where the "
+                f"graph needs a fixed number (a shape or a size); it cannot be compiled ({text})"
+            ) from None
+        raise BuildError(f"{prog.filename}:{line}: exporting a block failed: {text}") from None
     state = {k: v for k, v in root.state_dict(keep_vars=True).items()}
     weights = []
     for t in proto.graph.initializer:
@@ -606,6 +612,19 @@ def export_block(
     outs_spec = [{"name": n, "dtype": str(o.detach().numpy().dtype), "shape": list(o.shape)}
                  for n, o in zip(out_names, outs)]
     return weights, ins, outs_spec
+
+
+def _user_line(e: BaseException, filename: str) -> int | None:
+    """The last line of the user's file in the exception's traceback chain."""
+    line = None
+    while e is not None:
+        tb = e.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == filename:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        e = e.__cause__ or e.__context__
+    return line
 
 
 def block_key(prog: Program, b: PBlock) -> str:

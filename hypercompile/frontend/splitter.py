@@ -452,19 +452,24 @@ class Lowerer:
 
     def lower_return(self, stmt: ast.Return, st: St, frame: Frame):
         value_node = stmt.value if stmt.value is not None else ast.Constant(None)
-        if frame.ret_name is None:
-            name = self.fresh("ret")
-            self.emit(ast.Assign([ast.Name(name, ast.Store())], value_node), st, frame,
-                      program_targets=True, node=stmt)
-            st.block.term = ("return", name)
+        local = self.fresh("ret")
+        assign = ast.copy_location(ast.Assign([ast.Name(local, ast.Store())], value_node), stmt)
+        end = self.lower_simple(assign, st, frame)  # dispatch / inlining inside the value
+        if end is None:
             return None
-        ok, value = self.static_eval(value_node, st.env, frame)
-        if ok and not isinstance(value, torch.Tensor):
-            frame.rets.append((st, value))
+        static = end.env.static.get(local, _MISSING)
+        if frame.ret_name is not None and static is not _MISSING and \
+                not isinstance(static, torch.Tensor):
+            frame.rets.append((end, static))
+            return None
+        target = frame.ret_name or frame.prog(local)
+        if static is not _MISSING or frame.ret_name is not None:
+            self.emit(ast.Assign([ast.Name(target, ast.Store())], ast.Name(local, ast.Load())),
+                      end, frame, program_targets=True, node=stmt)
+        if frame.ret_name is None:
+            end.block.term = ("return", target)
         else:
-            self.emit(ast.Assign([ast.Name(frame.ret_name, ast.Store())], value_node), st, frame,
-                      program_targets=True, node=stmt)
-            frame.rets.append((st, _DYN))
+            frame.rets.append((end, _DYN))
         return None
 
     # -- simple statements ---------------------------------------------------------------------
@@ -663,6 +668,7 @@ class Lowerer:
             except Unsupported:
                 return False
             trial = Lowerer(self.root)
+            trial._inline_cache = self._inline_cache  # shared: guards against recursion
             trial_frame = Frame(globs, filename, "_trial", "__trial_ret", stack=(target,))
             params = [a.arg for a in node.args.args]
             env = Env()

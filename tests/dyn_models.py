@@ -1,0 +1,228 @@
+"""Small dynamic models for the splitter tests, written the ordinary way (not for a compiler).
+Each builds in a few seconds; thresholds make every branch reachable on random inputs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _seeded(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+class EarlyExit(nn.Module):
+    """Early return inside a loop over a ModuleList (Shallow-Deep style), two outputs."""
+
+    def __init__(self):
+        super().__init__()
+        _seeded(0)
+        self.stages = nn.ModuleList([nn.Linear(8, 8) for _ in range(3)])
+        self.heads = nn.ModuleList([nn.Linear(8, 4) for _ in range(3)])
+        self.thresholds = [0.45, 0.4, 0.35]
+        self.eval()
+
+    def example_inputs(self):
+        return (torch.randn(1, 8),)
+
+    def forward(self, x):
+        for i, (stage, head) in enumerate(zip(self.stages, self.heads)):
+            x = torch.tanh(stage(x))
+            logits = head(x)
+            if F.softmax(logits, dim=1).max() > self.thresholds[i]:
+                return logits, torch.tensor(i)
+        return logits, torch.tensor(len(self.stages))
+
+
+class Refine(nn.Module):
+    """A data-dependent while loop with a Python counter in its condition."""
+
+    def __init__(self):
+        super().__init__()
+        _seeded(1)
+        self.step = nn.Linear(6, 6)
+        self.max_steps = 6
+
+    def example_inputs(self):
+        return (torch.randn(1, 6),)
+
+    def forward(self, x):
+        steps = 0
+        while x.norm() > 1.0 and steps < self.max_steps:
+            x = 0.7 * x + 0.1 * torch.tanh(self.step(x))
+            steps += 1
+        return x * steps
+
+
+class Halving(nn.Module):
+    """Loops as long as the data says: used to check the runtime's iteration bound."""
+
+    def example_inputs(self):
+        return (torch.rand(1, 4) * 8,)
+
+    def forward(self, x):
+        while x.max() > 1.0:
+            x = x * 0.5
+        return x
+
+
+class Router(nn.Module):
+    """Top-1 routing: `self.experts[int(idx)](x)`."""
+
+    def __init__(self):
+        super().__init__()
+        _seeded(2)
+        self.router = nn.Linear(5, 3)
+        self.experts = nn.ModuleList([nn.Linear(5, 5) for _ in range(3)])
+        self.eval()
+
+    def example_inputs(self):
+        return (torch.randn(1, 5),)
+
+    def forward(self, x):
+        idx = self.router(x).argmax(dim=1)
+        return self.experts[int(idx)](x) + x
+
+
+class GatedBlock(nn.Module):
+    """A submodule with its own data-dependent branch: inlined into the caller's program."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.fc = nn.Linear(n, n)
+        self.gate = nn.Linear(n, 1)
+
+    def forward(self, x):
+        if torch.sigmoid(self.gate(x)).item() > 0.5:
+            return x + torch.relu(self.fc(x))
+        return x
+
+
+class Stack(nn.Module):
+    """Inlined gated submodules, `getattr` with formatted names, a list built with append."""
+
+    def __init__(self):
+        super().__init__()
+        _seeded(3)
+        self.num_layers = 3
+        for i in range(self.num_layers):
+            setattr(self, "layer{}".format(i), GatedBlock(6))
+        self.out = nn.Linear(6, 2)
+        self.eval()
+
+    def example_inputs(self):
+        return (torch.randn(1, 6),)
+
+    def forward(self, x):
+        feats = []
+        for i in range(self.num_layers):
+            x = getattr(self, "layer{}".format(i))(x)
+            feats.append(x.sum(dim=1))
+        return self.out(x), torch.stack(feats, dim=1)
+
+
+class TwoInputs(nn.Module):
+    """Several inputs; a branch on one of them; a nested if inside a static loop."""
+
+    def __init__(self):
+        super().__init__()
+        _seeded(4)
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.eval()
+
+    def example_inputs(self):
+        return (torch.randn(1, 4), torch.randn(1, 4))
+
+    def forward(self, x, y):
+        if y.mean() > 0:
+            for _ in range(2):
+                x = self.a(x)
+                if x.sum() > 0:
+                    x = torch.relu(x)
+        else:
+            x = self.b(x) - y
+        return x
+
+
+class StaticControl(nn.Module):
+    """Control flow that depends only on the module: builds as one static graph."""
+
+    def __init__(self):
+        super().__init__()
+        _seeded(5)
+        self.blocks = nn.ModuleList([nn.Linear(4, 4) for _ in range(3)])
+        self.use_skip = True
+
+    def example_inputs(self):
+        return (torch.randn(1, 4),)
+
+    def forward(self, x):
+        for i, blk in enumerate(self.blocks):
+            if self.use_skip and i > 0:
+                x = x + blk(x)
+            else:
+                x = blk(x)
+        return x
+
+
+# -- constructs that must fail the build, naming file and line ------------------------------------
+class Prints(nn.Module):
+    def example_inputs(self):
+        return (torch.randn(1, 4),)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            print("positive")
+        return x
+
+
+class MutatesState(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def example_inputs(self):
+        return (torch.randn(1, 4),)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            self.calls = self.calls + 1
+        return x * 2
+
+
+class Recursive(nn.Module):
+    def example_inputs(self):
+        return (torch.randn(1, 4),)
+
+    def forward(self, x):
+        return self.halve(x)
+
+    def halve(self, x):
+        if x.abs().max() > 1:
+            return self.halve(x / 2)
+        return x
+
+
+class Generator(nn.Module):
+    def example_inputs(self):
+        return (torch.randn(1, 4),)
+
+    def forward(self, x):
+        for i in range(2):
+            yield x * i
+
+
+class LoopCountFromData(nn.Module):
+    """How many times the loop body (with a branch inside) runs comes from tensor values."""
+
+    def example_inputs(self):
+        return (torch.randn(1, 4),)
+
+    def forward(self, x):
+        n = int((x > 0).sum())
+        for i in range(n):
+            if x[0, i] > 0.5:
+                x = x * 2
+        return x

@@ -1,0 +1,120 @@
+"""The splitter on small dynamic models: which decisions reach the host, what stays static,
+and which constructs it refuses (with file and line)."""
+
+import re
+
+import pytest
+import torch
+from dyn_models import (
+    EarlyExit, Generator, LoopCountFromData, MutatesState, Prints, Recursive, Refine, Router, Stack,
+    StaticControl, TwoInputs,
+)  # fmt: skip
+
+from hypercompile import UnsupportedModelError
+from hypercompile.frontend.program import Probe, block_source, split_module
+
+
+def _run_probe(model, n=40, seed=0):
+    prog = split_module(model)
+    probe = Probe(prog, model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _ in range(n):
+            xs = [torch.randn(x.shape, generator=gen) for x in model.example_inputs()]
+            got = probe.run(dict(zip(prog.inputs, xs)))
+            want = model(*xs)
+            got, want = (got, want) if isinstance(want, tuple) else ((got,), (want,))
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g, w.to(g.dtype) if g.dtype != w.dtype else w)
+    return prog, probe
+
+
+def _sources(prog):
+    return "\n".join(block_source(b) for b in prog.blocks.values())
+
+
+def test_static_control_flow_is_evaluated_away():
+    assert split_module(StaticControl()) is None
+
+
+def test_early_exit_in_loop_unrolls_and_keeps_python_values_python():
+    prog, probe = _run_probe(EarlyExit())
+    branches = [b for b in prog.blocks.values() if b.term[0] == "branch"]
+    assert len(branches) == 3
+    text = _sources(prog)
+    # thresholds[i] with the unrolled i folded to constants, the modules resolved by path
+    for th in ("0.45", "0.4", "0.35"):
+        assert th in text
+    assert "_hc_get(__root, 'stages.2')" in text and "thresholds" not in text
+    assert all(set(c.values()) != {0} for c in probe.counts.values())
+
+
+def test_while_loop_counter_is_carried_by_the_host():
+    prog, probe = _run_probe(Refine())
+    assert prog.loop_headers
+    assigns = {k: v for b in prog.blocks.values() for k, v in b.assign.items()}
+    assert assigns == {"steps": 0}  # the Python counter starts on the host
+    loop_counts = [c for b, c in probe.counts.items()]
+    assert any(c["then"] > 0 for c in loop_counts)
+
+
+def test_dispatch_on_computed_index_becomes_a_switch():
+    prog, probe = _run_probe(Router(), n=60)
+    switches = [b for b in prog.blocks.values() if b.term[0] == "switch"]
+    assert len(switches) == 1 and len(switches[0].term[2]) == 3
+    (counts,) = [c for b, c in probe.counts.items()]
+    assert set(counts) == {"0", "1", "2"}
+
+
+def test_submodule_with_data_dependent_branch_is_inlined():
+    prog, probe = _run_probe(Stack())
+    assert len({b.term[1] for b in prog.blocks.values() if b.term[0] == "branch"}) == 3
+    text = _sources(prog)
+    assert "_hc_get(__root, 'layer1.fc')" in text  # the inlined GatedBlock body
+    assert "torch.stack([" in text  # the appended list, as a list display
+
+
+def test_several_inputs_nested_if_in_loop_in_if():
+    prog, _ = _run_probe(TwoInputs())
+    assert prog.inputs == ["x", "y"]
+    # three decisions in the source; tail duplication may copy one into two predecessors
+    assert len({b.term[1] for b in prog.blocks.values() if b.term[0] == "branch"}) == 3
+
+
+@pytest.mark.parametrize(
+    "model, construct",
+    [
+        (Prints, r"side effect `print`"),
+        (MutatesState, r"assigning to `self.calls` mutates module or build-time state"),
+        (Recursive, r"recursion into Recursive.halve"),
+        (Generator, r"generator \(yield\)"),
+    ],
+)
+def test_unsupported_constructs_name_file_and_line(model, construct):
+    with pytest.raises(UnsupportedModelError, match=construct) as e:
+        split_module(model())
+    assert re.search(r"dyn_models\.py:\d+: ", str(e.value))
+
+
+def test_poisoned_list_is_an_error_only_when_read():
+    class Masks(torch.nn.Module):
+        def forward(self, x):
+            masks = []
+            if x.sum() > 0:
+                masks.append(1)
+            else:
+                masks.append(0)
+            return x * len(masks)
+
+    with pytest.raises(UnsupportedModelError, match="`masks` differs between data-dependent"):
+        split_module(Masks())
+
+
+def test_data_dependent_loop_count_fails_the_build_and_leaves_nothing(tmp_path):
+    import hypercompile as hc
+
+    out = tmp_path / "b"
+    with pytest.raises(UnsupportedModelError, match=r"dyn_models\.py:\d+: a loop over a "
+                       "data-dependent iterable"):
+        hc.build(LoopCountFromData(), out=out, parity_inputs=20)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
