@@ -1,0 +1,159 @@
+"""Dynamic models end to end: split, export every block, verify through the runtime, and
+agree with eager PyTorch on fresh random inputs."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+from dyn_models import EarlyExit, Halving, Refine, Router, Stack, TwoInputs
+
+import hypercompile as hc
+from hypercompile import HypercompileError
+
+
+def _agree(model, bundle, n=100, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    names = [i["name"] for i in bundle.inputs]
+    mismatched = 0
+    with torch.no_grad():
+        for _ in range(n):
+            xs = [torch.randn(x.shape, generator=gen) for x in model.example_inputs()]
+            want = model(*xs)
+            want = list(want) if isinstance(want, tuple) else [want]
+            got = list(bundle.run({k: x.numpy() for k, x in zip(names, xs)}).values())
+            assert len(got) == len(want)
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=0)
+            if want[0].dim() and want[0].dtype.is_floating_point:
+                mismatched += int(np.argmax(got[0]) != int(want[0].argmax()))
+    assert mismatched == 0
+
+
+@pytest.mark.parametrize("model_cls", [EarlyExit, Refine, Router, Stack, TwoInputs])
+def test_small_dynamic_models_build_and_agree(model_cls, tmp_path):
+    model = model_cls()
+    path = hc.build(model, out=tmp_path / "b", parity_inputs=60)
+    m = json.loads((path / "manifest.json").read_text())
+    (variant,) = m["variants"]
+    assert "program" in variant and variant["parity"]["onnxruntime"]["argmax_mismatches"] == 0
+    program = m["programs"][variant["program"]]
+    for name, c in program["coverage"].items():
+        assert all(n > 0 for n in c["taken"].values()), (name, c)
+    _agree(model, hc.load(path))
+
+
+def test_identical_subgraphs_are_stored_once_and_weights_bind_per_file(tmp_path):
+    path = hc.build(Stack(), out=tmp_path / "b", parity_inputs=30)
+    m = json.loads((path / "manifest.json").read_text())
+    digests = [g["digest"] for g in m["graphs"].values()]
+    assert len(digests) == len(set(digests))
+    program = m["programs"]["p0"]
+    used = [b["graph"] for b in program["blocks"] if b["graph"]]
+    assert set(used) == set(m["graphs"])
+
+
+def test_loop_bound_from_the_manifest(tmp_path):
+    path = hc.build(Halving(), out=tmp_path / "b", parity_inputs=20)
+    b = hc.load(path)
+    x = np.full((1, 4), 1e6, np.float32)  # about 20 halvings
+    np.testing.assert_allclose(b.run({"x": x})["output"], Halving()(torch.from_numpy(x)).numpy())
+    m = json.loads((path / "manifest.json").read_text())
+    m["programs"]["p0"]["max_iterations"] = 5
+    (path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(HypercompileError, match="exceeded its bound of 5 loop iterations"):
+        hc.load(path).run({"x": x})
+
+
+def test_program_runs_without_torch(tmp_path):
+    path = hc.build(Router(), out=tmp_path / "b", parity_inputs=20)
+    code = (
+        "import sys, numpy as np, hypercompile as hc\n"
+        f"b = hc.load({str(path)!r})\n"
+        "for s in range(10):\n"
+        "    b.run({'x': np.random.default_rng(s).standard_normal((1, 5)).astype(np.float32)})\n"
+        "print('IMPORTED', [m for m in ('torch', 'onnx') if m in sys.modules])\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "IMPORTED []" in res.stdout
+
+
+def test_inspect_shows_program_tree_and_coverage(tmp_path):
+    path = hc.build(EarlyExit(), out=tmp_path / "b", parity_inputs=30)
+    res = subprocess.run([sys.executable, "-m", "hypercompile.cli", "inspect", str(path)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "program p0" in res.stdout and "return" in res.stdout
+    assert "F.softmax(logits, dim=1).max() > self.thresholds[i]" in res.stdout
+    assert "branch coverage" in res.stdout
+
+
+class TaskEarlyExit:
+    """A HyperModel whose target is a DyNN: per task, generated weights and threshold."""
+
+    def __init__(self, tasks=3):
+        gen = torch.Generator().manual_seed(0)
+        self.emb = torch.randn(tasks, 3, generator=gen)
+        self.h = torch.nn.Linear(3, sum(p.numel() for p in EarlyExit().state_dict().values()))
+
+    def conditions(self):
+        return [{"task": t} for t in range(len(self.emb))]
+
+    def build(self, cond):
+        m = EarlyExit()
+        m.thresholds = [0.34, 0.37, 0.29 + 0.002 * cond["task"]]
+        return m
+
+    def generate(self, cond):
+        flat, out, i = self.h(self.emb[cond["task"]]), {}, 0
+        for k, v in EarlyExit().state_dict().items():
+            out[k] = flat[i:i + v.numel()].reshape(v.shape)
+            i += v.numel()
+        return out
+
+    def example_inputs(self, cond):
+        return (torch.randn(1, 8),)
+
+
+def test_hypermodel_with_dynamic_target_builds_per_condition_programs(tmp_path):
+    hm = TaskEarlyExit()
+    path = hc.build(hm, out=tmp_path / "b", parity_inputs=40)
+    m = json.loads((path / "manifest.json").read_text())
+    assert len(m["programs"]) == 3
+    # the first two exits' blocks have the same code in every task: exported once
+    per_program = [len({b["graph"] for b in p["blocks"] if b["graph"]}) for p in
+                   m["programs"].values()]
+    assert len(m["graphs"]) < sum(per_program)
+    b = hc.load(path)
+    x = np.random.default_rng(0).standard_normal((1, 8)).astype(np.float32)
+    for cond in b.variants:
+        from hypercompile.frontend.materialize import materialize
+
+        target = materialize(hm, cond)
+        want = target(torch.from_numpy(x))
+        got = b.run({"x": x}, **cond)
+        np.testing.assert_allclose(got["output_0"], want[0].detach().numpy(), atol=1e-5)
+
+
+ZOO = ["ShallowDeep", "SkipNetFF", "SkipNetRNN", "BlockDrop", "IterativeRefine", "TopOneMoE",
+       "NestedIfLoopIf"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_model_builds_every_branch_taken_and_agrees(name, tmp_path):
+    sys.path.insert(0, str(ROOT / "examples" / "dynamic"))
+    import zoo
+
+    model = getattr(zoo, name)()
+    path = hc.build(f"{ROOT}/examples/dynamic/zoo.py:{name}", out=tmp_path / name)
+    m = json.loads((path / "manifest.json").read_text())
+    (variant,) = m["variants"]
+    assert variant["parity"]["onnxruntime"]["inputs"] == 201
+    assert variant["parity"]["onnxruntime"]["argmax_mismatches"] == 0
+    for c in m["programs"][variant["program"]]["coverage"].values():
+        assert all(n > 0 for n in c["taken"].values()), c
+    _agree(model, hc.load(path), n=100, seed=7)
