@@ -35,6 +35,7 @@ class Target:
     backends: tuple[str, ...] = ("onnxruntime",)
     ort_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     ort_threads: int = 0  # 0: ONNX Runtime's default
+    ort_shared_pool: bool = True  # DyNN programs: one process-wide thread pool
     tvm_target: dict[str, Any] = field(default_factory=dict)
     tvm_host: dict[str, Any] = field(default_factory=dict)
     cross_compiler: str = ""
@@ -57,6 +58,7 @@ _FIELDS = {
     "backends": list,
     "ort_providers": list,
     "ort_threads": int,
+    "ort_shared_pool": bool,
     "tvm_target": dict,
     "tvm_host": dict,
     "cross_compiler": str,

@@ -29,7 +29,13 @@ class Backend:
         raise NotImplementedError
 
     def load(
-        self, artifact: bytes, weights: dict[str, np.ndarray], target: Any, output_names: list[str]
+        self,
+        artifact: bytes,
+        weights: dict[str, np.ndarray],
+        target: Any,
+        output_names: list[str],
+        shared: bool = False,
     ) -> Runner:
-        """Bind one variant's weights to a compiled artifact and return a runner."""
+        """Bind one variant's weights to a compiled artifact and return a runner. `shared`:
+        the runner is one of many (a DyNN program's blocks) that should share threads."""
         raise NotImplementedError

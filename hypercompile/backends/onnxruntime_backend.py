@@ -11,21 +11,36 @@ from ..errors import BackendError
 from .base import Backend
 
 
-_pool_state: list[bool] = []
+_pool: dict[str, bool] = {}
 
 
-def _shared_pool() -> bool:
-    """Create ONNX Runtime's global intra-op pool once (it must precede the first session);
-    False when the process already made its ONNX Runtime environment without one."""
-    if not _pool_state:
+def shared_pool() -> bool:
+    """ONNX Runtime's process-wide intra-op pool, created on first use. It can only be made
+    before the process's first session; afterwards every session in the process must use it."""
+    if "on" not in _pool:
+        import onnxruntime as ort
+        from onnxruntime.capi import _pybind_state
+
         try:
-            from onnxruntime.capi import _pybind_state
-
             _pybind_state.set_global_thread_pool_sizes(0, 1)
-            _pool_state.append(True)
+            so = ort.SessionOptions()
+            so.use_per_session_threads = False
+            _probe_session(so)  # fails if the environment existed already without the pool
+            _pool["on"] = True
         except Exception:
-            _pool_state.append(False)
-    return _pool_state[0]
+            _pool["on"] = False
+    return _pool["on"]
+
+
+def _probe_session(so: Any) -> None:
+    import onnxruntime as ort
+
+    # the smallest valid model (Identity on a float[1]), serialized by onnx.helper
+    model = bytes.fromhex(
+        "080812003a370a100a017812017922084964656e746974791201675a0f0a0178120a0a0808011204"
+        "0a020801620f0a0179120a0a08080112040a02080142040a00100d"
+    )
+    ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
 class OrtRunner:
@@ -50,28 +65,39 @@ class OnnxRuntimeBackend(Backend):
     def compile(self, graph_path: Path, bundle_dir: Path, graph_id: str, target: Any) -> str:
         return graph_path.relative_to(bundle_dir).as_posix()
 
-    def session_options(self, target: Any) -> Any:
-        """Sessions share one process-wide thread pool: a DyNN program holds one session per
-        block, and per-session pools that spin while idle starve the session that runs."""
+    def session_options(self, target: Any, shared: bool = False) -> Any:
+        """`shared`: use the process-wide thread pool. A DyNN program holds one session per
+        block, and per-session pools that spin while idle starve the session that runs (DyCL
+        measured 6-12x slowdowns); static variants keep ONNX Runtime's per-session default."""
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
         threads = int(getattr(target, "ort_threads", 0) or 0)
-        if (threads == 0 and _shared_pool()) or (_pool_state and _pool_state[0]):
-            so.use_per_session_threads = False  # once the shared pool exists, all must use it
+        use_pool = _pool.get("on", False) or (
+            shared and threads == 0 and getattr(target, "ort_shared_pool", True) and shared_pool()
+        )
+        if use_pool:
+            so.use_per_session_threads = False  # once the pool exists, every session uses it
         else:
-            so.intra_op_num_threads = threads
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            if threads:
+                so.intra_op_num_threads = threads
+            if shared:
+                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return so
 
     def load(
-        self, artifact: bytes, weights: dict[str, np.ndarray], target: Any, output_names: list[str]
+        self,
+        artifact: bytes,
+        weights: dict[str, np.ndarray],
+        target: Any,
+        output_names: list[str],
+        shared: bool = False,
     ) -> OrtRunner:
         import onnxruntime as ort
 
-        so = self.session_options(target)
+        so = self.session_options(target, shared)
         names = list(weights)
         values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(weights[n])) for n in names]
         if names:

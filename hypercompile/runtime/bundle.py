@@ -51,6 +51,7 @@ class Bundle:
         self._lock = threading.Lock()
         self._runners: OrderedDict[tuple[str, str], Runner] = OrderedDict()
         self._graph_bytes: dict[str, bytes] = {}
+        self._plans: dict[str, _Plan] = {}
 
     # -- integrity -------------------------------------------------------------------------
     def _check_layout(self) -> None:
@@ -103,7 +104,7 @@ class Bundle:
 
     def select(self, **cond: Any) -> dict[str, Any]:
         """The variant entry whose condition matches `cond` (all given keys)."""
-        exact = self._by_cond.get(_cond_key(cond))
+        exact = self._by_cond.get(tuple(cond.items()) if len(cond) < 2 else _cond_key(cond))
         if exact is not None:
             return exact
         found = [
@@ -128,11 +129,13 @@ class Bundle:
     ) -> dict[str, np.ndarray]:
         """Run the variant selected by `cond`; returns output name -> array."""
         variant = self.select(**cond)
-        io = self._io(variant)
-        feeds = _check_inputs(inputs, io["inputs"])
-        runner = self._runner(variant, backend or self._default_backend(variant))
-        values = runner.run(feeds)
-        return dict(zip(io["output_names"], values))
+        plan = self._plans.get(variant["id"])
+        if plan is None:
+            plan = self._plans[variant["id"]] = _Plan(self._io(variant), self._default_backend(variant))
+        if not plan.fits(inputs):
+            _check_inputs(inputs, plan.specs)  # raises the precise error
+        runner = self._runner(variant, backend or plan.backend)
+        return dict(zip(plan.output_names, runner.run(inputs)))
 
     def _io(self, variant: dict[str, Any]) -> dict[str, Any]:
         if "program" in variant:
@@ -148,6 +151,11 @@ class Bundle:
 
     def _runner(self, variant: dict[str, Any], backend: str) -> Runner:
         key = (variant["id"], backend)
+        try:  # the most recent runner again: no reordering, so no lock
+            if next(reversed(self._runners)) == key:
+                return self._runners[key]
+        except (StopIteration, RuntimeError, KeyError):
+            pass  # empty, or another thread changed the cache meanwhile
         with self._lock:
             runner = self._runners.get(key)
             if runner is not None:
@@ -171,15 +179,18 @@ class Bundle:
             raise BackendError(reason)
         weights = fmt.read_tensors(self._verify(variant["weights"]), variant["weights"])
         if "program" not in variant:
-            return self._graph_runner(variant["graph"], backend, weights)
+            return self._graph_runner(variant["graph"], backend, weights, shared=False)
         from .program import ProgramRunner
 
         program = self.manifest["programs"][variant["program"]]
         gids = {b["graph"] for b in program["blocks"] if b.get("graph")}
-        runners = {gid: self._graph_runner(gid, backend, weights) for gid in sorted(gids)}
+        runners = {gid: self._graph_runner(gid, backend, weights, shared=True)
+                   for gid in sorted(gids)}
         return ProgramRunner(program, self.manifest["graphs"], runners)
 
-    def _graph_runner(self, gid: str, backend: str, weights: dict[str, np.ndarray]) -> Runner:
+    def _graph_runner(
+        self, gid: str, backend: str, weights: dict[str, np.ndarray], shared: bool
+    ) -> Runner:
         graph = self.manifest["graphs"].get(gid)
         if graph is None or backend not in graph.get("artifacts", {}):
             raise BundleError(f"{self.path}: graph {gid} has no {backend} artifact")
@@ -190,11 +201,46 @@ class Bundle:
         if missing:
             raise BundleError(f"weight file lacks tensor(s) {', '.join(missing[:5])}")
         bound = {n: weights[n] for n in graph["weights"]}
-        return get_backend(backend).load(self._graph_bytes[rel], bound, self.target,
-                                         graph["output_names"])
+        return get_backend(backend).load(
+            self._graph_bytes[rel], bound, self.target, graph["output_names"], shared=shared
+        )
 
     def __repr__(self) -> str:
         return f"Bundle({str(self.path)!r}, variants={len(self.manifest['variants'])})"
+
+
+class _Plan:
+    """Per-variant facts `run` needs on every call, with a fast input check."""
+
+    def __init__(self, io: dict[str, Any], backend: str):
+        self.specs = io["inputs"]
+        self.output_names = list(io["output_names"])
+        self.backend = backend
+        self.names = frozenset(s["name"] for s in self.specs)
+        self.items = []
+        for spec in self.specs:
+            fixed = [(i, d) for i, d in enumerate(spec["shape"]) if isinstance(d, int)]
+            batch = [i for i, d in enumerate(spec["shape"]) if d == "batch"]
+            self.items.append((spec["name"], np.dtype(spec["dtype"]), len(spec["shape"]), fixed,
+                               batch))
+
+    def fits(self, inputs: Any) -> bool:
+        if type(inputs) is not dict or inputs.keys() != self.names:
+            return False
+        batch = None
+        for name, dtype, ndim, fixed, batch_dims in self.items:
+            a = inputs[name]
+            if type(a) is not np.ndarray or a.dtype != dtype or a.ndim != ndim:
+                return False
+            shape = a.shape
+            for i, d in fixed:
+                if shape[i] != d:
+                    return False
+            for i in batch_dims:
+                if shape[i] < 1 or (batch is not None and shape[i] != batch):
+                    return False
+                batch = shape[i]
+        return True
 
 
 def _fmt_cond(cond: dict[str, Any]) -> str:
