@@ -177,12 +177,14 @@ def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random,
                 prog, target, inputs, tmp, tgt, backend_names, graphs, block_cache, gen, n_dyn
             )
             programs[pid] = program
-            weight_names = sorted({w for b in program["blocks"] if b["graph"]
-                                   for w in graphs[b["graph"]]["weights"]})
+            weight_names = sorted(
+                {w for b in program["blocks"] if b["graph"] for w in graphs[b["graph"]]["weights"]}
+            )
             where = {"program": pid}
             used = sorted({b["graph"] for b in program["blocks"] if b["graph"]})
-            artifacts = {name: [graphs[g]["artifacts"][name] for g in used]
-                         for name in backend_names}
+            artifacts = {
+                name: [graphs[g]["artifacts"][name] for g in used] for name in backend_names
+            }
         state = target.state_dict()
         tensors = {n: _np(state[n]) for n in weight_names}
         wrel = f"weights/{vid}.safetensors"
@@ -264,8 +266,9 @@ def _compile_graph(g: dict, tmp: Path, tgt: Target, backend_names: list[str]) ->
         g["artifacts"][name] = get_backend(name).compile(tmp / g["path"], tmp, g["id"], tgt)
 
 
-def _build_program(prog, target, inputs, tmp, tgt, backend_names, graphs, block_cache, gen,
-                   n_random):
+def _build_program(
+    prog, target, inputs, tmp, tgt, backend_names, graphs, block_cache, gen, n_random
+):
     """Probe the program against eager forward, export every block, and return the parity
     check and the program's manifest entry."""
     from .frontend import program as P
@@ -309,17 +312,24 @@ def _build_program(prog, target, inputs, tmp, tgt, backend_names, graphs, block_
                 block_cache[key] = same["id"]
             else:
                 graphs[gid] = {
-                    "id": gid, "path": f"graphs/{gid}.onnx", "weights": weights, "inputs": ins,
-                    "outputs": outs, "output_names": [o["name"] for o in outs],
-                    "dynamic_batch": False, "export_s": round(time.perf_counter() - t, 3),
-                    "digest": digest, "artifacts": {},
+                    "id": gid,
+                    "path": f"graphs/{gid}.onnx",
+                    "weights": weights,
+                    "inputs": ins,
+                    "outputs": outs,
+                    "output_names": [o["name"] for o in outs],
+                    "dynamic_batch": False,
+                    "export_s": round(time.perf_counter() - t, 3),
+                    "digest": digest,
+                    "artifacts": {},
                 }
                 _compile_graph(graphs[gid], tmp, tgt, backend_names)
                 block_cache[key] = gid
         graph_of[k] = block_cache[key]
     entry = P.program_entry(prog, graph_of)
     entry["input_specs"] = [
-        {"name": n, "dtype": str(_np(x).dtype), "shape": list(x.shape)} for n, x in zip(names, inputs)
+        {"name": n, "dtype": str(_np(x).dtype), "shape": list(x.shape)}
+        for n, x in zip(names, inputs)
     ]
     with torch.no_grad():
         outs = flatten_outputs(target(*inputs))[1]

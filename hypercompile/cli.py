@@ -229,14 +229,18 @@ def program_tree(pid: str, program: dict[str, Any], label: str) -> Any:
     decisions = program.get("decisions", {})
     coverage = program.get("coverage", {})
     seen: set[int] = set()
-    root = Tree(f"[bold]program {pid}[/] ({escape(label)}): {len(blocks)} blocks, "
-                f"{len({b['graph'] for b in blocks.values() if b['graph']})} subgraphs")
+    root = Tree(
+        f"[bold]program {pid}[/] ({escape(label)}): {len(blocks)} blocks, "
+        f"{len({b['graph'] for b in blocks.values() if b['graph']})} subgraphs"
+    )
 
     def describe(b: dict) -> str:
         head = f"[cyan]b{b['id']}[/]"
         if b["graph"]:
-            head += f" [dim]{b['graph']}[/] {escape(', '.join(b['inputs']) or '-')} -> " \
-                    f"{escape(', '.join(b['outputs']) or '-')}"
+            head += (
+                f" [dim]{b['graph']}[/] {escape(', '.join(b['inputs']) or '-')} -> "
+                f"{escape(', '.join(b['outputs']) or '-')}"
+            )
         if b.get("loop_header"):
             head += " [magenta](loop header)[/]"
         extra = [f"{k} = {v['value']}" for k, v in b.get("assign", {}).items()]
@@ -286,9 +290,13 @@ def coverage_table(programs: dict[str, Any]) -> Any:
         for name, c in program.get("coverage", {}).items():
             taken = c.get("taken", {})
             never = [k for k, n in taken.items() if n == 0]
-            table.add_row(pid, str(c.get("line")), escape(c.get("source", name)),
-                          ", ".join(f"{k}: {n}" for k, n in taken.items()),
-                          "[red]" + ", ".join(never) + "[/]" if never else "-")
+            table.add_row(
+                pid,
+                str(c.get("line")),
+                escape(c.get("source", name)),
+                ", ".join(f"{k}: {n}" for k, n in taken.items()),
+                "[red]" + ", ".join(never) + "[/]" if never else "-",
+            )
     return table
 
 

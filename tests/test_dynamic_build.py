@@ -83,8 +83,11 @@ def test_program_runs_without_torch(tmp_path):
 
 def test_inspect_shows_program_tree_and_coverage(tmp_path):
     path = hc.build(EarlyExit(), out=tmp_path / "b", parity_inputs=30)
-    res = subprocess.run([sys.executable, "-m", "hypercompile.cli", "inspect", str(path)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "hypercompile.cli", "inspect", str(path)],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
     assert "program p0" in res.stdout and "return" in res.stdout
     assert "F.softmax(logits, dim=1).max() > self.thresholds[i]" in res.stdout
@@ -110,7 +113,7 @@ class TaskEarlyExit:
     def generate(self, cond):
         flat, out, i = self.h(self.emb[cond["task"]]), {}, 0
         for k, v in EarlyExit().state_dict().items():
-            out[k] = flat[i:i + v.numel()].reshape(v.shape)
+            out[k] = flat[i : i + v.numel()].reshape(v.shape)
             i += v.numel()
         return out
 
@@ -124,8 +127,9 @@ def test_hypermodel_with_dynamic_target_builds_per_condition_programs(tmp_path):
     m = json.loads((path / "manifest.json").read_text())
     assert len(m["programs"]) == 3
     # the first two exits' blocks have the same code in every task: exported once
-    per_program = [len({b["graph"] for b in p["blocks"] if b["graph"]}) for p in
-                   m["programs"].values()]
+    per_program = [
+        len({b["graph"] for b in p["blocks"] if b["graph"]}) for p in m["programs"].values()
+    ]
     assert len(m["graphs"]) < sum(per_program)
     b = hc.load(path)
     x = np.random.default_rng(0).standard_normal((1, 8)).astype(np.float32)
@@ -138,8 +142,15 @@ def test_hypermodel_with_dynamic_target_builds_per_condition_programs(tmp_path):
         np.testing.assert_allclose(got["output_0"], want[0].detach().numpy(), atol=1e-5)
 
 
-ZOO = ["ShallowDeep", "SkipNetFF", "SkipNetRNN", "BlockDrop", "IterativeRefine", "TopOneMoE",
-       "NestedIfLoopIf"]
+ZOO = [
+    "ShallowDeep",
+    "SkipNetFF",
+    "SkipNetRNN",
+    "BlockDrop",
+    "IterativeRefine",
+    "TopOneMoE",
+    "NestedIfLoopIf",
+]
 
 
 @pytest.mark.slow

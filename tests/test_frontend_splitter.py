@@ -6,8 +6,17 @@ import re
 import pytest
 import torch
 from dyn_models import (
-    EarlyExit, Generator, LoopCountFromData, MutatesState, Prints, Recursive, Refine, Router, Stack,
-    StaticControl, TwoInputs,
+    EarlyExit,
+    Generator,
+    LoopCountFromData,
+    MutatesState,
+    Prints,
+    Recursive,
+    Refine,
+    Router,
+    Stack,
+    StaticControl,
+    TwoInputs,
 )  # fmt: skip
 
 from hypercompile import UnsupportedModelError
@@ -114,7 +123,10 @@ def test_data_dependent_loop_count_fails_the_build_and_leaves_nothing(tmp_path):
     import hypercompile as hc
 
     out = tmp_path / "b"
-    with pytest.raises(UnsupportedModelError, match=r"dyn_models\.py:\d+: a loop over a "
-                       "data-dependent iterable"):
+    with pytest.raises(
+        UnsupportedModelError,
+        match=r"dyn_models\.py:\d+: a loop over a "
+        "data-dependent iterable",
+    ):
         hc.build(LoopCountFromData(), out=out, parity_inputs=20)
     assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -10,7 +10,6 @@ import numpy as np
 from ..errors import BackendError
 from .base import Backend
 
-
 _pool: dict[str, bool] = {}
 
 

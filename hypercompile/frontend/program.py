@@ -19,7 +19,7 @@ import torch.utils._pytree as pytree
 
 from .. import format as fmt
 from ..errors import BuildError
-from .splitter import Block, Lowerer, Unsupported
+from .splitter import Lowerer, Unsupported
 
 MAX_ITERATIONS = 10_000
 _TAIL_DUP_MAX_STMTS = 16
@@ -69,8 +69,10 @@ def _hc_get(root: torch.nn.Module, path: str) -> Any:
     return obj
 
 
-HELPERS = {f.__name__: f for f in (_hc_bool, _hc_and, _hc_or, _hc_not, _hc_item, _hc_int,
-                                   _hc_float, _hc_get)}
+HELPERS = {
+    f.__name__: f
+    for f in (_hc_bool, _hc_and, _hc_or, _hc_not, _hc_item, _hc_int, _hc_float, _hc_get)
+}
 HELPERS["_hc_bool_"] = _hc_bool
 
 
@@ -110,7 +112,10 @@ def split_module(module: torch.nn.Module) -> Program | None:
     entry, inputs = lw.lower_forward()
     prog = Program(
         {b.id: PBlock(b.id, b.stmts, dict(b.assign), term=b.term) for b in lw.blocks},
-        entry.id, inputs, lw.consts, lw.globals,
+        entry.id,
+        inputs,
+        lw.consts,
+        lw.globals,
         sys.modules[type(module).__module__].__file__ or "<forward>",
         decisions=lw.decisions,
     )
@@ -218,15 +223,28 @@ def _stmt_uses_defs(stmt: ast.stmt, names: set[str]) -> tuple[set[str], set[str]
     for n in ast.walk(stmt):
         if isinstance(n, ast.comprehension):
             bound |= {t.id for t in ast.walk(n.target) if isinstance(t, ast.Name)}
-    uses = {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name)
-            and isinstance(n.ctx, ast.Load) and n.id in names and n.id not in bound}
-    defs = {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name)
-            and isinstance(n.ctx, ast.Store) and n.id not in bound}
+    uses = {
+        n.id
+        for n in ast.walk(stmt)
+        if isinstance(n, ast.Name)
+        and isinstance(n.ctx, ast.Load)
+        and n.id in names
+        and n.id not in bound
+    }
+    defs = {
+        n.id
+        for n in ast.walk(stmt)
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store) and n.id not in bound
+    }
     if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name):
         uses.add(stmt.target.id)
     for n in ast.walk(stmt):  # x.add_(y) redefines x
-        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and \
-                n.func.attr.endswith("_") and isinstance(n.func.value, ast.Name):
+        if (
+            isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Attribute)
+            and n.func.attr.endswith("_")
+            and isinstance(n.func.value, ast.Name)
+        ):
             uses.add(n.func.value.id)
             defs.add(n.func.value.id)
     return uses, defs
@@ -245,8 +263,11 @@ def _program_names(prog: Program) -> set[str]:
     for b in prog.blocks.values():
         names |= set(b.assign) | {m[0] for m in b.moves}
         for s in b.stmts:
-            names |= {n.id for n in ast.walk(s) if isinstance(n, ast.Name)
-                      and isinstance(n.ctx, ast.Store)}
+            names |= {
+                n.id
+                for n in ast.walk(s)
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+            }
     return names
 
 
@@ -308,8 +329,12 @@ def _copies_to_moves(b: PBlock) -> None:
     """`a = b` at the end of a block's graph is a host move, not a graph output."""
     while b.stmts:
         s = b.stmts[-1]
-        if not (isinstance(s, ast.Assign) and len(s.targets) == 1 and
-                isinstance(s.targets[0], ast.Name) and isinstance(s.value, ast.Name)):
+        if not (
+            isinstance(s, ast.Assign)
+            and len(s.targets) == 1
+            and isinstance(s.targets[0], ast.Name)
+            and isinstance(s.value, ast.Name)
+        ):
             break
         b.moves.insert(0, (s.targets[0].id, s.value.id))
         b.stmts.pop()
@@ -379,7 +404,10 @@ def _compile_block(b: PBlock, prog: Program) -> Callable:
     fn = ast.FunctionDef(
         name=f"block{b.id}",
         args=ast.arguments(posonlyargs=[], args=args, kwonlyargs=[], kw_defaults=[], defaults=[]),
-        body=[*b.stmts, ret], decorator_list=[], returns=None, **kw,
+        body=[*b.stmts, ret],
+        decorator_list=[],
+        returns=None,
+        **kw,
     )
     ast.copy_location(fn, b.stmts[0])
     mod = ast.fix_missing_locations(ast.Module([fn], []))
@@ -474,8 +502,10 @@ class Probe:
         leaves, spec = pytree.tree_flatten(value)
         if not all(isinstance(x, torch.Tensor) for x in leaves):
             bad = next(type(x).__name__ for x in leaves if not isinstance(x, torch.Tensor))
-            raise Unsupported(f"value `{name}` holds a {bad}, which cannot cross between "
-                              "subgraphs (only tensors, numbers and tuples/lists of them can)")
+            raise Unsupported(
+                f"value `{name}` holds a {bad}, which cannot cross between "
+                "subgraphs (only tensors, numbers and tuples/lists of them can)"
+            )
         old = self.prog.specs.get(name)
         if old is not None and old != spec:
             raise Unsupported(f"value `{name}` changes structure between paths ({old} vs {spec})")
@@ -521,7 +551,7 @@ class BlockModule(torch.nn.Module):
         args, i = [], 0
         for spec in self._in_specs:
             n = spec.num_leaves
-            args.append(pytree.tree_unflatten(list(flat[i:i + n]), spec))
+            args.append(pytree.tree_unflatten(list(flat[i : i + n]), spec))
             i += n
         outs = self._fn(self.root, *args)
         leaves = pytree.tree_leaves([pytree.tree_map(_as_value, o) for o in outs])
@@ -548,16 +578,21 @@ def export_block(
     examples = list(prog.examples.get(b.id, {}).values())
     if not examples:
         line = getattr(b.stmts[0], "lineno", "?")
-        raise BuildError(f"{prog.filename}:{line}: this part of forward was never reached on any "
-                         "input, so it cannot be exported")
+        raise BuildError(
+            f"{prog.filename}:{line}: this part of forward was never reached on any "
+            "input, so it cannot be exported"
+        )
     example = examples[0]
     in_specs = [pytree.tree_flatten(v)[1] for v in example]
     flat = [x for v in example for x in pytree.tree_leaves(v)]
     # dims that differ between the shapes this block was reached with stay symbolic
     others = [[x for v in ex for x in pytree.tree_leaves(v)] for ex in examples[1:]]
     dynamic = [
-        {d: torch.export.Dim.DYNAMIC for d in range(x.dim())
-         if any(o[i].shape[d] != x.shape[d] for o in others)}
+        {
+            d: torch.export.Dim.DYNAMIC
+            for d in range(x.dim())
+            if any(o[i].shape[d] != x.shape[d] for o in others)
+        }
         for i, x in enumerate(flat)
     ]
     module = BlockModule(root, b.fn, in_specs, len(b.outputs))
@@ -568,8 +603,14 @@ def export_block(
     try:
         with _quiet():
             proto = torch.onnx.export(
-                module, tuple(flat), dynamo=True, input_names=in_names, output_names=out_names,
-                optimize=False, opset_version=OPSET, verbose=False,
+                module,
+                tuple(flat),
+                dynamo=True,
+                input_names=in_names,
+                output_names=out_names,
+                optimize=False,
+                opset_version=OPSET,
+                verbose=False,
                 dynamic_shapes=tuple(dynamic) if any(dynamic) else None,
             ).model_proto
     except Exception as e:
@@ -593,8 +634,11 @@ def export_block(
             t.ClearField(f)
         del t.external_data[:]
         t.data_location = TensorProto.EXTERNAL
-        for k, v in (("location", fmt.WEIGHT_STUB_LOCATION), ("offset", "0"),
-                     ("length", str(nbytes))):
+        for k, v in (
+            ("location", fmt.WEIGHT_STUB_LOCATION),
+            ("offset", "0"),
+            ("length", str(nbytes)),
+        ):
             e = t.external_data.add()
             e.key, e.value = k, v
         weights.append(name)
@@ -606,11 +650,18 @@ def export_block(
     del proto.metadata_props[:]
     proto.graph.doc_string = ""
     onnx.save(proto, str(path))
-    ins = [{"name": n, "dtype": str(x.numpy().dtype),
-            "shape": [None if d in dyn else s for d, s in enumerate(x.shape)]}
-           for n, x, dyn in zip(in_names, flat, dynamic)]
-    outs_spec = [{"name": n, "dtype": str(o.detach().numpy().dtype), "shape": list(o.shape)}
-                 for n, o in zip(out_names, outs)]
+    ins = [
+        {
+            "name": n,
+            "dtype": str(x.numpy().dtype),
+            "shape": [None if d in dyn else s for d, s in enumerate(x.shape)],
+        }
+        for n, x, dyn in zip(in_names, flat, dynamic)
+    ]
+    outs_spec = [
+        {"name": n, "dtype": str(o.detach().numpy().dtype), "shape": list(o.shape)}
+        for n, o in zip(out_names, outs)
+    ]
     return weights, ins, outs_spec
 
 
@@ -652,8 +703,11 @@ def program_entry(prog: Program, graph_of: dict[int, str], coverage: dict | None
             nxt = {"switch": leaves_of(prog, term[1])[0], "cases": list(term[2])}
         else:
             nxt = {"return": leaves_of(prog, term[1])}
-        moves = [[d, s] for dst, src in b.moves
-                 for d, s in zip(leaves_of(prog, dst), leaves_of(prog, src))]
+        moves = [
+            [d, s]
+            for dst, src in b.moves
+            for d, s in zip(leaves_of(prog, dst), leaves_of(prog, src))
+        ]
         assign = {}
         for n, v in b.assign.items():
             arr = host_literal(v).numpy()

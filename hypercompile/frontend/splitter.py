@@ -41,9 +41,13 @@ class SymList:
         self.items: list[tuple[str, Any]] = items or []  # ("s", value) | ("d", program name)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, SymList) and len(self.items) == len(other.items) and all(
-            a[0] == b[0] and (a[1] is b[1] or (a[0] == "d" and a[1] == b[1]))
-            for a, b in zip(self.items, other.items)
+        return (
+            isinstance(other, SymList)
+            and len(self.items) == len(other.items)
+            and all(
+                a[0] == b[0] and (a[1] is b[1] or (a[0] == "d" and a[1] == b[1]))
+                for a, b in zip(self.items, other.items)
+            )
         )
 
 
@@ -142,7 +146,8 @@ def function_ast(fn: Any) -> tuple[ast.FunctionDef, str, dict[str, Any]]:
         lines, start = inspect.getsourcelines(func)
         filename = inspect.getsourcefile(func) or "<unknown>"
     except (OSError, TypeError) as e:
-        raise Unsupported(f"cannot read the source of {getattr(fn, '__qualname__', fn)}: {e}")
+        name = getattr(fn, "__qualname__", fn)
+        raise Unsupported(f"cannot read the source of {name}: {e}") from None
     tree = ast.parse(textwrap.dedent("".join(lines)))
     ast.increment_lineno(tree, start - 1)
     node = tree.body[0]
@@ -253,8 +258,10 @@ class Lowerer:
     def _params(self, node: ast.FunctionDef, frame: Frame) -> list[str]:
         a = node.args
         if a.vararg or a.kwarg or a.kwonlyargs or a.posonlyargs:
-            raise Unsupported(f"{_loc(frame, node)}: *args, **kwargs and keyword-only "
-                              "parameters are not supported in split functions")
+            raise Unsupported(
+                f"{_loc(frame, node)}: *args, **kwargs and keyword-only "
+                "parameters are not supported in split functions"
+            )
         return [x.arg for x in a.args]
 
     # -- statements ----------------------------------------------------------------------------
@@ -351,7 +358,8 @@ class Lowerer:
             try:
                 items = list(iterable)
             except TypeError:
-                raise Unsupported(f"{_loc(frame, stmt)}: cannot iterate over {type(iterable)}")
+                what = type(iterable).__name__
+                raise Unsupported(f"{_loc(frame, stmt)}: cannot iterate over {what}") from None
         if len(items) > MAX_UNROLL:
             raise Unsupported(f"{_loc(frame, stmt)}: loop of {len(items)} > {MAX_UNROLL} steps")
         inner = Loop()
@@ -458,14 +466,22 @@ class Lowerer:
         if end is None:
             return None
         static = end.env.static.get(local, _MISSING)
-        if frame.ret_name is not None and static is not _MISSING and \
-                not isinstance(static, torch.Tensor):
+        if (
+            frame.ret_name is not None
+            and static is not _MISSING
+            and not isinstance(static, torch.Tensor)
+        ):
             frame.rets.append((end, static))
             return None
         target = frame.ret_name or frame.prog(local)
         if static is not _MISSING or frame.ret_name is not None:
-            self.emit(ast.Assign([ast.Name(target, ast.Store())], ast.Name(local, ast.Load())),
-                      end, frame, program_targets=True, node=stmt)
+            self.emit(
+                ast.Assign([ast.Name(target, ast.Store())], ast.Name(local, ast.Load())),
+                end,
+                frame,
+                program_targets=True,
+                node=stmt,
+            )
         if frame.ret_name is None:
             end.block.term = ("return", target)
         else:
@@ -522,8 +538,10 @@ class Lowerer:
         if isinstance(call, ast.Call):
             ok, fn = self.static_eval(call.func, st.env, frame)
             if ok and getattr(fn, "__name__", "") in _SIDE_EFFECTS | {"info", "debug", "warning"}:
-                raise HardUnsupported(f"{_loc(frame, stmt)}: side effect `{ast.unparse(call.func)}`"
-                                  " in forward cannot be compiled")
+                raise HardUnsupported(
+                    f"{_loc(frame, stmt)}: side effect `{ast.unparse(call.func)}`"
+                    " in forward cannot be compiled"
+                )
             if isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name):
                 if call.func.value.id in st.env.dynamic:
                     return self.emit(stmt, st, frame)  # e.g. x.add_(1): mutates a tensor
@@ -543,8 +561,13 @@ class Lowerer:
                 lst.items.append(("s", value))
             else:
                 name = self.fresh("item")
-                self.emit(ast.Assign([ast.Name(name, ast.Store())], arg), st, frame,
-                          program_targets=True, node=call)
+                self.emit(
+                    ast.Assign([ast.Name(name, ast.Store())], arg),
+                    st,
+                    frame,
+                    program_targets=True,
+                    node=call,
+                )
                 lst.items.append(("d", name))
             return st
         if ok and isinstance(value, SymList):
@@ -562,8 +585,10 @@ class Lowerer:
                 while isinstance(base, (ast.Attribute, ast.Subscript)):
                     base = base.value
                 if not (isinstance(base, ast.Name) and base.id in env.dynamic):
-                    raise HardUnsupported(f"{_loc(frame, t)}: assigning to `{ast.unparse(n)}` mutates "
-                                      "module or build-time state")
+                    raise HardUnsupported(
+                        f"{_loc(frame, t)}: assigning to `{ast.unparse(n)}` mutates "
+                        "module or build-time state"
+                    )
 
     def bind_target(self, target: ast.expr, value: Any, st: St, frame: Frame) -> None:
         if isinstance(target, ast.Name):
@@ -579,10 +604,13 @@ class Lowerer:
             try:
                 values = list(value)
             except TypeError:
-                raise Unsupported(f"{_loc(frame, target)}: cannot unpack {type(value).__name__}")
+                what = type(value).__name__
+                raise Unsupported(f"{_loc(frame, target)}: cannot unpack {what}") from None
             if len(values) != len(target.elts):
-                raise Unsupported(f"{_loc(frame, target)}: unpacking {len(values)} values into "
-                                  f"{len(target.elts)} names")
+                raise Unsupported(
+                    f"{_loc(frame, target)}: unpacking {len(values)} values into "
+                    f"{len(target.elts)} names"
+                )
             for t, v in zip(target.elts, values):
                 self.bind_target(t, v, st, frame)
             return
@@ -591,16 +619,19 @@ class Lowerer:
     def _alias(self, local: str, program_name: str, st: St, frame: Frame) -> None:
         """Make `local` (dynamic) refer to an existing program value."""
         if frame.prog(local) != program_name:
-            stmt = ast.Assign([ast.Name(frame.prog(local), ast.Store())],
-                              ast.Name(program_name, ast.Load()))
+            stmt = ast.Assign(
+                [ast.Name(frame.prog(local), ast.Store())], ast.Name(program_name, ast.Load())
+            )
             st.block.stmts.append(stmt)
 
     def demote(self, name: str, st: St, frame: Frame, node: ast.AST) -> None:
         """A static scalar whose value now depends on the path: the host carries it."""
         value = st.env.static[name]
         if not (isinstance(value, _SCALARS) or value is None):
-            raise Unsupported(f"{_loc(frame, node)}: `{name}` ({type(value).__name__}) would "
-                              "depend on a data-dependent path")
+            raise Unsupported(
+                f"{_loc(frame, node)}: `{name}` ({type(value).__name__}) would "
+                "depend on a data-dependent path"
+            )
         if value is None:
             raise Unsupported(f"{_loc(frame, node)}: `{name}` is None on some data-dependent paths")
         st.block.assign[frame.prog(name)] = value
@@ -615,8 +646,9 @@ class Lowerer:
         names = set().union(*(set(s.env.static) | s.env.dynamic for s in states))
         merged = Env()
         for name in sorted(names):
-            vals = [s.env.static.get(name, _DYN if name in s.env.dynamic else _MISSING)
-                    for s in states]
+            vals = [
+                s.env.static.get(name, _DYN if name in s.env.dynamic else _MISSING) for s in states
+            ]
             if any(v is _MISSING for v in vals):
                 merged.static[name] = Poisoned(f"`{name}` is not defined on every path")
                 continue
@@ -693,8 +725,13 @@ class Lowerer:
         node, filename, globs = function_ast(target)
         self._counter += 1
         result_local = f"__inl{self._counter}"
-        callee = Frame(globs, filename, f"__{self._counter}", frame.prog(result_local),
-                       stack=(*frame.stack, target))
+        callee = Frame(
+            globs,
+            filename,
+            f"__{self._counter}",
+            frame.prog(result_local),
+            stack=(*frame.stack, target),
+        )
         params = self._params(node, callee)
         env = Env()
         if isinstance(fn, torch.nn.Module) or inspect.ismethod(fn):
@@ -706,7 +743,7 @@ class Lowerer:
             raise Unsupported(f"{_loc(frame, call)}: *args in a call that must be inlined")
         bound: dict[str, ast.expr] = dict(zip(params, call.args))
         bound |= {k.arg: k.value for k in call.keywords if k.arg}
-        defaults = dict(zip(params[len(params) - len(node.args.defaults):], node.args.defaults))
+        defaults = dict(zip(params[len(params) - len(node.args.defaults) :], node.args.defaults))
         for p in params:
             if p in bound:
                 arg = bound[p]
@@ -714,8 +751,13 @@ class Lowerer:
                 if ok and not isinstance(value, torch.Tensor):
                     env.static[p] = value
                 else:
-                    self.emit(ast.Assign([ast.Name(callee.prog(p), ast.Store())], arg), st, frame,
-                              program_targets=True, node=call)
+                    self.emit(
+                        ast.Assign([ast.Name(callee.prog(p), ast.Store())], arg),
+                        st,
+                        frame,
+                        program_targets=True,
+                        node=call,
+                    )
                     env.dynamic.add(p)
             elif p in defaults:
                 ok, value = self.static_eval(defaults[p], Env(), callee)
@@ -741,8 +783,10 @@ class Lowerer:
                 cst.block.assign[frame.prog(result_local)] = v
                 cst.env.set_dynamic(result_local)
             else:
-                raise Unsupported(f"{_loc(callee, node)}: returns a {type(v).__name__} on some "
-                                  "paths and a tensor on others")
+                raise Unsupported(
+                    f"{_loc(callee, node)}: returns a {type(v).__name__} on some "
+                    "paths and a tensor on others"
+                )
             states.append(cst)
         # the caller's env is unchanged by the call except for new names; carry its own
         # data-dependent demotions (none happen to caller names inside a callee)
@@ -755,9 +799,16 @@ class Lowerer:
     def lower_switch(self, stmt, sub: ast.Subscript, container: Any, st: St, frame: Frame):
         index = self.fresh("idx")
         self.decisions[index] = (getattr(sub, "lineno", 0), ast.unparse(sub))
-        self.emit(ast.Assign([ast.Name(index, ast.Store())],
-                             ast.Call(ast.Name("_hc_int", ast.Load()), [sub.slice], [])),
-                  st, frame, program_targets=True, node=sub)
+        self.emit(
+            ast.Assign(
+                [ast.Name(index, ast.Store())],
+                ast.Call(ast.Name("_hc_int", ast.Load()), [sub.slice], []),
+            ),
+            st,
+            frame,
+            program_targets=True,
+            node=sub,
+        )
         items = list(container)
         cases = [self.new_block() for _ in items]
         st.block.term = ("switch", index, [c.id for c in cases])
@@ -822,8 +873,10 @@ class Lowerer:
                 return ast.Call(ast.Name("float", ast.Load()), [ast.Constant(repr(value))], [])
             return ast.Constant(value)
         if isinstance(value, SymList):
-            return ast.List([self.embed(self._symitem(it, frame), frame, node)
-                             for it in value.items], ast.Load())
+            return ast.List(
+                [self.embed(self._symitem(it, frame), frame, node) for it in value.items],
+                ast.Load(),
+            )
         if isinstance(value, tuple) and type(value) is tuple:
             return ast.Tuple([self.embed(v, frame, node) for v in value], ast.Load())
         if isinstance(value, list) and type(value) is list and len(value) < 64:
@@ -835,8 +888,11 @@ class Lowerer:
         elif isinstance(value, torch.Tensor):
             path = self.tensor_paths.get(id(value))
         if path is not None:
-            return ast.Call(ast.Name("_hc_get", ast.Load()),
-                            [ast.Name("__root", ast.Load()), ast.Constant(path)], [])
+            return ast.Call(
+                ast.Name("_hc_get", ast.Load()),
+                [ast.Name("__root", ast.Load()), ast.Constant(path)],
+                [],
+            )
         if isinstance(value, Poisoned):
             raise Unsupported(f"{_loc(frame, node)}: {value.reason}")
         return self.const_ref(value)
@@ -866,8 +922,9 @@ class Lowerer:
                 known = self.globals.setdefault(node.id, value)
                 return node if known is value else self.const_ref(value)
             raise Unsupported(f"{_loc(frame, node)}: name `{node.id}` is not defined here")
-        if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp,
-                             ast.Lambda)):
+        if isinstance(
+            node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp, ast.Lambda)
+        ):
             inner = bound | _bound_names(node)
             return self._generic(node, env, frame, frozenset(inner))
         if isinstance(node, ast.BoolOp):
@@ -881,7 +938,9 @@ class Lowerer:
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
             if _free_names(node) & env.dynamic:
                 inner = self.rewrite(node.operand, env, frame, bound)
-                return ast.copy_location(ast.Call(ast.Name("_hc_not", ast.Load()), [inner], []), node)
+                return ast.copy_location(
+                    ast.Call(ast.Name("_hc_not", ast.Load()), [inner], []), node
+                )
         if isinstance(node, ast.Compare) and len(node.ops) > 1 and _free_names(node) & env.dynamic:
             parts = []
             left = node.left
@@ -894,37 +953,55 @@ class Lowerer:
             ok, value = self.static_eval(node.test, env, frame)
             if ok:
                 return self.rewrite(node.body if value else node.orelse, env, frame, bound)
-            raise Unsupported(f"{_loc(frame, node)}: a conditional expression on a data-dependent "
-                              "value; write it as an if statement")
+            raise Unsupported(
+                f"{_loc(frame, node)}: a conditional expression on a data-dependent "
+                "value; write it as an if statement"
+            )
         if isinstance(node, ast.Call):
             f = node.func
             dyn = bool(_free_names(node) & env.dynamic)
             if dyn and isinstance(f, ast.Attribute) and f.attr == "item" and not node.args:
                 return self._helper("_hc_item", [f.value], node, env, frame, bound)
-            if dyn and isinstance(f, ast.Name) and f.id in ("int", "float", "bool") and \
-                    f.id not in env.static and len(node.args) == 1:
+            if (
+                dyn
+                and isinstance(f, ast.Name)
+                and f.id in ("int", "float", "bool")
+                and f.id not in env.static
+                and len(node.args) == 1
+            ):
                 return self._helper(f"_hc_{f.id}", node.args, node, env, frame, bound)
         return self._generic(node, env, frame, bound)
 
     def _helper(self, name, args, node, env, frame, bound):
-        new = ast.Call(ast.Name(name, ast.Load()),
-                       [self.rewrite(a, env, frame, bound) for a in args], [])
+        new = ast.Call(
+            ast.Name(name, ast.Load()), [self.rewrite(a, env, frame, bound) for a in args], []
+        )
         return ast.copy_location(new, node)
 
     def _generic(self, node: ast.AST, env: Env, frame: Frame, bound: frozenset):
         node = copy.copy(node)
         for fname, value in ast.iter_fields(node):
             if isinstance(value, list):
-                setattr(node, fname, [
-                    self.rewrite(v, env, frame, bound) if isinstance(v, ast.AST) else v
-                    for v in value
-                ])
+                setattr(
+                    node,
+                    fname,
+                    [
+                        self.rewrite(v, env, frame, bound) if isinstance(v, ast.AST) else v
+                        for v in value
+                    ],
+                )
             elif isinstance(value, ast.AST):
                 setattr(node, fname, self.rewrite(value, env, frame, bound))
         return node
 
-    def emit(self, stmt: ast.stmt, st: St, frame: Frame, program_targets: bool = False,
-             node: ast.AST | None = None) -> St:
+    def emit(
+        self,
+        stmt: ast.stmt,
+        st: St,
+        frame: Frame,
+        program_targets: bool = False,
+        node: ast.AST | None = None,
+    ) -> St:
         """Append a run-time statement to the current block; its targets become dynamic."""
         loc = node or stmt
         if program_targets:
@@ -947,8 +1024,13 @@ class Lowerer:
         name = self.fresh("p")
         self.decisions[name] = (getattr(test, "lineno", 0), ast.unparse(test))
         call = ast.Call(ast.Name("_hc_bool", ast.Load()), [test], [])
-        self.emit(ast.Assign([ast.Name(name, ast.Store())], ast.copy_location(call, test)),
-                  st, frame, program_targets=True, node=test)
+        self.emit(
+            ast.Assign([ast.Name(name, ast.Store())], ast.copy_location(call, test)),
+            st,
+            frame,
+            program_targets=True,
+            node=test,
+        )
         return name
 
 

@@ -131,7 +131,9 @@ class Bundle:
         variant = self.select(**cond)
         plan = self._plans.get(variant["id"])
         if plan is None:
-            plan = self._plans[variant["id"]] = _Plan(self._io(variant), self._default_backend(variant))
+            plan = self._plans[variant["id"]] = _Plan(
+                self._io(variant), self._default_backend(variant)
+            )
         if not plan.fits(inputs):
             _check_inputs(inputs, plan.specs)  # raises the precise error
         runner = self._runner(variant, backend or plan.backend)
@@ -184,8 +186,9 @@ class Bundle:
 
         program = self.manifest["programs"][variant["program"]]
         gids = {b["graph"] for b in program["blocks"] if b.get("graph")}
-        runners = {gid: self._graph_runner(gid, backend, weights, shared=True)
-                   for gid in sorted(gids)}
+        runners = {
+            gid: self._graph_runner(gid, backend, weights, shared=True) for gid in sorted(gids)
+        }
         return ProgramRunner(program, self.manifest["graphs"], runners)
 
     def _graph_runner(
@@ -221,8 +224,9 @@ class _Plan:
         for spec in self.specs:
             fixed = [(i, d) for i, d in enumerate(spec["shape"]) if isinstance(d, int)]
             batch = [i for i, d in enumerate(spec["shape"]) if d == "batch"]
-            self.items.append((spec["name"], np.dtype(spec["dtype"]), len(spec["shape"]), fixed,
-                               batch))
+            self.items.append(
+                (spec["name"], np.dtype(spec["dtype"]), len(spec["shape"]), fixed, batch)
+            )
 
     def fits(self, inputs: Any) -> bool:
         if type(inputs) is not dict or inputs.keys() != self.names:

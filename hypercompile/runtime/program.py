@@ -12,8 +12,7 @@ from ..errors import BundleError, HypercompileError
 
 
 class _Block:
-    __slots__ = ("runner", "feeds", "outputs", "assign", "moves", "kind", "a", "b", "c",
-                 "header")
+    __slots__ = ("runner", "feeds", "outputs", "assign", "moves", "kind", "a", "b", "c", "header")
 
     def __init__(self, spec: dict[str, Any], runner: Runner | None, graph: dict | None):
         self.runner = runner
@@ -22,8 +21,9 @@ class _Block:
             raise BundleError(f"program block {spec['id']}: inputs do not match its graph")
         self.feeds = list(zip(names, spec["inputs"]))
         self.outputs = list(spec["outputs"])
-        self.assign = [(n, np.asarray(v["value"], dtype=v["dtype"])) for n, v in
-                       spec.get("assign", {}).items()]
+        self.assign = [
+            (n, np.asarray(v["value"], dtype=v["dtype"])) for n, v in spec.get("assign", {}).items()
+        ]
         self.moves = [tuple(m) for m in spec.get("moves", [])]
         self.header = bool(spec.get("loop_header"))
         nxt = spec["next"]
@@ -42,7 +42,9 @@ class _Block:
 class ProgramRunner:
     """Interprets one host program; `stats` (optional) counts the sides each branch took."""
 
-    def __init__(self, program: dict[str, Any], graphs: dict[str, dict], runners: dict[str, Runner]):
+    def __init__(
+        self, program: dict[str, Any], graphs: dict[str, dict], runners: dict[str, Runner]
+    ):
         self.blocks: dict[int, _Block] = {}
         for spec in program["blocks"]:
             gid = spec.get("graph")
@@ -51,8 +53,15 @@ class ProgramRunner:
         self.inputs = list(program["inputs"])
         self.max_iterations = int(program.get("max_iterations", 10_000))
         for blk in self.blocks.values():
-            targets = [blk.a] if blk.kind == 0 else [blk.b, blk.c] if blk.kind == 1 else \
-                blk.b if blk.kind == 2 else []
+            targets = (
+                [blk.a]
+                if blk.kind == 0
+                else [blk.b, blk.c]
+                if blk.kind == 1
+                else blk.b
+                if blk.kind == 2
+                else []
+            )
             if any(t not in self.blocks for t in targets):
                 raise BundleError("program jumps to a block that does not exist")
         if self.entry not in self.blocks:
