@@ -27,12 +27,15 @@ def per_call_seconds(fn: Callable[[], Any], target_s: float = 2e-3) -> int:
 
 def measure(fns: dict[str, Callable[[], Any]], rounds: int = 60) -> dict[str, dict[str, float]]:
     """Median and p90 seconds per call for each fn, sampled round-robin so that machine noise
-    hits every contender alike."""
+    hits every contender alike. A short pause before each sample lets the previous
+    contender's spinning worker threads (ONNX Runtime, OpenMP) park, so none pays for another."""
     inner = {k: per_call_seconds(f) for k, f in fns.items()}
     samples: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for k, f in fns.items():
             n = inner[k]
+            time.sleep(0.02)
+            f()
             t = time.perf_counter()
             for _ in range(n):
                 f()

@@ -99,7 +99,6 @@ def export_graph(
     """Export `module` on `inputs` to `path`. Per-variant tensors (state_dict entries used by the
     graph) become external-data stubs; batch is dynamic when the model allows it."""
     import onnx
-    from onnx import TensorProto
 
     names = input_names(module, len(inputs))
     with torch.no_grad():
@@ -125,25 +124,7 @@ def export_graph(
         d0 = graph.input[0].type.tensor_type.shape.dim[0]
         batch_symbol = d0.dim_param or None
 
-    state = module.state_dict()
-    weights = []
-    for t in graph.initializer:
-        if t.name not in state:
-            continue  # a graph constant, identical for every variant of this architecture
-        nbytes = state[t.name].numel() * state[t.name].element_size()
-        t.ClearField("raw_data")
-        for f in ("float_data", "int32_data", "int64_data", "double_data", "string_data"):
-            t.ClearField(f)
-        del t.external_data[:]
-        t.data_location = TensorProto.EXTERNAL
-        for k, v in (
-            ("location", fmt.WEIGHT_STUB_LOCATION),
-            ("offset", "0"),
-            ("length", str(nbytes)),
-        ):
-            entry = t.external_data.add()
-            entry.key, entry.value = k, v
-        weights.append(t.name)
+    weights = stub_weights(proto, module.state_dict())
     onnx.save(proto, str(path))
 
     inputs_spec = [
@@ -155,6 +136,37 @@ def export_graph(
         for vi, o in zip(graph.output, outs)
     ]
     return GraphInfo(weights, inputs_spec, outputs_spec, batch_symbol is not None)
+
+
+def stub_weights(proto: Any, state: dict[str, torch.Tensor], prefix: str = "") -> list[str]:
+    """Turn the graph initializers that are state_dict tensors (named `prefix` + key) into
+    external-data stubs named by key, bound per variant at load; returns their names. Other
+    initializers are graph constants, the same for every variant of the architecture."""
+    from onnx import TensorProto
+
+    weights = []
+    for t in proto.graph.initializer:
+        name = t.name[len(prefix) :] if prefix and t.name.startswith(prefix) else t.name
+        if name not in state:
+            continue
+        nbytes = state[name].numel() * state[name].element_size()
+        for f in ("raw_data", "float_data", "int32_data", "int64_data", "double_data"):
+            t.ClearField(f)
+        del t.external_data[:]
+        t.data_location = TensorProto.EXTERNAL
+        for k, v in (
+            ("location", fmt.WEIGHT_STUB_LOCATION),
+            ("offset", "0"),
+            ("length", str(nbytes)),
+        ):
+            entry = t.external_data.add()
+            entry.key, entry.value = k, v
+        if name != t.name:
+            for node in proto.graph.node:
+                node.input[:] = [name if i == t.name else i for i in node.input]
+            t.name = name
+        weights.append(name)
+    return weights
 
 
 def _first_line(e: BaseException) -> str:

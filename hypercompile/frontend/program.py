@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from .. import format as fmt
 from ..errors import BuildError
 from .splitter import Lowerer, Unsupported
 
@@ -571,9 +570,8 @@ def export_block(
 ) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
     """Export block `b` to `path`; returns (weight names, input specs, output specs)."""
     import onnx
-    from onnx import TensorProto
 
-    from .export import OPSET, _first_line, _quiet
+    from .export import OPSET, _first_line, _quiet, stub_weights
 
     examples = list(prog.examples.get(b.id, {}).values())
     if not examples:
@@ -622,29 +620,8 @@ def export_block(
                 f"graph needs a fixed number (a shape or a size); it cannot be compiled ({text})"
             ) from None
         raise BuildError(f"{prog.filename}:{line}: exporting a block failed: {text}") from None
-    state = {k: v for k, v in root.state_dict(keep_vars=True).items()}
-    weights = []
-    for t in proto.graph.initializer:
-        name = t.name[5:] if t.name.startswith("root.") else t.name
-        if name not in state:
-            continue
-        t.name = name
-        nbytes = state[name].numel() * state[name].element_size()
-        for f in ("raw_data", "float_data", "int32_data", "int64_data", "double_data"):
-            t.ClearField(f)
-        del t.external_data[:]
-        t.data_location = TensorProto.EXTERNAL
-        for k, v in (
-            ("location", fmt.WEIGHT_STUB_LOCATION),
-            ("offset", "0"),
-            ("length", str(nbytes)),
-        ):
-            e = t.external_data.add()
-            e.key, e.value = k, v
-        weights.append(name)
-    renames = {f"root.{w}": w for w in weights}
-    for node in proto.graph.node:
-        node.input[:] = [renames.get(i, i) for i in node.input]
+    weights = stub_weights(proto, root.state_dict(keep_vars=True), prefix="root.")
+    for node in proto.graph.node:  # source locations would make identical blocks differ
         del node.metadata_props[:]
         node.doc_string = ""
     del proto.metadata_props[:]
