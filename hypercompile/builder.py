@@ -245,20 +245,22 @@ def _split(target: torch.nn.Module, label: str):
         return split_module(target)
     except Unsupported as e:
         if getattr(e, "hard", False) or _forward_has_control(target):
-            raise UnsupportedModelError(f"variant {label}: {e}") from None
+            where = "" if label == cond_label({}) else f"variant {label}: "
+            raise UnsupportedModelError(f"{where}{e}") from None
         return None
 
 
 def _forward_has_control(module: torch.nn.Module) -> bool:
-    from .frontend.splitter import _has_control, function_ast
+    from .frontend.splitter import function_ast, has_control_flow
 
     try:
         node, _, _ = function_ast(type(module).forward)
     except UnsupportedModelError:
         return False
-    body = [s for s in node.body]
-    last_return = body and isinstance(body[-1], ast.Return)
-    return _has_control(body[:-1] if last_return else body)
+    body = node.body
+    if body and isinstance(body[-1], ast.Return):
+        body = body[:-1]  # a final return is not control flow
+    return has_control_flow(body)
 
 
 def _compile_graph(g: dict, tmp: Path, tgt: Target, backend_names: list[str]) -> None:

@@ -192,7 +192,7 @@ def _assigned_names(stmts: list[ast.stmt]) -> set[str]:
     return out - _bound_names(ast.Module(body=stmts, type_ignores=[]))
 
 
-def _has_control(stmts: list[ast.stmt]) -> bool:
+def has_control_flow(stmts: list[ast.stmt]) -> bool:
     return any(
         isinstance(n, (ast.If, ast.While, ast.For, ast.Break, ast.Continue, ast.Return))
         for s in stmts
@@ -346,7 +346,7 @@ class Lowerer:
     def lower_for(self, stmt: ast.For, st: St, frame: Frame, loop: Loop | None):
         ok, iterable = self.static_eval(stmt.iter, st.env, frame)
         if not ok:
-            if not _has_control(stmt.body) and not stmt.orelse:
+            if not has_control_flow(stmt.body) and not stmt.orelse:
                 return self.emit(stmt, st, frame)  # traced by the exporter as it stands
             raise Unsupported(
                 f"{_loc(frame, stmt)}: a loop over a data-dependent iterable with control flow "
