@@ -250,7 +250,7 @@ class Lowerer:
         for p in inputs:
             env.dynamic.add(p)
         entry = self.new_block()
-        end = self.lower_body(node.body, St(entry, env), frame, None, node)
+        end = self.lower_body(node.body, St(entry, env), frame, None)
         if end is not None:  # fell off the end: returns None
             raise Unsupported(f"{_loc(frame, node)}: forward can end without returning a value")
         return entry, inputs
@@ -265,7 +265,7 @@ class Lowerer:
         return [x.arg for x in a.args]
 
     # -- statements ----------------------------------------------------------------------------
-    def lower_body(self, stmts, st: St | None, frame: Frame, loop: Loop | None, owner) -> St | None:
+    def lower_body(self, stmts, st: St | None, frame: Frame, loop: Loop | None) -> St | None:
         """Lower a statement list; static break/continue are handed to the loop as states."""
         for stmt in stmts:
             if st is None:
@@ -329,8 +329,8 @@ class Lowerer:
         then_b, else_b = self.new_block(), self.new_block()
         st.block.term = ("branch", pred, then_b.id, else_b.id)
         outs = [
-            self.lower_body(stmt.body, St(then_b, st.env.copy()), frame, loop, stmt),
-            self.lower_body(stmt.orelse, St(else_b, st.env.copy()), frame, loop, stmt),
+            self.lower_body(stmt.body, St(then_b, st.env.copy()), frame, loop),
+            self.lower_body(stmt.orelse, St(else_b, st.env.copy()), frame, loop),
         ]
         return self.join([o for o in outs if o is not None], frame, stmt)
 
@@ -382,7 +382,7 @@ class Lowerer:
         if stmt.orelse:
             if inner.breaks or broke:
                 raise Unsupported(f"{_loc(frame, stmt)}: for/else with break is not supported")
-            cur = self.lower_body(stmt.orelse, cur, frame, loop, stmt)
+            cur = self.lower_body(stmt.orelse, cur, frame, loop)
         return self.join([s for s in [cur, *inner.breaks] if s is not None], frame, stmt)
 
     def _symitem(self, item: tuple[str, Any], frame: Frame) -> Any:
@@ -441,7 +441,7 @@ class Lowerer:
             pred = self.emit_predicate(stmt.test, hst, frame)
             header.term = ("branch", pred, body_b.id, exit_b.id)
         inner = Loop()
-        end = self.lower_body(stmt.body, St(body_b, henv.copy()), frame, inner, stmt)
+        end = self.lower_body(stmt.body, St(body_b, henv.copy()), frame, inner)
         for s in [end, *inner.continues]:
             if s is None:
                 continue
@@ -710,7 +710,7 @@ class Lowerer:
             env.dynamic |= set(params)
             b = trial.new_block()
             try:
-                end = trial.lower_body(node.body, St(b, env), trial_frame, None, node)
+                end = trial.lower_body(node.body, St(b, env), trial_frame, None)
                 dynamic = len(trial.blocks) > 1 or end is None and len(trial_frame.rets) > 1
                 dynamic = dynamic or any(blk.term and blk.term[0] != "goto" for blk in trial.blocks)
             except UnsupportedModelError:
@@ -766,7 +766,7 @@ class Lowerer:
                 env.static[p] = value
             else:
                 raise Unsupported(f"{_loc(frame, call)}: missing argument {p}")
-        end = self.lower_body(node.body, St(st.block, env), callee, None, node)
+        end = self.lower_body(node.body, St(st.block, env), callee, None)
         if end is not None:
             callee.rets.append((end, None))
         # back in the caller: the call's value is `result_local`
