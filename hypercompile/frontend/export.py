@@ -125,6 +125,7 @@ def export_graph(
         batch_symbol = d0.dim_param or None
 
     weights = stub_weights(proto, module.state_dict())
+    proto = simplify(proto, weights)
     onnx.save(proto, str(path))
 
     inputs_spec = [
@@ -167,6 +168,30 @@ def stub_weights(proto: Any, state: dict[str, torch.Tensor], prefix: str = "") -
             t.name = name
         weights.append(name)
     return weights
+
+
+def simplify(proto: Any, weights: list[str]) -> Any:
+    """Run the ONNX optimizer with the per-variant weights as graph inputs, so it removes the
+    exporter's shape plumbing (Shape/Expand/CastLike around batch norm) without folding any
+    weight into a new constant; then turn the weights back into stubs. ONNX Runtime fuses
+    conv + batch norm + activation at load, once the real weights are bound."""
+    import onnxscript.optimizer
+    from onnx import helper
+
+    graph = proto.graph
+    stubs = {t.name: t for t in graph.initializer if t.name in set(weights)}
+    keep = [t for t in graph.initializer if t.name not in stubs]
+    n_inputs = len(graph.input)
+    for name in weights:
+        t = stubs[name]
+        graph.input.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    out = onnxscript.optimizer.optimize(proto)
+    graph = out.graph
+    del graph.input[n_inputs:]
+    graph.initializer.extend(stubs[name] for name in weights)
+    return out
 
 
 def _first_line(e: BaseException) -> str:

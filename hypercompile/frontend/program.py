@@ -571,7 +571,7 @@ def export_block(
     """Export block `b` to `path`; returns (weight names, input specs, output specs)."""
     import onnx
 
-    from .export import OPSET, _first_line, _quiet, stub_weights
+    from .export import OPSET, _first_line, _quiet, simplify, stub_weights
 
     examples = list(prog.examples.get(b.id, {}).values())
     if not examples:
@@ -621,6 +621,7 @@ def export_block(
             ) from None
         raise BuildError(f"{prog.filename}:{line}: exporting a block failed: {text}") from None
     weights = stub_weights(proto, root.state_dict(keep_vars=True), prefix="root.")
+    proto = simplify(proto, weights)
     for node in proto.graph.node:  # source locations would make identical blocks differ
         del node.metadata_props[:]
         node.doc_string = ""
