@@ -7,7 +7,7 @@ import importlib
 from ..errors import BackendError
 from .base import Backend, Runner
 
-_MODULES = {"onnxruntime": "onnxruntime_backend"}
+_MODULES = {"onnxruntime": "onnxruntime_backend", "tvm": "tvm_backend"}
 _cache: dict[str, Backend] = {}
 
 

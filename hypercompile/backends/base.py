@@ -35,6 +35,7 @@ class Backend:
         target: Any,
         output_names: list[str],
         shared: bool = False,
+        input_names: list[str] | None = None,
     ) -> Runner:
         """Bind one variant's weights to a compiled artifact and return a runner. `shared`:
         the runner is one of many (a DyNN program's blocks) that should share threads."""

@@ -93,6 +93,7 @@ class OnnxRuntimeBackend(Backend):
         target: Any,
         output_names: list[str],
         shared: bool = False,
+        input_names: list[str] | None = None,
     ) -> OrtRunner:
         import onnxruntime as ort
 

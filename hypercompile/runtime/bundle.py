@@ -205,7 +205,12 @@ class Bundle:
             raise BundleError(f"weight file lacks tensor(s) {', '.join(missing[:5])}")
         bound = {n: weights[n] for n in graph["weights"]}
         return get_backend(backend).load(
-            self._graph_bytes[rel], bound, self.target, graph["output_names"], shared=shared
+            self._graph_bytes[rel],
+            bound,
+            self.target,
+            graph["output_names"],
+            shared=shared,
+            input_names=[i["name"] for i in graph["inputs"]],
         )
 
     def __repr__(self) -> str:

@@ -1,0 +1,130 @@
+"""Apache TVM (Relax): each ONNX graph compiles once to a shared library whose weights stay
+run-time arguments, so every variant of an architecture binds its own weights to one library."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import format as fmt
+from ..errors import BackendError, BuildError
+from .base import Backend
+
+
+def import_tvm() -> Any:
+    """Import TVM without torch: tvm_ffi imports torch eagerly when it is installed, and the
+    runtime must stay torch-free (torch stays importable for whoever asks for it later)."""
+    if "tvm" in sys.modules:
+        return sys.modules["tvm"]
+    block = "torch" not in sys.modules
+    if block:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` fail
+    try:
+        import tvm
+        from tvm import relax  # noqa: F401
+    finally:
+        if block and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return tvm
+
+
+class TvmRunner:
+    def __init__(self, fn: Any, input_names: list[str], weights: list[Any], keepalive: Any):
+        self._fn, self._inputs, self._weights = fn, input_names, weights
+        self._keepalive = keepalive
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        tvm = sys.modules["tvm"]
+        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[n])) for n in self._inputs]
+        out = self._fn(*args, *self._weights)
+        if hasattr(out, "numpy"):
+            return [out.numpy()]
+        return [o.numpy() for o in out]
+
+
+class TvmBackend(Backend):
+    name = "tvm"
+
+    def available(self) -> str | None:
+        try:
+            import_tvm()
+        except ImportError:
+            return "Apache TVM is not installed (pip install 'hypercompile[tvm]')"
+        return None
+
+    def compile(self, graph_path: Path, bundle_dir: Path, graph_id: str, target: Any) -> str:
+        """Import the graph with the variant weights as parameters, bind the graph's own
+        constants, compile for the target and export the library into `tvm/`."""
+        import onnx
+        import tvm
+        from onnx import numpy_helper
+        from tvm import relax
+        from tvm.relax.frontend.onnx import from_onnx
+
+        model = onnx.load(str(graph_path), load_external_data=False)
+        weights, constants = [], {}
+        for i, t in enumerate(model.graph.initializer):
+            if any(e.value == fmt.WEIGHT_STUB_LOCATION for e in t.external_data):
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+                stub = numpy_helper.from_array(np.zeros(list(t.dims), dtype), t.name)
+                model.graph.initializer[i].CopyFrom(stub)
+                weights.append(t.name)
+            else:
+                constants[t.name] = numpy_helper.to_array(t)
+        try:
+            mod = from_onnx(model, keep_params_in_input=True)
+            mod, _ = relax.frontend.detach_params(mod)
+            names = [str(p.name) for p in mod["main"].params]
+            bind = {n: tvm.runtime.tensor(constants[n]) for n in names if n in constants}
+            if bind:
+                mod = relax.transform.BindParams("main", bind)(mod)
+            names = [str(p.name) for p in mod["main"].params]
+            inputs = [vi.name for vi in model.graph.input]
+            if names != inputs + weights:
+                raise BuildError(f"TVM import of {graph_id}: unexpected argument order {names}")
+            spec = dict(target.tvm_target) if getattr(target, "tvm_target", None) else {}
+            tvm_target = tvm.target.Target(spec or {"kind": "llvm"})
+            executable = tvm.compile(mod, target=tvm_target)
+        except BuildError:
+            raise
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BuildError(f"TVM cannot compile graph {graph_id}: {first}") from None
+        out = bundle_dir / "tvm" / f"{graph_id}.so"
+        out.parent.mkdir(exist_ok=True)
+        executable.export_library(str(out))
+        return out.relative_to(bundle_dir).as_posix()
+
+    def load(
+        self,
+        artifact: bytes,
+        weights: dict[str, np.ndarray],
+        target: Any,
+        output_names: list[str],
+        shared: bool = False,
+        input_names: list[str] | None = None,
+    ) -> TvmRunner:
+        tvm = import_tvm()
+        from tvm import relax
+
+        # load the verified bytes, not the path: the file cannot change after its hash check
+        fd, path = tempfile.mkstemp(suffix=".so")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(artifact)
+            lib = tvm.runtime.load_module(path)
+        except Exception as e:
+            raise BackendError(f"TVM cannot load the library: {e}".splitlines()[0]) from None
+        finally:
+            os.unlink(path)
+        vm = relax.VirtualMachine(lib, tvm.cpu())
+        bound = [tvm.runtime.tensor(np.ascontiguousarray(w)) for w in weights.values()]
+        return TvmRunner(vm["main"], list(input_names or []), bound, (vm, lib))
+
+
+BACKEND = TvmBackend()

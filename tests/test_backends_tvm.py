@@ -1,0 +1,70 @@
+"""The TVM back end on the CPU (llvm): one compiled library per architecture, weights bound per
+variant at load, the same host programs running TVM subgraphs; imported only when used."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ref
+from dyn_models import Router
+from models import TinyHyper
+
+import hypercompile as hc
+
+pytest.importorskip("tvm", reason="apache-tvm is an optional back end")
+
+
+@pytest.fixture(scope="module")
+def tvm_bundle(tmp_path_factory):
+    return hc.build(
+        ref("TinyHyper"), out=tmp_path_factory.mktemp("t") / "b", backends=["onnxruntime", "tvm"]
+    )
+
+
+def test_every_task_shares_one_compiled_library(tvm_bundle):
+    m = json.loads((tvm_bundle / "manifest.json").read_text())
+    assert sorted(p.name for p in (tvm_bundle / "tvm").iterdir()) == ["g0.so"]
+    assert {v["artifacts"]["tvm"] for v in m["variants"]} == {"tvm/g0.so"}
+    for v in m["variants"]:
+        assert v["parity"]["tvm"]["max_rel"] <= 1e-4
+
+
+def test_tvm_agrees_with_pytorch_for_every_variant(tvm_bundle):
+    b, hm = hc.load(tvm_bundle), TinyHyper()
+    x = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    for cond in b.variants:
+        want = hm.reference(cond, torch.from_numpy(x)).detach().numpy()
+        got = b.run({"input": x}, backend="tvm", **cond)["output"]
+        assert np.abs(got - want).max() <= 1e-4
+
+
+def test_runtime_imports_tvm_only_when_asked(tvm_bundle):
+    code = (
+        "import sys, numpy as np, hypercompile as hc\n"
+        f"b = hc.load({str(tvm_bundle)!r})\n"
+        "b.run({'input': np.ones((1, 8), np.float32)}, task=1)\n"
+        "first = 'tvm' in sys.modules\n"
+        "b.run({'input': np.ones((1, 8), np.float32)}, task=1, backend='tvm')\n"
+        "print('TVM', first, 'tvm' in sys.modules, 'torch' in sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "TVM False True False" in res.stdout
+
+
+def test_dynamic_program_on_tvm(tmp_path):
+    model = Router()
+    path = hc.build(model, out=tmp_path / "r", backends=["tvm"], parity_inputs=30)
+    b = hc.load(path)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(30):
+        x = torch.randn(1, 5, generator=gen)
+        got = b.run({"x": x.numpy()}, backend="tvm")["output"]
+        np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-4)
+
+
+def test_unknown_backend_is_refused(tmp_path):
+    with pytest.raises(hc.BackendError, match="unknown back end 'tensorrtx'"):
+        hc.build(ref("TinyHyper"), out=tmp_path / "b", backends=["tensorrtx"])
