@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import os
+import platform
 import shutil
 import time
 import uuid
@@ -18,7 +20,7 @@ import torch
 
 from . import __version__
 from . import format as fmt
-from .backends import get_backend
+from .backends import backend_names, get_backend
 from .errors import BackendError, BuildError, ParityError, UnsupportedModelError
 from .frontend.export import OPSET, GraphInfo, export_graph
 from .frontend.loader import resolve_model
@@ -74,6 +76,42 @@ def select_conditions(conds: Iterable[dict], where: dict[str, list[Any]] | None)
     return chosen
 
 
+def _why_not(name: str, tgt: Target) -> str | None:
+    """Why back end `name` cannot build for `tgt` on this machine, or None."""
+    if name not in backend_names():
+        return (
+            f"back end {name} is not implemented yet"
+            if name == "tensorrt"
+            else (f"unknown back end {name!r} (known: {', '.join(backend_names())})")
+        )
+    reason = get_backend(name).available()
+    if reason:
+        return f"back end {name}: {reason}"
+    here = platform.machine().lower().replace("amd64", "x86_64")
+    if name == "tvm" and tgt.arch != here:
+        return (
+            f"TVM cross-compilation for {tgt.name} ({tgt.arch}) is not supported yet; "
+            "build with --backend onnxruntime (ONNX graphs are portable)"
+        )
+    return None
+
+
+def _choose_backends(requested: list[str] | None, tgt: Target) -> list[str]:
+    """Requested back ends must all build here; by default, the target's list, keeping those
+    that can build on this machine."""
+    if requested:
+        for name in requested:
+            reason = _why_not(name, tgt)
+            if reason:
+                raise BackendError(reason)
+        return list(requested)
+    names = [n for n in tgt.backends if _why_not(n, tgt) is None]
+    if not names:
+        reasons = "; ".join(_why_not(n, tgt) or "" for n in tgt.backends)
+        raise BackendError(f"no back end of target {tgt.name} can build here: {reasons}")
+    return names
+
+
 def _prepare_out(out: Path) -> None:
     if out.exists() and not (out / fmt.MANIFEST).is_file():
         if not out.is_dir() or any(out.iterdir()):
@@ -105,11 +143,11 @@ def build(
     """Build a bundle for `model` (reference, HyperModel or nn.Module) and return its path."""
     t0 = time.perf_counter()
     tgt = load_target(target)
-    names = list(backends or tgt.backends)
-    for name in names:
-        reason = get_backend(name).available()
-        if reason:
-            raise BackendError(f"back end {name}: {reason}")
+    names = _choose_backends(backends, tgt)
+    if "tvm" in names:  # record the TVM target as compiled for (the host CPU's mcpu, say)
+        from .backends.tvm_backend import resolve_target
+
+        tgt = dataclasses.replace(tgt, tvm_target=resolve_target(tgt), tvm_host={})
     out = Path(out).resolve()
     _prepare_out(out)
     hm = resolve_model(model, example_inputs)
@@ -412,7 +450,7 @@ def _verify_bundle(root: Path, manifest, checks: list[_Check], rtol: float, repo
         if p.is_file() and p.name != fmt.MANIFEST:
             manifest["files"][p.relative_to(root).as_posix()] = fmt.sha256_file(p)
     fmt.write_manifest(root, manifest)
-    bundle = Bundle(root, cache_size=1)
+    bundle = Bundle(root, cache_size=1, providers=["CPUExecutionProvider"])
     total = len(manifest["variants"])
     for i, (variant, check) in enumerate(zip(manifest["variants"], checks)):
         report("verify", i, total)

@@ -68,3 +68,25 @@ def test_dynamic_program_on_tvm(tmp_path):
 def test_unknown_backend_is_refused(tmp_path):
     with pytest.raises(hc.BackendError, match="unknown back end 'tensorrtx'"):
         hc.build(ref("TinyHyper"), out=tmp_path / "b", backends=["tensorrtx"])
+
+
+def test_manifest_records_the_host_cpu_tvm_compiled_for(tvm_bundle):
+    m = json.loads((tvm_bundle / "manifest.json").read_text())
+    tvm_target = m["target"]["tvm_target"]
+    assert tvm_target["kind"] == "llvm" and tvm_target["mcpu"]
+
+
+def test_artifacts_for_another_machine_are_refused_clearly(tvm_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(tvm_bundle, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["target"]["name"], m["target"]["arch"] = "jetson-orin-nano", "aarch64"
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(
+        hc.BackendError,
+        match=r"built for jetson-orin-nano \(aarch64\); this "
+        "machine is x86_64",
+    ):
+        hc.load(copy).run({"input": np.ones((1, 8), np.float32)}, task=0, backend="tvm")

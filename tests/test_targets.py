@@ -40,3 +40,40 @@ def test_invalid_target_files_name_the_problem(tmp_path, text, message):
 def test_unknown_target_name_lists_known_ones():
     with pytest.raises(TargetError, match="unknown target 'nope'.*x86-cpu"):
         load_target("nope")
+
+
+def test_shipped_device_targets():
+    names = {t.name for t in list_targets()}
+    assert {
+        "x86-cpu",
+        "x86-cuda",
+        "jetson-orin-nano",
+        "jetson-agx-orin",
+        "jetson-xavier-nx",
+    } <= names
+    nano = load_target("jetson-orin-nano")
+    assert nano.arch == "aarch64" and nano.tvm_target == {"kind": "cuda", "arch": "sm_87"}
+    assert nano.tvm_host["mtriple"] == "aarch64-linux-gnu"
+    assert nano.cross_compiler == "aarch64-linux-gnu-g++"
+
+
+def test_build_for_a_jetson_keeps_the_back_ends_that_build_here(tmp_path):
+    import json
+
+    from conftest import ref
+
+    import hypercompile as hc
+
+    out = hc.build(
+        ref("TinyHyper"), target="jetson-orin-nano", out=tmp_path / "j", where={"task": [0, 1]}
+    )
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["target"]["name"] == "jetson-orin-nano"
+    assert all(list(v["artifacts"]) == ["onnxruntime"] for v in m["variants"])
+    with pytest.raises(hc.BackendError, match="TVM cross-compilation for jetson-orin-nano"):
+        hc.build(ref("TinyHyper"), target="jetson-orin-nano", out=tmp_path / "k", backends=["tvm"])
+    with pytest.raises(hc.BackendError, match="back end tensorrt is not implemented yet"):
+        hc.build(
+            ref("TinyHyper"), target="jetson-orin-nano", out=tmp_path / "k", backends=["tensorrt"]
+        )
+    assert not (tmp_path / "k").exists()

@@ -4,6 +4,7 @@ run-time arguments, so every variant of an architecture binds its own weights to
 from __future__ import annotations
 
 import os
+import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +32,20 @@ def import_tvm() -> Any:
         if block and sys.modules.get("torch", 0) is None:
             del sys.modules["torch"]
     return tvm
+
+
+def resolve_target(target: Any) -> dict[str, Any]:
+    """The target's TVM target as a JSON dict; an `llvm` target for this machine without an
+    `mcpu` gets the host CPU's (TVM 0.24+ refuses `llvm -mcpu=...` strings)."""
+    spec = dict(getattr(target, "tvm_target", None) or {"kind": "llvm"})
+    host_arch = platform.machine().lower().replace("amd64", "x86_64")
+    local = getattr(target, "arch", host_arch) == host_arch
+    if spec.get("kind") == "llvm" and "mcpu" not in spec and "mtriple" not in spec and local:
+        tvm = import_tvm()
+        spec["mcpu"] = str(tvm.target.codegen.llvm_get_system_cpu())
+    if getattr(target, "tvm_host", None):
+        spec["host"] = dict(target.tvm_host)
+    return spec
 
 
 class TvmRunner:
@@ -87,8 +102,7 @@ class TvmBackend(Backend):
             inputs = [vi.name for vi in model.graph.input]
             if names != inputs + weights:
                 raise BuildError(f"TVM import of {graph_id}: unexpected argument order {names}")
-            spec = dict(target.tvm_target) if getattr(target, "tvm_target", None) else {}
-            tvm_target = tvm.target.Target(spec or {"kind": "llvm"})
+            tvm_target = tvm.target.Target(resolve_target(target))
             executable = tvm.compile(mod, target=tvm_target)
         except BuildError:
             raise

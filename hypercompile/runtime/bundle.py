@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import platform
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -32,6 +33,7 @@ class Bundle:
         cache_size: int = DEFAULT_CACHE_SIZE,
         verify: bool = True,
         threads: int | None = None,
+        providers: list[str] | None = None,
     ):
         self.path = Path(path).resolve()
         self.manifest = fmt.read_manifest(self.path)
@@ -47,6 +49,8 @@ class Bundle:
             raise BundleError(f"{self.path}: manifest has no valid target") from None
         if threads is not None:
             self.target = dataclasses.replace(self.target, ort_threads=int(threads))
+        if providers is not None:
+            self.target = dataclasses.replace(self.target, ort_providers=tuple(providers))
         self._by_cond = {_cond_key(v["cond"]): v for v in self.manifest["variants"]}
         self._lock = threading.Lock()
         self._runners: OrderedDict[tuple[str, str], Runner] = OrderedDict()
@@ -179,6 +183,13 @@ class Bundle:
         reason = be.available()
         if reason:
             raise BackendError(reason)
+        here = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")
+        if backend != "onnxruntime" and self.target.arch != here:
+            raise BackendError(
+                f"the {backend} artifacts of this bundle were built for {self.target.name} "
+                f"({self.target.arch}); this machine is {here}: run it on the device, or use "
+                "backend='onnxruntime'"
+            )
         weights = fmt.read_tensors(self._verify(variant["weights"]), variant["weights"])
         if "program" not in variant:
             return self._graph_runner(variant["graph"], backend, weights, shared=False)
