@@ -86,7 +86,6 @@ def test_artifacts_for_another_machine_are_refused_clearly(tvm_bundle, tmp_path)
     (copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(
         hc.BackendError,
-        match=r"built for jetson-orin-nano \(aarch64\); this "
-        "machine is x86_64",
+        match=r"built for jetson-orin-nano \(aarch64\); this machine is",
     ):
         hc.load(copy).run({"input": np.ones((1, 8), np.float32)}, task=0, backend="tvm")
