@@ -21,7 +21,13 @@ import torch
 from . import __version__
 from . import format as fmt
 from .backends import backend_names, get_backend
-from .errors import BackendError, BuildError, ParityError, UnsupportedModelError
+from .errors import (
+    BackendError,
+    BuildError,
+    HypercompileError,
+    ParityError,
+    UnsupportedModelError,
+)
 from .frontend.export import OPSET, GraphInfo, export_graph
 from .frontend.loader import resolve_model
 from .frontend.materialize import (
@@ -462,7 +468,16 @@ def _verify_bundle(root: Path, manifest, checks: list[_Check], rtol: float, repo
             if stats is not None:
                 runner.stats = stats
             for feeds, want in zip(check.inputs, check.expected):
-                got = bundle.run(feeds, backend=backend, **variant["cond"])
+                try:
+                    got = bundle.run(feeds, backend=backend, **variant["cond"])
+                except HypercompileError:
+                    raise
+                except Exception as e:  # the back end itself failed on this variant
+                    first = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+                    raise BuildError(
+                        f"variant {cond_label(variant['cond'])} on {backend} fails to run: "
+                        f"{type(e).__name__}: {first[:200]}"
+                    ) from None
                 a, r = parity(list(got.values()), want)
                 worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
                 mismatched += int(_argmax_differs(list(got.values()), want))

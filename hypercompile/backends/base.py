@@ -36,6 +36,7 @@ class Backend:
         output_names: list[str],
         shared: bool = False,
         input_names: list[str] | None = None,
+        output_specs: list[dict[str, Any]] | None = None,
     ) -> Runner:
         """Bind one variant's weights to a compiled artifact and return a runner. `shared`:
         the runner is one of many (a DyNN program's blocks) that should share threads."""

@@ -94,12 +94,16 @@ class OnnxRuntimeBackend(Backend):
         output_names: list[str],
         shared: bool = False,
         input_names: list[str] | None = None,
+        output_specs: list[dict[str, Any]] | None = None,
     ) -> OrtRunner:
         import onnxruntime as ort
 
         so = self.session_options(target, shared)
         names = list(weights)
-        values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(weights[n])) for n in names]
+        values = [
+            ort.OrtValue.ortvalue_from_numpy(np.require(weights[n], requirements="C"))
+            for n in names
+        ]
         if names:
             so.add_external_initializers(names, values)
         providers = list(getattr(target, "ort_providers", ()) or ["CPUExecutionProvider"])

@@ -49,17 +49,27 @@ def resolve_target(target: Any) -> dict[str, Any]:
 
 
 class TvmRunner:
-    def __init__(self, fn: Any, input_names: list[str], weights: list[Any], keepalive: Any):
+    def __init__(
+        self,
+        fn: Any,
+        input_names: list[str],
+        weights: list[Any],
+        keepalive: Any,
+        shapes: list[tuple[int, ...] | None],
+    ):
         self._fn, self._inputs, self._weights = fn, input_names, weights
-        self._keepalive = keepalive
+        self._keepalive, self._shapes = keepalive, shapes
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         tvm = sys.modules["tvm"]
-        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[n])) for n in self._inputs]
+        args = [tvm.runtime.tensor(np.require(feeds[n], requirements="C")) for n in self._inputs]
         out = self._fn(*args, *self._weights)
-        if hasattr(out, "numpy"):
-            return [out.numpy()]
-        return [o.numpy() for o in out]
+        arrays = [out.numpy()] if hasattr(out, "numpy") else [o.numpy() for o in out]
+        # TVM's ONNX import turns some 0-d results into shape (1,): keep the graph's shapes
+        return [
+            a.reshape(s) if s is not None and a.shape != s and a.size == int(np.prod(s)) else a
+            for a, s in zip(arrays, self._shapes)
+        ]
 
 
 class TvmBackend(Backend):
@@ -122,6 +132,7 @@ class TvmBackend(Backend):
         output_names: list[str],
         shared: bool = False,
         input_names: list[str] | None = None,
+        output_specs: list[dict[str, Any]] | None = None,
     ) -> TvmRunner:
         tvm = import_tvm()
         from tvm import relax
@@ -137,8 +148,12 @@ class TvmBackend(Backend):
         finally:
             os.unlink(path)
         vm = relax.VirtualMachine(lib, tvm.cpu())
-        bound = [tvm.runtime.tensor(np.ascontiguousarray(w)) for w in weights.values()]
-        return TvmRunner(vm["main"], list(input_names or []), bound, (vm, lib))
+        bound = [tvm.runtime.tensor(np.require(w, requirements="C")) for w in weights.values()]
+        shapes = [
+            tuple(o["shape"]) if all(isinstance(d, int) for d in o["shape"]) else None
+            for o in output_specs or []
+        ]
+        return TvmRunner(vm["main"], list(input_names or []), bound, (vm, lib), shapes)
 
 
 BACKEND = TvmBackend()

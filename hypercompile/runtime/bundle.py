@@ -222,6 +222,7 @@ class Bundle:
             graph["output_names"],
             shared=shared,
             input_names=[i["name"] for i in graph["inputs"]],
+            output_specs=graph["outputs"],
         )
 
     def __repr__(self) -> str:
