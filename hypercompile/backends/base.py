@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -12,6 +13,18 @@ class Runner(Protocol):
     """A ready-to-run artifact for one variant (a graph with its weights bound)."""
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class Binding:
+    """What a runner is made of: one verified artifact and the weights it binds."""
+
+    artifact: bytes
+    weights: dict[str, np.ndarray]  # in the graph's weight order
+    target: Any
+    inputs: list[dict[str, Any]]  # the graph's input specs (name, dtype, shape)
+    outputs: list[dict[str, Any]]  # the graph's output specs
+    shared: bool = False  # one of many runners (a DyNN program's blocks): share threads
 
 
 class Backend:
@@ -28,16 +41,6 @@ class Backend:
         """Produce this back end's artifact for one ONNX graph; return its bundle-relative path."""
         raise NotImplementedError
 
-    def load(
-        self,
-        artifact: bytes,
-        weights: dict[str, np.ndarray],
-        target: Any,
-        output_names: list[str],
-        shared: bool = False,
-        input_names: list[str] | None = None,
-        output_specs: list[dict[str, Any]] | None = None,
-    ) -> Runner:
-        """Bind one variant's weights to a compiled artifact and return a runner. `shared`:
-        the runner is one of many (a DyNN program's blocks) that should share threads."""
+    def load(self, binding: Binding) -> Runner:
+        """Bind one variant's weights to a compiled artifact and return a runner."""
         raise NotImplementedError

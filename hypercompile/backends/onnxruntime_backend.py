@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendError
-from .base import Backend
+from .base import Backend, Binding
 
 _pool: dict[str, bool] = {}
 
@@ -86,19 +86,11 @@ class OnnxRuntimeBackend(Backend):
                 so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return so
 
-    def load(
-        self,
-        artifact: bytes,
-        weights: dict[str, np.ndarray],
-        target: Any,
-        output_names: list[str],
-        shared: bool = False,
-        input_names: list[str] | None = None,
-        output_specs: list[dict[str, Any]] | None = None,
-    ) -> OrtRunner:
+    def load(self, binding: Binding) -> OrtRunner:
         import onnxruntime as ort
 
-        so = self.session_options(target, shared)
+        target, weights = binding.target, binding.weights
+        so = self.session_options(target, binding.shared)
         names = list(weights)
         values = [
             ort.OrtValue.ortvalue_from_numpy(np.require(weights[n], requirements="C"))
@@ -114,7 +106,7 @@ class OnnxRuntimeBackend(Backend):
                 f"(available: {', '.join(ort.get_available_providers())})"
             )
         try:
-            session = ort.InferenceSession(artifact, so, providers=providers)
+            session = ort.InferenceSession(binding.artifact, so, providers=providers)
         except Exception as e:  # ORT raises its own exception types
             raise BackendError(f"ONNX Runtime cannot load the graph: {e}".splitlines()[0]) from None
         return OrtRunner(session, [values, weights])

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import format as fmt
 from ..errors import BackendError, BuildError
-from .base import Backend
+from .base import Backend, Binding
 
 
 def import_tvm() -> Any:
@@ -124,16 +124,7 @@ class TvmBackend(Backend):
         executable.export_library(str(out))
         return out.relative_to(bundle_dir).as_posix()
 
-    def load(
-        self,
-        artifact: bytes,
-        weights: dict[str, np.ndarray],
-        target: Any,
-        output_names: list[str],
-        shared: bool = False,
-        input_names: list[str] | None = None,
-        output_specs: list[dict[str, Any]] | None = None,
-    ) -> TvmRunner:
+    def load(self, binding: Binding) -> TvmRunner:
         tvm = import_tvm()
         from tvm import relax
 
@@ -141,19 +132,22 @@ class TvmBackend(Backend):
         fd, path = tempfile.mkstemp(suffix=".so")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(artifact)
+                f.write(binding.artifact)
             lib = tvm.runtime.load_module(path)
         except Exception as e:
             raise BackendError(f"TVM cannot load the library: {e}".splitlines()[0]) from None
         finally:
             os.unlink(path)
         vm = relax.VirtualMachine(lib, tvm.cpu())
-        bound = [tvm.runtime.tensor(np.require(w, requirements="C")) for w in weights.values()]
+        bound = [
+            tvm.runtime.tensor(np.require(w, requirements="C")) for w in binding.weights.values()
+        ]
         shapes = [
             tuple(o["shape"]) if all(isinstance(d, int) for d in o["shape"]) else None
-            for o in output_specs or []
+            for o in binding.outputs
         ]
-        return TvmRunner(vm["main"], list(input_names or []), bound, (vm, lib), shapes)
+        inputs = [i["name"] for i in binding.inputs]
+        return TvmRunner(vm["main"], inputs, bound, (vm, lib), shapes)
 
 
 BACKEND = TvmBackend()

@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import format as fmt
 from ..backends import Runner, get_backend
+from ..backends.base import Binding
 from ..errors import BackendError, BundleError, ConditionError, InputError
 from ..targets import Target, parse_target
 
@@ -214,16 +215,15 @@ class Bundle:
         missing = sorted(set(graph["weights"]) - set(weights))
         if missing:
             raise BundleError(f"weight file lacks tensor(s) {', '.join(missing[:5])}")
-        bound = {n: weights[n] for n in graph["weights"]}
-        return get_backend(backend).load(
-            self._graph_bytes[rel],
-            bound,
-            self.target,
-            graph["output_names"],
+        binding = Binding(
+            artifact=self._graph_bytes[rel],
+            weights={n: weights[n] for n in graph["weights"]},
+            target=self.target,
+            inputs=graph["inputs"],
+            outputs=graph["outputs"],
             shared=shared,
-            input_names=[i["name"] for i in graph["inputs"]],
-            output_specs=graph["outputs"],
         )
+        return get_backend(backend).load(binding)
 
     def __repr__(self) -> str:
         return f"Bundle({str(self.path)!r}, variants={len(self.manifest['variants'])})"
