@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import os
-import platform
 import shutil
 import time
 import uuid
@@ -40,7 +39,7 @@ from .frontend.materialize import (
 )
 from .frontend.program import source_coverage
 from .runtime.bundle import Bundle
-from .targets import Target, load_target
+from .targets import Target, host_arch, load_target
 
 Progress = Callable[[str, int, int], None]
 DYNAMIC_PARITY_INPUTS = 200
@@ -93,8 +92,7 @@ def _why_not(name: str, tgt: Target) -> str | None:
     reason = get_backend(name).available()
     if reason:
         return f"back end {name}: {reason}"
-    here = platform.machine().lower().replace("amd64", "x86_64")
-    if name == "tvm" and tgt.arch != here:
+    if name == "tvm" and tgt.arch != host_arch():
         return (
             f"TVM cross-compilation for {tgt.name} ({tgt.arch}) is not supported yet; "
             "build with --backend onnxruntime (ONNX graphs are portable)"
@@ -167,9 +165,9 @@ def build(
     # Parity forwards are tiny: one thread avoids oversubscription stalls on shared machines.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    (tmp / "graphs").mkdir(parents=True)
-    (tmp / "weights").mkdir()
     try:
+        (tmp / "graphs").mkdir(parents=True)
+        (tmp / "weights").mkdir()
         manifest, checks = _materialize_all(hm, conds, tmp, tgt, names, parity_inputs, report)
         manifest["model"] = model if isinstance(model, str) else type(hm).__name__
         fmt.write_manifest(tmp, manifest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +17,12 @@ else:  # pragma: no cover
 
 DEFAULT_TARGET = "x86-cpu"
 KNOWN_BACKENDS = ("onnxruntime", "tvm", "tensorrt")
+
+
+def host_arch() -> str:
+    """This machine's architecture in target terms (`x86_64`, `aarch64`)."""
+    arch = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
 
 
 def targets_dir() -> Path:

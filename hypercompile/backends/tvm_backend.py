@@ -4,7 +4,6 @@ run-time arguments, so every variant of an architecture binds its own weights to
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 
 from .. import format as fmt
 from ..errors import BackendError, BuildError
+from ..targets import host_arch
 from .base import Backend, Binding
 
 
@@ -38,8 +38,8 @@ def resolve_target(target: Any) -> dict[str, Any]:
     """The target's TVM target as a JSON dict; an `llvm` target for this machine without an
     `mcpu` gets the host CPU's (TVM 0.24+ refuses `llvm -mcpu=...` strings)."""
     spec = dict(getattr(target, "tvm_target", None) or {"kind": "llvm"})
-    host_arch = platform.machine().lower().replace("amd64", "x86_64")
-    local = getattr(target, "arch", host_arch) == host_arch
+    here = host_arch()
+    local = getattr(target, "arch", here) == here
     if spec.get("kind") == "llvm" and "mcpu" not in spec and "mtriple" not in spec and local:
         tvm = import_tvm()
         spec["mcpu"] = str(tvm.target.codegen.llvm_get_system_cpu())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import platform
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -15,7 +14,7 @@ from .. import format as fmt
 from ..backends import Runner, get_backend
 from ..backends.base import Binding
 from ..errors import BackendError, BundleError, ConditionError, InputError
-from ..targets import Target, parse_target
+from ..targets import Target, host_arch, parse_target
 
 DEFAULT_CACHE_SIZE = 8
 
@@ -184,7 +183,7 @@ class Bundle:
         reason = be.available()
         if reason:
             raise BackendError(reason)
-        here = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")
+        here = host_arch()
         if backend != "onnxruntime" and self.target.arch != here:
             raise BackendError(
                 f"the {backend} artifacts of this bundle were built for {self.target.name} "
