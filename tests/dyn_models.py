@@ -226,3 +226,39 @@ class LoopCountFromData(nn.Module):
             if x[0, i] > 0.5:
                 x = x * 2
         return x
+
+
+class StatefulGate(nn.Module):
+    """SkipNet's recurrent gate as its authors wrote it: the LSTM state lives in `self.hidden`."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(4, 4)
+        self.proj = nn.Linear(4, 1)
+        self.hidden = None
+
+    def init_hidden(self, batch_size):
+        return (torch.zeros(1, batch_size, 4), torch.zeros(1, batch_size, 4))
+
+    def forward(self, x):
+        out, self.hidden = self.rnn(x.view(1, x.size(0), -1), self.hidden)
+        return torch.sigmoid(self.proj(out.squeeze(0)))
+
+
+class RecurrentSkip(nn.Module):
+    def __init__(self):
+        super().__init__()
+        _seeded(6)
+        self.control = StatefulGate()
+        self.layers = nn.ModuleList([nn.Linear(4, 4) for _ in range(3)])
+        self.eval()
+
+    def example_inputs(self):
+        return (torch.randn(1, 4),)
+
+    def forward(self, x):
+        self.control.hidden = self.control.init_hidden(x.size(0))
+        for layer in self.layers:
+            if self.control(x) > 0.5:
+                x = torch.relu(layer(x))
+        return x

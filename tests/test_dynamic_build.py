@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT
-from dyn_models import EarlyExit, Halving, Refine, Router, Stack, TwoInputs
+from dyn_models import EarlyExit, Halving, RecurrentSkip, Refine, Router, Stack, TwoInputs
 
 import hypercompile as hc
 from hypercompile import HypercompileError
@@ -33,7 +33,7 @@ def _agree(model, bundle, n=100, seed=1):
     assert mismatched == 0
 
 
-@pytest.mark.parametrize("model_cls", [EarlyExit, Refine, Router, Stack, TwoInputs])
+@pytest.mark.parametrize("model_cls", [EarlyExit, Refine, Router, Stack, TwoInputs, RecurrentSkip])
 def test_small_dynamic_models_build_and_agree(model_cls, tmp_path):
     model = model_cls()
     path = hc.build(model, out=tmp_path / "b", parity_inputs=60)

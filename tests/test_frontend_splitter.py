@@ -94,7 +94,7 @@ def test_several_inputs_nested_if_in_loop_in_if():
     "model, construct",
     [
         (Prints, r"side effect `print`"),
-        (MutatesState, r"assigning to `self.calls` mutates module or build-time state"),
+        (MutatesState, r"`self.calls` is read before forward assigns it: module state"),
         (Recursive, r"recursion into Recursive.halve"),
         (Generator, r"generator \(yield\)"),
     ],

@@ -25,6 +25,7 @@ import torch
 from ..errors import UnsupportedModelError
 
 MAX_UNROLL = 10_000
+STATE_PREFIX = "__st_"  # program values standing for module attributes that forward assigns
 _SCALARS = (bool, int, float)
 _SIDE_EFFECTS = {"print", "input", "open", "exec", "eval", "breakpoint", "setattr", "delattr"}
 _PURE_BUILTINS = {
@@ -109,6 +110,8 @@ class Frame:
     stack: tuple[Any, ...] = ()
 
     def prog(self, name: str) -> str:
+        if name.startswith(STATE_PREFIX):
+            return name  # module state cells are program-wide
         return f"{name}{self.prefix}" if self.prefix else name
 
 
@@ -214,6 +217,7 @@ class Lowerer:
         self._inline_cache: dict[int, bool] = {}
         self.globals: dict[str, Any] = {}  # global names the blocks use, shared by all blocks
         self.decisions: dict[str, tuple[int, str]] = {}  # predicate/index name -> (line, source)
+        self.cells: dict[tuple[int, str], str] = {}  # (module id, attribute) -> program name
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def new_block(self) -> Block:
@@ -322,6 +326,15 @@ class Lowerer:
         return self._static_branch(stmt.body, st, frame, loop)
 
     def lower_if(self, stmt: ast.If, st: St, frame: Frame, loop: Loop | None):
+        stmt = _with_test(stmt, self.state_cells(stmt.test, st.env, frame))
+        if self.find_special_call(ast.Expr(stmt.test), st.env, frame) is not None:
+            # a call to inline or dispatch inside the test: evaluate it first, then branch
+            local = self.fresh("test")
+            assign = ast.copy_location(ast.Assign([ast.Name(local, ast.Store())], stmt.test), stmt)
+            st = self.lower_simple(assign, st, frame)
+            if st is None:
+                return None
+            stmt = _with_test(stmt, ast.copy_location(ast.Name(local, ast.Load()), stmt.test))
         ok, value = self.static_eval(stmt.test, st.env, frame)
         if ok:
             return self._static_branch(stmt.body if value else stmt.orelse, st, frame, loop)
@@ -391,6 +404,7 @@ class Lowerer:
         return _DynRef(item[1])
 
     def lower_while(self, stmt: ast.While, st: St, frame: Frame, loop: Loop | None):
+        stmt = _with_test(stmt, self.state_cells(stmt.test, st.env, frame))
         if stmt.orelse:
             raise Unsupported(f"{_loc(frame, stmt)}: while/else is not supported")
         has_break = any(isinstance(n, ast.Break) for s in stmt.body for n in ast.walk(s))
@@ -490,6 +504,7 @@ class Lowerer:
 
     # -- simple statements ---------------------------------------------------------------------
     def lower_simple(self, stmt: ast.stmt, st: St, frame: Frame):
+        stmt = self.state_cells(stmt, st.env, frame)
         special = self.find_special_call(stmt, st.env, frame)
         if special is not None:
             kind, node, payload = special
@@ -669,6 +684,58 @@ class Lowerer:
             s.block.term = ("goto", j.id)
         return St(j, merged)
 
+    # -- module state assigned in forward ------------------------------------------------------
+    def state_cells(self, node: ast.AST, env: Env, frame: Frame) -> Any:
+        """Attributes of modules that forward assigns (`self.hidden = ...`, SkipNet's recurrent
+        gate) become program values: a store creates the cell, later loads read it."""
+
+        def cell(attr_node: ast.Attribute, create: bool) -> str | None:
+            if not (isinstance(attr_node.value, (ast.Name, ast.Attribute)) and
+                    not (_free_names(attr_node.value) & env.dynamic)):
+                return None
+            ok, obj = self.static_eval(attr_node.value, env, frame)
+            if not ok or not isinstance(obj, torch.nn.Module):
+                return None
+            attr = attr_node.attr
+            if attr in obj._parameters or attr in obj._buffers or attr in obj._modules:
+                return None
+            key = (id(obj), attr)
+            if create and key not in self.cells:
+                self.cells[key] = f"{STATE_PREFIX}{len(self.cells)}_{attr}"
+            return self.cells.get(key)
+
+        def walk(n: Any) -> Any:
+            if isinstance(n, ast.Attribute):
+                name = cell(n, isinstance(n.ctx, ast.Store))
+                if name is not None:
+                    return ast.copy_location(ast.Name(name, n.ctx), n)
+            if isinstance(n, (ast.Assign, ast.AugAssign)):
+                stores = [t for t in ast.walk(n) if isinstance(t, ast.Attribute)
+                          and isinstance(t.ctx, ast.Store)]
+                reads = {ast.unparse(t) for t in ast.walk(n.value) if isinstance(t, ast.Attribute)}
+                for t in stores:
+                    new_cell = cell(t, False) is None and cell(t, True) is not None
+                    if new_cell and (isinstance(n, ast.AugAssign) or ast.unparse(t) in reads):
+                        raise HardUnsupported(
+                            f"{_loc(frame, n)}: `{ast.unparse(t)}` is read before forward "
+                            "assigns it: module state carried between calls cannot be compiled"
+                        )
+            if not isinstance(n, ast.AST):
+                return n
+            clone = copy.copy(n)
+            for fname, value in ast.iter_fields(n):
+                if isinstance(value, list):
+                    setattr(clone, fname, [walk(v) for v in value])
+                elif isinstance(value, ast.AST):
+                    setattr(clone, fname, walk(value))
+            return clone
+
+        if not self.cells and not any(
+            isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store) for n in ast.walk(node)
+        ):
+            return node  # the common case: no module state involved
+        return walk(node)
+
     # -- calls that need splitting -------------------------------------------------------------
     def find_special_call(self, stmt: ast.stmt, env: Env, frame: Frame):
         """The first call in `stmt` that must be dispatched (container[dynamic index]) or inlined
@@ -699,6 +766,10 @@ class Lowerer:
                 node, filename, globs = function_ast(target)
             except Unsupported:
                 return False
+            if any(isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store) and
+                   isinstance(n.value, ast.Name) and n.value.id == "self" for n in ast.walk(node)):
+                self._inline_cache[key] = True  # it assigns module state: inline so it flows
+                return True
             trial = Lowerer(self.root)
             trial._inline_cache = self._inline_cache  # shared: guards against recursion
             trial_frame = Frame(globs, filename, "_trial", "__trial_ret", stack=(target,))
@@ -833,7 +904,7 @@ class Lowerer:
         names = _free_names(node)
         scope: dict[str, Any] = {}
         for n in names:
-            if n in env.dynamic:
+            if n in env.dynamic or n.startswith(STATE_PREFIX):
                 return False, None
             if n in env.static:
                 v = env.static[n]
@@ -915,8 +986,8 @@ class Lowerer:
                 return ast.copy_location(ast.Name(frame.prog(node.id), ast.Load()), node)
             if node.id in env.static:
                 return ast.copy_location(self.embed(env.static[node.id], frame, node), node)
-            if node.id.startswith(("_hc_", "__root", "__c")):
-                return node  # helpers the splitter itself wrote
+            if node.id.startswith(("_hc_", "__root", "__c", STATE_PREFIX)):
+                return node  # helpers the splitter itself wrote, module state cells
             if node.id in frame.globals or hasattr(builtins, node.id):
                 value = frame.globals.get(node.id, getattr(builtins, node.id, None))
                 known = self.globals.setdefault(node.id, value)
@@ -1091,6 +1162,14 @@ def _python_target(fn: Any) -> Any:
 
 def _subscript(name: str, i: int) -> ast.expr:
     return ast.Subscript(ast.Name(name, ast.Load()), ast.Constant(i), ast.Load())
+
+
+def _with_test(stmt: Any, test: ast.expr) -> Any:
+    if test is stmt.test:
+        return stmt
+    clone = copy.copy(stmt)
+    clone.test = test
+    return clone
 
 
 def _replace_node(stmt: ast.stmt, old: ast.AST, new: ast.expr) -> ast.stmt:
