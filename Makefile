@@ -3,9 +3,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HC := $(VENV)/bin/hypercompile
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test lint bench toolchain
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed toolchain
+
+# Jetson builds link aarch64 host code with Debian's cross compiler; CUDA kernels need nvcc
+# (found on PATH, in $$CUDA_HOME, /usr/local/cuda*, or $$HYPERCOMPILE_NVCC).
+toolchain:
+	@command -v aarch64-linux-gnu-g++ >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq g++-aarch64-linux-gnu >/dev/null; \
+	  else echo "note: no aarch64-linux-gnu-g++; Jetson TVM builds need: sudo apt-get install g++-aarch64-linux-gnu"; fi; }
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)

@@ -34,12 +34,12 @@ from .frontend.materialize import (
     cond_label,
     flatten_outputs,
     materialize,
-    parity,
     random_like,
 )
 from .frontend.program import source_coverage
 from .runtime.bundle import Bundle
-from .targets import Target, host_arch, load_target
+from .runtime.checks import pack_checks, parity
+from .targets import Target, load_target, parse_target
 
 Progress = Callable[[str, int, int], None]
 DYNAMIC_PARITY_INPUTS = 200
@@ -89,14 +89,10 @@ def _why_not(name: str, tgt: Target) -> str | None:
             if name == "tensorrt"
             else (f"unknown back end {name!r} (known: {', '.join(backend_names())})")
         )
-    reason = get_backend(name).available()
+    backend = get_backend(name)
+    reason = backend.available() or backend.can_build(tgt)
     if reason:
         return f"back end {name}: {reason}"
-    if name == "tvm" and tgt.arch != host_arch():
-        return (
-            f"TVM cross-compilation for {tgt.name} ({tgt.arch}) is not supported yet; "
-            "build with --backend onnxruntime (ONNX graphs are portable)"
-        )
     return None
 
 
@@ -307,7 +303,12 @@ def _forward_has_control(module: torch.nn.Module) -> bool:
 
 def _compile_graph(g: dict, tmp: Path, tgt: Target, backend_names: list[str]) -> None:
     for name in backend_names:
-        g["artifacts"][name] = get_backend(name).compile(tmp / g["path"], tmp, g["id"], tgt)
+        be = get_backend(name)
+        rel = be.compile(tmp / g["path"], tmp, g["id"], tgt)
+        g["artifacts"][name] = rel
+        info = be.artifact_info(tmp / rel)
+        if info:
+            g.setdefault("artifact_info", {})[name] = info
 
 
 def _build_program(
@@ -449,7 +450,20 @@ def _argmax_differs(got: list[np.ndarray], want: list[np.ndarray]) -> bool:
 
 def _verify_bundle(root: Path, manifest, checks: list[_Check], rtol: float, report) -> None:
     """Hash every file, load the bundle through the runtime, and compare every variant on every
-    back end with PyTorch; record parity and refuse the bundle if any exceeds `rtol`."""
+    back end with PyTorch; record parity and refuse the bundle if any exceeds `rtol`. Artifacts
+    that cannot run on this machine (another CPU, a GPU it lacks) keep their check cases in the
+    bundle, and the runtime runs them on the device before first use."""
+    manifest["rtol"] = rtol
+    tgt = parse_target(manifest["target"], "the bundle's target")
+    used = sorted({b for v in manifest["variants"] for b in v["artifacts"]})
+    here = {b: get_backend(b).runs_here(tgt) for b in used}
+    for variant, check in zip(manifest["variants"], checks):
+        variant["parity"] = {}
+        if any(here.get(b) for b in variant["artifacts"]):
+            rel = f"checks/{variant['id']}.safetensors"
+            (root / "checks").mkdir(exist_ok=True)
+            fmt.write_tensors(root / rel, pack_checks(check.inputs, check.expected))
+            variant["checks"] = rel
     for p in sorted(root.rglob("*")):
         if p.is_file() and p.name != fmt.MANIFEST:
             manifest["files"][p.relative_to(root).as_posix()] = fmt.sha256_file(p)
@@ -458,8 +472,14 @@ def _verify_bundle(root: Path, manifest, checks: list[_Check], rtol: float, repo
     total = len(manifest["variants"])
     for i, (variant, check) in enumerate(zip(manifest["variants"], checks)):
         report("verify", i, total)
-        variant["parity"] = {}
         for backend in variant["artifacts"]:
+            if here.get(backend):
+                variant["parity"][backend] = {
+                    "deferred": f"runs on the device: {here[backend]}",
+                    "inputs": len(check.inputs),
+                    "against": check.against,
+                }
+                continue
             worst_abs, worst_rel, mismatched = 0.0, 0.0, 0
             runner = bundle._runner(variant, backend)
             stats = {} if "program" in variant else None

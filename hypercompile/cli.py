@@ -121,7 +121,18 @@ def build(model_ref, target, backends, where, out_dir, rtol, parity_inputs, as_j
         "variants": len(manifest["variants"]),
         "graphs": len(manifest["graphs"]),
         "build_s": manifest["build_s"],
-        "max_rel": max(p["max_rel"] for v in manifest["variants"] for p in v["parity"].values()),
+        "max_rel": max(
+            (
+                p["max_rel"]
+                for v in manifest["variants"]
+                for p in v["parity"].values()
+                if "max_rel" in p
+            ),
+            default=float("nan"),
+        ),
+        "deferred": sorted(
+            {b for v in manifest["variants"] for b, p in v["parity"].items() if "deferred" in p}
+        ),
     }
     if as_json:
         click.echo(json.dumps(summary))
@@ -132,6 +143,12 @@ def build(model_ref, target, backends, where, out_dir, rtol, parity_inputs, as_j
             f"worst parity {summary['max_rel']:.2e} rel",
             highlight=False,
         )
+        for b in summary["deferred"]:
+            out.print(
+                f"{b} artifacts cannot run on this machine: their parity checks are stored in "
+                "the bundle and run on the device before first use",
+                highlight=False,
+            )
 
 
 @main.command()
@@ -200,18 +217,40 @@ def inspect(bundle, as_json) -> None:
         table.add_column(col, justify="right" if col not in ("condition", "backends") else "left")
     for v in m["variants"]:
         parity = v.get("parity", {})
-        worst_abs = max((p["max_abs"] for p in parity.values()), default=float("nan"))
-        worst_rel = max((p["max_rel"] for p in parity.values()), default=float("nan"))
+        done = [p for p in parity.values() if "max_abs" in p]
+        worst_abs = max((p["max_abs"] for p in done), default=float("nan"))
+        worst_rel = max((p["max_rel"] for p in done), default=float("nan"))
         table.add_row(
             _cond_text(v["cond"]),
             _arch_text(v, m),
             f"{v['params']:,}",
             _human_bytes(v["bytes"]),
-            ", ".join(v["artifacts"]),
+            ", ".join(
+                b + (" (on device)" if "deferred" in parity.get(b, {}) else "")
+                for b in v["artifacts"]
+            ),
             f"{worst_abs:.2e}",
             f"{worst_rel:.2e}",
         )
     out.print(table)
+    native = [
+        (gid, b, i) for gid, g in m["graphs"].items() for b, i in g.get("artifact_info", {}).items()
+    ]
+    if native:
+        t = Table(title=f"compiled libraries (for {m['target']['name']}, {m['target']['arch']})")
+        for col in ("graph", "back end", "machine code", "device code"):
+            t.add_column(col)
+        for gid, b, info in native[:50]:
+            dev = info.get("device_code", {})
+            code = (
+                f"{dev['fatbins']} fatbin(s)"
+                if dev.get("fatbins")
+                else "CUDA source"
+                if dev
+                else "-"
+            )
+            t.add_row(gid, b, str(info.get("elf")), code)
+        out.print(t)
     programs = m.get("programs") or {}
     for pid, program in programs.items():
         users = [_cond_text(v["cond"]) for v in m["variants"] if v.get("program") == pid]

@@ -5,7 +5,8 @@ from models import MissingWeights, TinyHyper, Widths
 from torch import nn
 
 from hypercompile import BuildError
-from hypercompile.frontend.materialize import architecture_signature, materialize, parity
+from hypercompile.frontend.materialize import architecture_signature, materialize
+from hypercompile.runtime.checks import parity
 
 
 def test_materialize_loads_generated_weights_and_matches_reference():

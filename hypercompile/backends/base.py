@@ -41,6 +41,18 @@ class Backend:
         """Produce this back end's artifact for one ONNX graph; return its bundle-relative path."""
         raise NotImplementedError
 
+    def can_build(self, target: Any) -> str | None:
+        """None when this machine has the tools to build for `target`, else what is missing."""
+        return None
+
+    def artifact_info(self, path: Path) -> dict[str, Any]:
+        """Facts about a compiled artifact for the manifest (machine code, device code)."""
+        return {}
+
+    def runs_here(self, target: Any) -> str | None:
+        """None when artifacts built for `target` can run on this machine, else why not."""
+        return None
+
     def load(self, binding: Binding) -> Runner:
         """Bind one variant's weights to a compiled artifact and return a runner."""
         raise NotImplementedError

@@ -98,11 +98,13 @@ class OnnxRuntimeBackend(Backend):
         ]
         if names:
             so.add_external_initializers(names, values)
-        providers = list(getattr(target, "ort_providers", ()) or ["CPUExecutionProvider"])
-        missing = [p for p in providers if p not in ort.get_available_providers()]
-        if missing:
+        # the target's providers in preference order, those this ONNX Runtime has (a Jetson
+        # bundle's graphs run on an x86 box's CPU provider; the CUDA one where it exists)
+        wanted = list(getattr(target, "ort_providers", ()) or ["CPUExecutionProvider"])
+        providers = [p for p in wanted if p in ort.get_available_providers()]
+        if not providers:
             raise BackendError(
-                f"ONNX Runtime here lacks provider(s) {', '.join(missing)} "
+                f"ONNX Runtime here lacks provider(s) {', '.join(wanted)} "
                 f"(available: {', '.join(ort.get_available_providers())})"
             )
         try:

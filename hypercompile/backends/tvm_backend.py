@@ -15,19 +15,20 @@ from .. import format as fmt
 from ..errors import BackendError, BuildError
 from ..targets import host_arch
 from .base import Backend, Binding
+from .tvm_device import FATBIN_MAGIC, elf_machine, export, toolchain_missing
 
 
 def import_tvm() -> Any:
     """Import TVM without torch: tvm_ffi imports torch eagerly when it is installed, and the
     runtime must stay torch-free (torch stays importable for whoever asks for it later)."""
-    if "tvm" in sys.modules:
+    if "tvm.runtime.vm" in sys.modules:
         return sys.modules["tvm"]
     block = "torch" not in sys.modules
     if block:
         sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` fail
     try:
         import tvm
-        from tvm import relax  # noqa: F401
+        from tvm.runtime import vm  # noqa: F401  (the runtime needs no compiler)
     finally:
         if block and sys.modules.get("torch", 0) is None:
             del sys.modules["torch"]
@@ -48,6 +49,59 @@ def resolve_target(target: Any) -> dict[str, Any]:
     return spec
 
 
+def _identifier_names(graph: Any) -> None:
+    """Rename inputs and initializers that are not C identifiers (`0.weight`): TVM's CUDA code
+    generator names kernel parameters after them. Arguments stay positional, so nothing else
+    changes."""
+    import re
+
+    taken = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    rename: dict[str, str] = {}
+    for name in sorted(taken):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            new = "p_" + re.sub(r"\W", "_", name)
+            while new in taken or new in rename.values():
+                new += "_"
+            rename[name] = new
+    if not rename:
+        return
+    for v in graph.input:
+        v.name = rename.get(v.name, v.name)
+    for t in graph.initializer:
+        t.name = rename.get(t.name, t.name)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+        for attr in node.attribute:  # subgraphs (If/Loop bodies) read outer names too
+            for sub in [attr.g, *attr.graphs]:
+                for n in sub.node:
+                    for i, name in enumerate(n.input):
+                        if name in rename:
+                            n.input[i] = rename[name]
+
+
+def _load_cuda_runtime(tvm: Any) -> str | None:
+    """Load TVM's CUDA runtime plugin unless TVM did (a runtime-only TVM does not); None when
+    it is ready, else why not."""
+    import ctypes
+
+    import tvm_ffi
+
+    if tvm_ffi.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True):
+        return None
+    lib = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
+    try:
+        ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    except OSError as e:
+        return str(e).splitlines()[0] if str(e) else "libtvm_runtime_cuda.so does not load"
+    return None
+
+
+def _device_kind(target: Any) -> str:
+    return str((getattr(target, "tvm_target", None) or {}).get("kind", "llvm"))
+
+
 class TvmRunner:
     def __init__(
         self,
@@ -56,13 +110,17 @@ class TvmRunner:
         weights: list[Any],
         keepalive: Any,
         shapes: list[tuple[int, ...] | None],
+        device: Any,
     ):
         self._fn, self._inputs, self._weights = fn, input_names, weights
-        self._keepalive, self._shapes = keepalive, shapes
+        self._keepalive, self._shapes, self._dev = keepalive, shapes, device
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         tvm = sys.modules["tvm"]
-        args = [tvm.runtime.tensor(np.require(feeds[n], requirements="C")) for n in self._inputs]
+        args = [
+            tvm.runtime.tensor(np.require(feeds[n], requirements="C"), device=self._dev)
+            for n in self._inputs
+        ]
         out = self._fn(*args, *self._weights)
         arrays = [out.numpy()] if hasattr(out, "numpy") else [o.numpy() for o in out]
         # TVM's ONNX import turns some 0-d results into shape (1,): keep the graph's shapes
@@ -74,6 +132,9 @@ class TvmRunner:
 
 class TvmBackend(Backend):
     name = "tvm"
+
+    def __init__(self) -> None:
+        self._exported: dict[str, dict[str, Any]] = {}  # library path -> how it was exported
 
     def available(self) -> str | None:
         try:
@@ -92,6 +153,7 @@ class TvmBackend(Backend):
         from tvm.relax.frontend.onnx import from_onnx
 
         model = onnx.load(str(graph_path), load_external_data=False)
+        _identifier_names(model.graph)
         weights, constants = [], {}
         for i, t in enumerate(model.graph.initializer):
             if any(e.value == fmt.WEIGHT_STUB_LOCATION for e in t.external_data):
@@ -121,12 +183,43 @@ class TvmBackend(Backend):
             raise BuildError(f"TVM cannot compile graph {graph_id}: {first}") from None
         out = bundle_dir / "tvm" / f"{graph_id}.so"
         out.parent.mkdir(exist_ok=True)
-        executable.export_library(str(out))
+        self._exported[str(out)] = export(executable, out, target)
         return out.relative_to(bundle_dir).as_posix()
+
+    def artifact_info(self, path: Path) -> dict[str, Any]:
+        """What the library is, read off the file itself: its ELF machine and any GPU code."""
+        data = path.read_bytes()
+        info: dict[str, Any] = {**self._exported.pop(str(path), {}), "elf": elf_machine(data)}
+        fatbins = data.count(FATBIN_MAGIC)
+        if fatbins:
+            info["device_code"] = {"fatbins": fatbins}
+        elif b'extern "C" __global__' in data:
+            info["device_code"] = {"cuda_source": True}
+        return info
+
+    def can_build(self, target: Any) -> str | None:
+        return toolchain_missing(target)
+
+    def runs_here(self, target: Any) -> str | None:
+        """None when this machine can run the target's TVM libraries, else why not."""
+        if getattr(target, "arch", host_arch()) != host_arch():
+            return f"this machine is {host_arch()}"
+        if _device_kind(target) == "cuda":
+            tvm = import_tvm()
+            reason = _load_cuda_runtime(tvm)
+            if reason:
+                return f"TVM's CUDA runtime does not load here ({reason})"
+            if not tvm.cuda(0).exist:
+                return "this machine has no CUDA GPU visible to TVM"
+        return None
 
     def load(self, binding: Binding) -> TvmRunner:
         tvm = import_tvm()
-        from tvm import relax
+
+        reason = self.runs_here(binding.target)
+        if reason:
+            raise BackendError(f"TVM artifact cannot run here: {reason}")
+        dev = tvm.cuda(0) if _device_kind(binding.target) == "cuda" else tvm.cpu()
 
         # load the verified bytes, not the path: the file cannot change after its hash check
         fd, path = tempfile.mkstemp(suffix=".so")
@@ -138,16 +231,17 @@ class TvmBackend(Backend):
             raise BackendError(f"TVM cannot load the library: {e}".splitlines()[0]) from None
         finally:
             os.unlink(path)
-        vm = relax.VirtualMachine(lib, tvm.cpu())
+        vm = tvm.runtime.vm.VirtualMachine(lib, dev)
         bound = [
-            tvm.runtime.tensor(np.require(w, requirements="C")) for w in binding.weights.values()
+            tvm.runtime.tensor(np.require(w, requirements="C"), device=dev)
+            for w in binding.weights.values()
         ]
         shapes = [
             tuple(o["shape"]) if all(isinstance(d, int) for d in o["shape"]) else None
             for o in binding.outputs
         ]
         inputs = [i["name"] for i in binding.inputs]
-        return TvmRunner(vm["main"], inputs, bound, (vm, lib), shapes)
+        return TvmRunner(vm["main"], inputs, bound, (vm, lib), shapes, dev)
 
 
 BACKEND = TvmBackend()

@@ -6,7 +6,6 @@ import hashlib
 import json
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import BuildError
@@ -110,24 +109,3 @@ def random_like(x: torch.Tensor, gen: torch.Generator, batch: int | None = None)
         return torch.rand(shape, generator=gen) < 0.5
     lo, hi = (int(x.min()), int(x.max())) if x.numel() else (0, 1)
     return torch.randint(lo, hi + 1, shape, generator=gen, dtype=x.dtype)
-
-
-def parity(got: list[np.ndarray], want: list[np.ndarray]) -> tuple[float, float]:
-    """(max abs error, max abs error / max |want|) over all outputs; inf on shape/NaN mismatch."""
-    max_abs, max_rel = 0.0, 0.0
-    for g, w in zip(got, want):
-        if g.shape != w.shape:
-            return float("inf"), float("inf")
-        if g.dtype.kind == "b" or w.dtype.kind in "biu":
-            err = float(np.max(g != w)) if g.size else 0.0
-            max_abs, max_rel = max(max_abs, err), max(max_rel, err)
-            continue
-        g64, w64 = g.astype(np.float64), w.astype(np.float64)
-        if not np.array_equal(np.isnan(g64), np.isnan(w64)):
-            return float("inf"), float("inf")
-        d = np.nan_to_num(np.abs(g64 - w64), nan=0.0)
-        a = float(d.max()) if d.size else 0.0
-        scale = float(np.nanmax(np.abs(w64))) if w64.size else 0.0
-        max_abs = max(max_abs, a)
-        max_rel = max(max_rel, a / scale if scale > 0 else (0.0 if a == 0 else float("inf")))
-    return max_abs, max_rel

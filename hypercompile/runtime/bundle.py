@@ -14,7 +14,8 @@ from .. import format as fmt
 from ..backends import Runner, get_backend
 from ..backends.base import Binding
 from ..errors import BackendError, BundleError, ConditionError, InputError
-from ..targets import Target, host_arch, parse_target
+from ..targets import Target, parse_target
+from .checks import run_checks, unpack_checks
 
 DEFAULT_CACHE_SIZE = 8
 
@@ -56,6 +57,7 @@ class Bundle:
         self._runners: OrderedDict[tuple[str, str], Runner] = OrderedDict()
         self._graph_bytes: dict[str, bytes] = {}
         self._plans: dict[str, _Plan] = {}
+        self._checked: dict[tuple[str, str], dict[str, float]] = {}  # device checks passed
 
     # -- integrity -------------------------------------------------------------------------
     def _check_layout(self) -> None:
@@ -168,10 +170,25 @@ class Bundle:
                 self._runners.move_to_end(key)
                 return runner
             runner = self._load_runner(variant, backend)
+            if variant.get("parity", {}).get(backend, {}).get("deferred"):
+                self._check_on_device(variant, backend, runner)
             self._runners[key] = runner
             while len(self._runners) > self.cache_size:
                 self._runners.popitem(last=False)
             return runner
+
+    def _check_on_device(self, variant: dict[str, Any], backend: str, runner: Runner) -> None:
+        """First use here of an artifact the build machine could not run: compare it with the
+        PyTorch answers stored in the bundle, once per process, before it answers anything."""
+        key = (variant["id"], backend)
+        if key in self._checked:
+            return
+        rel = variant.get("checks")
+        if not rel:
+            raise BundleError(f"{self.path}: variant {variant['id']} has no stored checks")
+        cases = unpack_checks(fmt.read_tensors(self._verify(rel), rel))
+        what = f"variant {_fmt_cond(variant['cond'])} on {backend}"
+        self._checked[key] = run_checks(runner, cases, float(self.manifest.get("rtol", 1e-4)), what)
 
     def _load_runner(self, variant: dict[str, Any], backend: str) -> Runner:
         if backend not in variant["artifacts"]:
@@ -183,11 +200,11 @@ class Bundle:
         reason = be.available()
         if reason:
             raise BackendError(reason)
-        here = host_arch()
-        if backend != "onnxruntime" and self.target.arch != here:
+        why_not = be.runs_here(self.target)
+        if why_not:
             raise BackendError(
                 f"the {backend} artifacts of this bundle were built for {self.target.name} "
-                f"({self.target.arch}); this machine is {here}: run it on the device, or use "
+                f"({self.target.arch}); {why_not}: run it on the device, or use "
                 "backend='onnxruntime'"
             )
         weights = fmt.read_tensors(self._verify(variant["weights"]), variant["weights"])

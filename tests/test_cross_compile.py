@@ -1,0 +1,216 @@
+"""TVM libraries for other devices: Jetson (aarch64 host code + sm_87 CUDA kernels compiled ahead
+of time), x86-cuda; checks that only the device can run travel in the bundle and run there."""
+
+import json
+import shutil
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, ref
+from dyn_models import Router
+from models import TinyHyper
+
+import hypercompile as hc
+from hypercompile import format as fmt
+from hypercompile.backends.tvm_device import (
+    FATBIN_MAGIC,
+    elf_machine,
+    find_nvcc,
+    nvcc_info,
+    patch_cuda_modules,
+)
+from hypercompile.errors import BackendError, BuildError, ParityError
+
+pytest.importorskip("tvm", reason="apache-tvm is an optional back end")
+needs_nvcc = pytest.mark.skipif(find_nvcc() is None, reason="no nvcc (CUDA toolkit) here")
+needs_cross = pytest.mark.skipif(
+    shutil.which("aarch64-linux-gnu-g++") is None,
+    reason="no aarch64 cross compiler (apt-get install g++-aarch64-linux-gnu)",
+)
+
+
+def cubins(data: bytes) -> list[tuple[int, int]]:
+    """(ELF machine, SM number) of every CUDA ELF image embedded after a fatbin header."""
+    found, start = [], data.find(FATBIN_MAGIC)
+    while start >= 0:
+        pos = data.find(b"\x7fELF", start)
+        if pos < 0:
+            break
+        (machine,) = struct.unpack_from("<H", data, pos + 18)
+        (flags,) = struct.unpack_from("<I", data, pos + 48)
+        if machine == 190:  # EM_CUDA; CUDA 12+ keeps the SM in bits 8..15 of e_flags
+            found.append((machine, (flags >> 8) & 0xFF))
+        start = data.find(FATBIN_MAGIC, pos)
+    return found
+
+
+@pytest.fixture(scope="module")
+def jetson_bundle(tmp_path_factory):
+    if find_nvcc() is None or shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("needs nvcc and the aarch64 cross compiler")
+    out = tmp_path_factory.mktemp("j") / "jetson"
+    cmd = [sys.executable, "-m", "hypercompile.cli", "build", ref("TinyHyper")]
+    cmd += ["--target", "jetson-orin-nano", "--out", str(out)]
+    cmd += ["--backend", "tvm", "--backend", "onnxruntime"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+    return out
+
+
+@needs_nvcc
+@needs_cross
+def test_jetson_library_is_aarch64_with_sm87_kernels(jetson_bundle):
+    libs = sorted((jetson_bundle / "tvm").glob("*.so"))
+    assert [p.name for p in libs] == ["g0.so"]  # five tasks, one library
+    data = libs[0].read_bytes()
+    assert elf_machine(data) == "aarch64"
+    assert struct.unpack_from("<H", data, 16)[0] == 3  # ET_DYN: a shared object
+    kernels = cubins(data)
+    assert kernels and all(sm == 87 for _, sm in kernels), kernels
+    assert b'extern "C" __global__' not in data  # compiled, not CUDA source
+
+
+@needs_nvcc
+@needs_cross
+def test_jetson_manifest_marks_device_artifacts(jetson_bundle):
+    m = json.loads((jetson_bundle / "manifest.json").read_text())
+    assert m["target"]["arch"] == "aarch64"
+    assert m["target"]["tvm_target"]["arch"] == "sm_87"
+    info = m["graphs"]["g0"]["artifact_info"]["tvm"]
+    assert info["elf"] == "aarch64" and info["device_code"]["fatbins"] >= 1
+    for v in m["variants"]:
+        assert "deferred" in v["parity"]["tvm"]  # this x86 machine cannot run them
+        assert v["parity"]["onnxruntime"]["max_rel"] <= 1e-4  # portable graphs: checked here
+        assert v["checks"] in m["files"]
+
+
+@needs_nvcc
+@needs_cross
+def test_wrong_machine_says_so_and_onnx_still_runs(jetson_bundle):
+    b = hc.load(jetson_bundle)
+    x = np.ones((2, 8), np.float32)
+    with pytest.raises(BackendError, match="built for jetson-orin-nano.*aarch64.*x86_64"):
+        b.run({"input": x}, task=2, backend="tvm")
+    want = TinyHyper().reference({"task": 2}, torch.from_numpy(x)).detach().numpy()
+    got = b.run({"input": x}, task=2, backend="onnxruntime")["output"]
+    assert np.abs(got - want).max() <= 1e-4
+
+
+@needs_nvcc
+def test_x86_cuda_kernels_are_compiled_for_sm90(tmp_path):
+    path = hc.build(ref("TinyHyper"), target="x86-cuda", out=tmp_path / "c", backends=["tvm"])
+    data = (path / "tvm" / "g0.so").read_bytes()
+    assert elf_machine(data) == "x86_64"
+    assert {sm for _, sm in cubins(data)} == {90}
+
+
+@needs_nvcc
+def test_nvcc_that_cannot_target_the_gpu_is_a_clear_error(tmp_path):
+    _, sms = nvcc_info(find_nvcc())
+    target = tmp_path / "old-gpu.toml"
+    target.write_text(
+        'name = "old-gpu"\narch = "x86_64"\nbackends = ["tvm"]\n'
+        'tvm_target = { kind = "cuda", arch = "sm_35" }\n'
+    )
+    assert "sm_35" not in sms  # no current toolkit targets Kepler
+    with pytest.raises(BuildError, match="cannot compile for sm_35.*HYPERCOMPILE_NVCC"):
+        hc.build(ref("TinyHyper"), target=str(target), out=tmp_path / "o", backends=["tvm"])
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_cross_compiler_says_how_to_install(tmp_path):
+    target = tmp_path / "board.toml"
+    target.write_text(
+        'name = "board"\narch = "aarch64"\nbackends = ["tvm"]\n'
+        'tvm_target = { kind = "llvm", mtriple = "aarch64-linux-gnu" }\n'
+        'cross_compiler = "no-such-cross-g++"\n'
+    )
+    with pytest.raises(BackendError, match="no-such-cross-g\\+\\+ not found.*apt-get install"):
+        hc.build(ref("TinyHyper"), target=str(target), out=tmp_path / "o", backends=["tvm"])
+    assert not (tmp_path / "o").exists()
+
+
+def test_blob_patch_replaces_source_and_rejects_unknown_layouts():
+    source = 'extern "C" __global__ void k() {}'
+    table = b"\x01" * 12  # the function table is carried over untouched
+    module = (
+        struct.pack("<Q", 4) + b"cuda" + table + struct.pack("<Q", len(source)) + source.encode()
+    )
+    body = struct.pack("<Q", 3) + struct.pack("<3Q", 0, 1, 1) + struct.pack("<Q", 1)
+    body += struct.pack("<Q", 1) + struct.pack("<Q", 4) + b"_lib"
+    body += struct.pack("<Q", 4) + b"cuda" + struct.pack("<Q", len(module)) + module
+    blob = struct.pack("<Q", len(body)) + body
+    patched = patch_cuda_modules(blob, [source], [b"FATBIN-BYTES"])
+    assert source.encode() not in patched
+    assert b"fatbin" + table + struct.pack("<Q", 12) + b"FATBIN-BYTES" in patched
+    assert struct.unpack_from("<Q", patched)[0] == len(patched) - 8
+    with pytest.raises(BuildError, match="unknown layout"):
+        patch_cuda_modules(blob, ["other source"], [b"x"])
+    with pytest.raises(BuildError, match="unknown layout"):
+        patch_cuda_modules(blob[:-5], [source], [b"x"])
+
+
+def _defer_tvm_checks(path, corrupt: bool) -> None:
+    """Turn a local TVM bundle into one whose TVM parity must be checked on the device: move
+    the build's check cases into the bundle (optionally wrong) and mark TVM's parity deferred."""
+    from hypercompile.runtime.checks import pack_checks
+
+    m = json.loads((path / "manifest.json").read_text())
+    hm = Router()
+    (path / "checks").mkdir(exist_ok=True)
+    for v in m["variants"]:
+        x = np.random.default_rng(3).standard_normal((1, 5)).astype(np.float32)
+        want = hm(torch.from_numpy(x)).detach().numpy()
+        if corrupt:
+            want = want + 1.0
+        rel = f"checks/{v['id']}.safetensors"
+        fmt.write_tensors(path / rel, pack_checks([{"x": x}], [[want]]))
+        m["files"][rel] = fmt.sha256_file(path / rel)
+        v["checks"] = rel
+        v["parity"]["tvm"] = {"deferred": "test", "inputs": 1, "against": "eager forward"}
+    fmt.write_manifest(path, m)
+
+
+@pytest.fixture(scope="module")
+def router_tvm(tmp_path_factory):
+    return hc.build(
+        Router(), out=tmp_path_factory.mktemp("r") / "r", backends=["tvm"], parity_inputs=5
+    )
+
+
+def test_device_checks_run_before_first_answer(router_tvm, tmp_path):
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    shutil.copytree(router_tvm, good)
+    shutil.copytree(router_tvm, bad)
+    _defer_tvm_checks(good, corrupt=False)
+    _defer_tvm_checks(bad, corrupt=True)
+    x = np.random.default_rng(4).standard_normal((1, 5)).astype(np.float32)
+    b = hc.load(good)
+    out = b.run({"x": x}, backend="tvm")
+    assert b._checked[("v0000", "tvm")]["max_abs"] <= 1e-4
+    want = Router()(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(out["output"] - want).max() <= 1e-4
+    with pytest.raises(ParityError, match="on this device exceeds tolerance"):
+        hc.load(bad).run({"x": x}, backend="tvm")
+
+
+@pytest.mark.gpu
+@needs_nvcc
+def test_x86_cuda_bundle_answers_like_pytorch_on_the_gpu(tmp_path):
+    from hypercompile.backends.tvm_backend import BACKEND
+    from hypercompile.targets import load_target
+
+    reason = BACKEND.runs_here(load_target("x86-cuda"))
+    if reason:
+        pytest.skip(f"x86-cuda TVM artifacts cannot run here: {reason}")
+    path = hc.build(ref("TinyHyper"), target="x86-cuda", out=tmp_path / "g", backends=["tvm"])
+    b, hm = hc.load(path), TinyHyper()
+    x = np.random.default_rng(5).standard_normal((32, 8)).astype(np.float32)
+    for cond in b.variants:
+        got = b.run({"input": x}, backend="tvm", **cond)["output"]
+        want = hm.reference(cond, torch.from_numpy(x)).detach().numpy()
+        assert np.abs(got - want).max() <= 1e-4
+        assert b._checked[(b.select(**cond)["id"], "tvm")]["max_rel"] <= 1e-4
