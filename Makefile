@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HC := $(VENV)/bin/hypercompile
 
-.PHONY: install demo test lint bench toolchain
+.PHONY: install demo test lint bench toolchain jetson
 
 install: $(VENV)/.installed toolchain
 
@@ -27,6 +27,10 @@ demo: install
 	$(HC) build examples/continual_hypernet/model.py:make --out build/continual
 	$(PY) examples/continual_hypernet/predict.py build/continual
 	$(HC) inspect build/continual
+
+jetson: install
+	$(HC) build examples/morph_hypernet/model.py:make --target jetson-orin-nano --out build/orin
+	$(HC) inspect build/orin
 
 test: install
 	$(PY) -m pytest -q

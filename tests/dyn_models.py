@@ -262,3 +262,21 @@ class RecurrentSkip(nn.Module):
             if self.control(x) > 0.5:
                 x = torch.relu(layer(x))
         return x
+
+
+class LstmHead(nn.Module):
+    """A batch-first LSTM over 3 steps, then a linear head (no control flow)."""
+
+    def __init__(self):
+        super().__init__()
+        _seeded(7)
+        self.lstm = nn.LSTM(6, 5, batch_first=True)
+        self.head = nn.Linear(5, 2)
+        self.eval()
+
+    def example_inputs(self):
+        return (torch.randn(2, 3, 6),)
+
+    def forward(self, x):
+        y, (h, c) = self.lstm(x)
+        return self.head(y[:, -1] + h[0] + c[0])

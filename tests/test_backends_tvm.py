@@ -89,3 +89,16 @@ def test_artifacts_for_another_machine_are_refused_clearly(tvm_bundle, tmp_path)
         match=r"built for jetson-orin-nano \(aarch64\); this machine is",
     ):
         hc.load(copy).run({"input": np.ones((1, 8), np.float32)}, task=0, backend="tvm")
+
+
+def test_lstm_graphs_compile_on_tvm_unrolled(tmp_path):
+    from dyn_models import LstmHead
+
+    model = LstmHead()
+    path = hc.build(model, out=tmp_path / "l", backends=["tvm", "onnxruntime"])
+    m = json.loads((path / "manifest.json").read_text())
+    assert m["variants"][0]["parity"]["tvm"]["max_rel"] <= 1e-4
+    x = np.random.default_rng(1).standard_normal((2, 3, 6)).astype(np.float32)
+    got = hc.load(path).run({"x": x}, backend="tvm")["output"]
+    want = model(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(got - want).max() <= 1e-5

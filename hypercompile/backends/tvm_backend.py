@@ -15,6 +15,7 @@ from .. import format as fmt
 from ..errors import BackendError, BuildError
 from ..targets import host_arch
 from .base import Backend, Binding
+from .onnx_rewrite import lstm_to_cells
 from .tvm_device import FATBIN_MAGIC, elf_machine, export, toolchain_missing
 
 
@@ -154,6 +155,7 @@ class TvmBackend(Backend):
 
         model = onnx.load(str(graph_path), load_external_data=False)
         _identifier_names(model.graph)
+        lstm_to_cells(model)  # TVM's ONNX importer has no LSTM
         weights, constants = [], {}
         for i, t in enumerate(model.graph.initializer):
             if any(e.value == fmt.WEIGHT_STUB_LOCATION for e in t.external_data):
