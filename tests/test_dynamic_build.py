@@ -15,7 +15,7 @@ import hypercompile as hc
 from hypercompile import HypercompileError
 
 
-def _agree(model, bundle, n=100, seed=1):
+def _agree(model, bundle, n=100, seed=1, backend=None):
     gen = torch.Generator().manual_seed(seed)
     names = [i["name"] for i in bundle.inputs]
     mismatched = 0
@@ -24,7 +24,8 @@ def _agree(model, bundle, n=100, seed=1):
             xs = [torch.randn(x.shape, generator=gen) for x in model.example_inputs()]
             want = model(*xs)
             want = list(want) if isinstance(want, tuple) else [want]
-            got = list(bundle.run({k: x.numpy() for k, x in zip(names, xs)}).values())
+            feeds = {k: x.numpy() for k, x in zip(names, xs)}
+            got = list(bundle.run(feeds, backend=backend).values())
             assert len(got) == len(want)
             for g, w in zip(got, want):
                 np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=0)
@@ -168,3 +169,20 @@ def test_zoo_model_builds_every_branch_taken_and_agrees(name, tmp_path):
     for c in m["programs"][variant["program"]]["coverage"].values():
         assert all(n > 0 for n in c["taken"].values()), c
     _agree(model, hc.load(path), n=100, seed=7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_model_on_tvm_agrees_with_pytorch(name, tmp_path):
+    pytest.importorskip("tvm", reason="apache-tvm is an optional back end")
+    sys.path.insert(0, str(ROOT / "examples" / "dynamic"))
+    import zoo
+
+    model = getattr(zoo, name)()
+    ref_ = f"{ROOT}/examples/dynamic/zoo.py:{name}"
+    path = hc.build(ref_, out=tmp_path / name, backends=["tvm"], parity_inputs=40)
+    m = json.loads((path / "manifest.json").read_text())
+    (variant,) = m["variants"]
+    assert variant["parity"]["tvm"]["max_rel"] <= 1e-4
+    assert variant["parity"]["tvm"]["argmax_mismatches"] == 0
+    _agree(model, hc.load(path), n=20, seed=11, backend="tvm")
