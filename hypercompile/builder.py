@@ -147,7 +147,7 @@ def build(
     if "tvm" in names:  # record the TVM target as compiled for (the host CPU's mcpu, say)
         from .backends.tvm_backend import resolve_target
 
-        tgt = dataclasses.replace(tgt, tvm_target=resolve_target(tgt), tvm_host={})
+        tgt = dataclasses.replace(tgt, tvm_target=resolve_target(tgt), tvm_host={}, tvm_tag="")
     out = Path(out).resolve()
     _prepare_out(out)
     hm = resolve_model(model, example_inputs)

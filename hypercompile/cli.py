@@ -350,15 +350,18 @@ def targets(as_json) -> None:
         click.echo(json.dumps([t.to_json() for t in found]))
         return
     table = Table(title="targets")
-    for col in ("name", "arch", "back ends", "ORT providers", "TVM target", "memory"):
+    for col in ("name", "arch", "back ends", "ORT providers", "TVM target", "cross", "memory"):
         table.add_column(col)
     for t in found:
+        tvm_bits = [t.tvm_tag] if t.tvm_tag else []
+        tvm_bits += [json.dumps(d) for d in (t.tvm_target, t.tvm_host) if d]
         table.add_row(
             t.name,
             t.arch,
             ", ".join(t.backends),
             ", ".join(t.ort_providers),
-            json.dumps(t.tvm_target) if t.tvm_target else "-",
+            " + ".join(tvm_bits) or "llvm (this CPU)",
+            t.cross_compiler or "-",
             f"{t.memory_mb} MiB" if t.memory_mb else "-",
         )
     out.print(table)

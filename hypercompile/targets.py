@@ -43,6 +43,7 @@ class Target:
     ort_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     ort_threads: int = 0  # 0: ONNX Runtime's default
     ort_shared_pool: bool = True  # DyNN programs: one process-wide thread pool
+    tvm_tag: str = ""  # a TVM target tag (`nvidia/jetson-orin-nano`); tvm_target overrides keys
     tvm_target: dict[str, Any] = field(default_factory=dict)
     tvm_host: dict[str, Any] = field(default_factory=dict)
     cross_compiler: str = ""
@@ -66,6 +67,7 @@ _FIELDS = {
     "ort_providers": list,
     "ort_threads": int,
     "ort_shared_pool": bool,
+    "tvm_tag": str,
     "tvm_target": dict,
     "tvm_host": dict,
     "cross_compiler": str,

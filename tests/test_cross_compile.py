@@ -214,3 +214,18 @@ def test_x86_cuda_bundle_answers_like_pytorch_on_the_gpu(tmp_path):
         want = hm.reference(cond, torch.from_numpy(x)).detach().numpy()
         assert np.abs(got - want).max() <= 1e-4
         assert b._checked[(b.select(**cond)["id"], "tvm")]["max_rel"] <= 1e-4
+
+
+def test_tvm_target_tags_expand_and_unknown_tags_are_named(tmp_path):
+    from hypercompile.backends.tvm_backend import resolve_target
+    from hypercompile.targets import load_target
+
+    spec = resolve_target(load_target("jetson-agx-orin"))  # tvm_tag = nvidia/jetson-agx-orin-32gb
+    assert spec["kind"] == "cuda" and spec["arch"] == "sm_87"
+    assert spec["host"]["mtriple"] == "aarch64-linux-gnu" and spec["host"]["mcpu"] == "cortex-a78"
+    target = tmp_path / "t.toml"
+    target.write_text(
+        'name = "t"\narch = "x86_64"\nbackends = ["tvm"]\ntvm_tag = "acme/npu-9000"\n'
+    )
+    with pytest.raises(BuildError, match="unknown TVM target tag 'acme/npu-9000'"):
+        hc.build(ref("TinyHyper"), target=str(target), out=tmp_path / "o", backends=["tvm"])

@@ -52,7 +52,7 @@ def test_shipped_device_targets():
         "jetson-xavier-nx",
     } <= names
     nano = load_target("jetson-orin-nano")
-    assert nano.arch == "aarch64" and nano.tvm_target == {"kind": "cuda", "arch": "sm_87"}
+    assert nano.arch == "aarch64" and nano.tvm_tag == "nvidia/jetson-orin-nano"
     assert nano.tvm_host["mtriple"] == "aarch64-linux-gnu"
     assert nano.cross_compiler == "aarch64-linux-gnu-g++"
 

@@ -39,7 +39,22 @@ def import_tvm() -> Any:
 def resolve_target(target: Any) -> dict[str, Any]:
     """The target's TVM target as a JSON dict; an `llvm` target for this machine without an
     `mcpu` gets the host CPU's (TVM 0.24+ refuses `llvm -mcpu=...` strings)."""
-    spec = dict(getattr(target, "tvm_target", None) or {"kind": "llvm"})
+    spec: dict[str, Any] = {}
+    tag = getattr(target, "tvm_tag", "")
+    if tag:  # expand the tag into its full JSON form, recorded as compiled for
+        import json
+
+        tvm = import_tvm()
+        try:
+            spec = json.loads(str(tvm.target.Target(tag)))
+        except Exception:
+            raise BuildError(f"target {target.name}: unknown TVM target tag {tag!r}") from None
+        for key in ("tag", "keys"):
+            spec.pop(key, None)
+            if isinstance(spec.get("host"), dict):
+                spec["host"].pop(key, None)
+    spec.update(getattr(target, "tvm_target", None) or {})
+    spec.setdefault("kind", "llvm")
     here = host_arch()
     local = getattr(target, "arch", here) == here
     if spec.get("kind") == "llvm" and "mcpu" not in spec and "mtriple" not in spec and local:
@@ -100,7 +115,10 @@ def _load_cuda_runtime(tvm: Any) -> str | None:
 
 
 def _device_kind(target: Any) -> str:
-    return str((getattr(target, "tvm_target", None) or {}).get("kind", "llvm"))
+    spec = getattr(target, "tvm_target", None) or {}
+    if not spec and getattr(target, "tvm_tag", ""):
+        spec = resolve_target(target)
+    return str(spec.get("kind", "llvm"))
 
 
 def _aligned_copy(a: np.ndarray) -> np.ndarray:
@@ -137,7 +155,9 @@ class TvmRunner:
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         tvm = sys.modules["tvm"]
-        if self._dev.dlpack_device_type() == 1:  # CPU: share memory with numpy instead of copying twice
+        if (
+            self._dev.dlpack_device_type() == 1
+        ):  # CPU: share memory with numpy instead of copying twice
             args = [tvm.runtime.from_dlpack(_aligned_copy(feeds[n])) for n in self._inputs]
         else:
             args = [
