@@ -690,8 +690,10 @@ class Lowerer:
         gate) become program values: a store creates the cell, later loads read it."""
 
         def cell(attr_node: ast.Attribute, create: bool) -> str | None:
-            if not (isinstance(attr_node.value, (ast.Name, ast.Attribute)) and
-                    not (_free_names(attr_node.value) & env.dynamic)):
+            if not (
+                isinstance(attr_node.value, (ast.Name, ast.Attribute))
+                and not (_free_names(attr_node.value) & env.dynamic)
+            ):
                 return None
             ok, obj = self.static_eval(attr_node.value, env, frame)
             if not ok or not isinstance(obj, torch.nn.Module):
@@ -710,8 +712,11 @@ class Lowerer:
                 if name is not None:
                     return ast.copy_location(ast.Name(name, n.ctx), n)
             if isinstance(n, (ast.Assign, ast.AugAssign)):
-                stores = [t for t in ast.walk(n) if isinstance(t, ast.Attribute)
-                          and isinstance(t.ctx, ast.Store)]
+                stores = [
+                    t
+                    for t in ast.walk(n)
+                    if isinstance(t, ast.Attribute) and isinstance(t.ctx, ast.Store)
+                ]
                 reads = {ast.unparse(t) for t in ast.walk(n.value) if isinstance(t, ast.Attribute)}
                 for t in stores:
                     new_cell = cell(t, False) is None and cell(t, True) is not None
@@ -766,8 +771,13 @@ class Lowerer:
                 node, filename, globs = function_ast(target)
             except Unsupported:
                 return False
-            if any(isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store) and
-                   isinstance(n.value, ast.Name) and n.value.id == "self" for n in ast.walk(node)):
+            if any(
+                isinstance(n, ast.Attribute)
+                and isinstance(n.ctx, ast.Store)
+                and isinstance(n.value, ast.Name)
+                and n.value.id == "self"
+                for n in ast.walk(node)
+            ):
                 self._inline_cache[key] = True  # it assigns module state: inline so it flows
                 return True
             trial = Lowerer(self.root)
