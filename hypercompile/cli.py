@@ -75,7 +75,12 @@ def main() -> None:
 @main.command()
 @click.argument("model_ref")
 @click.option("--target", "target", default=None, help="Target name or TOML path [x86-cpu].")
-@click.option("--backend", "backends", multiple=True, help="Back end(s); default: the target's.")
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    help="Back end(s); default: the target's; auto: all that build here, profiled briefly.",
+)
 @click.option("--where", multiple=True, help="Keep conditions with KEY in V1,V2,... (repeatable).")
 @click.option("--out", "out_dir", default=None, help="Bundle directory [build/<model name>].")
 @click.option("--rtol", default=1e-4, show_default=True, help="Parity tolerance (relative).")
