@@ -276,3 +276,14 @@ def test_auto_backend_records_and_runs_the_fastest(tmp_path):
         assert rec["best_backend"] == min(timed, key=timed.__getitem__)
         b.run({"x": x} if b.inputs[0]["name"] == "x" else {"input": x}, **v["cond"])
         assert b._plans[v["id"]].backend == rec["best_backend"]
+
+
+def test_budget_selection_stays_torch_free(profiled):
+    code = (
+        "import sys, numpy as np, hypercompile as hc\n"
+        f"b = hc.load({str(profiled[0])!r})\n"
+        "b.run({'x': np.ones((1, 64), np.float32)}, budget_ms=1e6)\n"
+        "print('MODULES', *[m in sys.modules for m in ('torch', 'tvm', 'onnx', 'matplotlib')])\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "MODULES False False False False" in res.stdout
