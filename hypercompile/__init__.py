@@ -3,7 +3,8 @@
 The front end (`frontend/`) materializes one static target network per condition of a
 HyperModel and exports one ONNX graph per distinct architecture; back ends (`backends/`) compile
 those graphs; `build` writes everything into a bundle checked against PyTorch. The runtime
-(`runtime/`, torch-free) loads a bundle and runs the variant a condition selects.
+(`runtime/`, torch-free) loads a bundle and runs the variant a condition, or a latency
+budget checked against the profile taken on this device, selects.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402
     BackendError,
+    BudgetError,
     BuildError,
     BundleError,
     ConditionError,
@@ -21,6 +23,7 @@ from .errors import (  # noqa: E402
     InputError,
     ModelRefError,
     ParityError,
+    ProfileError,
     TargetError,
     UnsupportedModelError,
 )
@@ -45,12 +48,14 @@ __all__ = [
     "HyperModel",
     "HypercompileError",
     "BackendError",
+    "BudgetError",
     "BuildError",
     "BundleError",
     "ConditionError",
     "InputError",
     "ModelRefError",
     "ParityError",
+    "ProfileError",
     "TargetError",
     "UnsupportedModelError",
 ]

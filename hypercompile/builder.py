@@ -98,7 +98,16 @@ def _why_not(name: str, tgt: Target) -> str | None:
 
 def _choose_backends(requested: list[str] | None, tgt: Target) -> list[str]:
     """Requested back ends must all build here; by default, the target's list, keeping those
-    that can build on this machine."""
+    that can build on this machine; `["auto"]`: every back end that can build here (the
+    target's first), to be profiled after the build."""
+    if requested == ["auto"]:
+        order = list(tgt.backends) + [n for n in backend_names() if n not in tgt.backends]
+        names = [n for n in order if _why_not(n, tgt) is None]
+        if not names:
+            raise BackendError(f"no back end can build for {tgt.name} here")
+        return names
+    if requested and "auto" in requested:
+        raise BackendError("--backend auto cannot be combined with other back ends")
     if requested:
         for name in requested:
             reason = _why_not(name, tgt)
@@ -140,7 +149,9 @@ def build(
     example_inputs: tuple[torch.Tensor, ...] | None = None,
     progress: Progress | None = None,
 ) -> Path:
-    """Build a bundle for `model` (reference, HyperModel or nn.Module) and return its path."""
+    """Build a bundle for `model` (reference, HyperModel or nn.Module) and return its path.
+    `backends=["auto"]` builds every back end that can build here and profiles them briefly on
+    this machine, so that `run` uses the fastest per variant."""
     t0 = time.perf_counter()
     tgt = load_target(target)
     names = _choose_backends(backends, tgt)
@@ -170,6 +181,10 @@ def build(
         _verify_bundle(tmp, manifest, checks, rtol, report)
         manifest["build_s"] = round(time.perf_counter() - t0, 3)
         fmt.write_manifest(tmp, manifest)
+        if backends == ["auto"]:  # a brief profile records the fastest back end per variant
+            from .runtime.profile import profile
+
+            profile(tmp, warmup=3, repeat=30, progress=report)
         _put_in_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

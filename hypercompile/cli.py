@@ -75,7 +75,12 @@ def main() -> None:
 @main.command()
 @click.argument("model_ref")
 @click.option("--target", "target", default=None, help="Target name or TOML path [x86-cpu].")
-@click.option("--backend", "backends", multiple=True, help="Back end(s); default: the target's.")
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    help="Back end(s); default: the target's; auto: all that build here, profiled briefly.",
+)
 @click.option("--where", multiple=True, help="Keep conditions with KEY in V1,V2,... (repeatable).")
 @click.option("--out", "out_dir", default=None, help="Bundle directory [build/<model name>].")
 @click.option("--rtol", default=1e-4, show_default=True, help="Parity tolerance (relative).")
@@ -155,13 +160,20 @@ def build(model_ref, target, backends, where, out_dir, rtol, parity_inputs, as_j
 @click.argument("bundle", type=click.Path())
 @click.option("--input", "inputs", multiple=True, help="NAME=FILE.npy (repeatable).")
 @click.option("--cond", multiple=True, help="KEY=VALUE selecting the variant (repeatable).")
-@click.option("--budget-ms", type=float, default=None, help="Latency budget in milliseconds.")
-@click.option("--backend", default=None, help="Back end to run on; default: the target's order.")
+@click.option(
+    "--budget-ms",
+    type=float,
+    default=None,
+    help="Latency budget: run the best matching variant whose profiled p90 here fits.",
+)
+@click.option("--backend", default=None, help="Back end to run on; default: the fastest profiled.")
+@click.option("--device", default=None, help="Use the stored profile with this key (see inspect).")
 @click.option("--out", "out_file", default=None, help="Write outputs to FILE.npz.")
 @click.option("--json", "as_json", is_flag=True, help="Print outputs as JSON.")
-def run(bundle, inputs, cond, budget_ms, backend, out_file, as_json) -> None:
+def run(bundle, inputs, cond, budget_ms, backend, device, out_file, as_json) -> None:
     """Run a bundle on inputs saved as .npy files."""
     from .runtime import load
+    from .runtime.bundle import _batch_of
 
     feeds = {}
     for name, file in _pairs(inputs, "--input"):
@@ -170,9 +182,22 @@ def run(bundle, inputs, cond, budget_ms, backend, out_file, as_json) -> None:
         except (OSError, ValueError) as e:
             raise InputError(f"--input {name}: cannot read {file}: {e}") from None
     conds = {k: _scalar(v) for k, v in _pairs(cond, "--cond")}
-    b = load(bundle)
+    b = load(bundle, device=device)
+    selected = None
     if budget_ms is not None:
-        conds["budget_ms"] = budget_ms
+        choice = b.choose(
+            budget_ms, batch_size=_batch_of(feeds, b.inputs), backend=backend, **conds
+        )
+        conds, backend = dict(choice.variant["cond"]), choice.backend
+        selected = {
+            "cond": conds,
+            "backend": backend,
+            "p90_ms": choice.p90_ms,
+            "batch": choice.batch,
+            "profiled_batch": choice.profiled_batch,
+            "budget_ms": budget_ms,
+            "device": b.device_key(),
+        }
     results = b.run(feeds, backend=backend, **conds)
     if out_file:
         np.savez(out_file, **results)
@@ -181,8 +206,15 @@ def run(bundle, inputs, cond, budget_ms, backend, out_file, as_json) -> None:
             k: {"shape": list(v.shape), "dtype": v.dtype.name, "data": v.tolist()}
             for k, v in results.items()
         }
-        click.echo(json.dumps({"outputs": payload}))
+        click.echo(json.dumps({"outputs": payload} | ({"selected": selected} if selected else {})))
         return
+    if selected:
+        out.print(
+            f"selected [bold]{escape(_cond_text(conds))}[/] on {backend}: p90 "
+            f"{selected['p90_ms']:.4g} ms at batch {selected['profiled_batch']} <= budget "
+            f"{budget_ms:g} ms",
+            highlight=False,
+        )
     for name, value in results.items():
         arr = np.array2string(value, precision=4, threshold=20, edgeitems=3)
         out.print(
@@ -202,7 +234,8 @@ def inspect(bundle, as_json) -> None:
     m = b.manifest
     if as_json:
         keep = ("producer", "target", "inputs", "outputs", "graphs", "variants", "programs")
-        click.echo(json.dumps({k: m.get(k) for k in keep} | {"profile": m.get("profile", {})}))
+        extra = {"profile": m.get("profile", {}), "this_device": b.device_key()}
+        click.echo(json.dumps({k: m.get(k) for k in keep} | extra))
         return
     size = sum((b.path / rel).stat().st_size for rel in m["files"])
     io = escape(", ".join(f"{s['name']}:{s['dtype']}{s['shape']}" for s in m["inputs"]))
@@ -234,13 +267,15 @@ def inspect(bundle, as_json) -> None:
         )
     out.print(table)
     native = [
-        (gid, b, i) for gid, g in m["graphs"].items() for b, i in g.get("artifact_info", {}).items()
+        (gid, be, i)
+        for gid, g in m["graphs"].items()
+        for be, i in g.get("artifact_info", {}).items()
     ]
     if native:
         t = Table(title=f"compiled libraries (for {m['target']['name']}, {m['target']['arch']})")
         for col in ("graph", "back end", "machine code", "device code"):
             t.add_column(col)
-        for gid, b, info in native[:50]:
+        for gid, be, info in native[:50]:
             dev = info.get("device_code", {})
             code = (
                 f"{dev['fatbins']} fatbin(s)"
@@ -249,7 +284,7 @@ def inspect(bundle, as_json) -> None:
                 if dev
                 else "-"
             )
-            t.add_row(gid, b, str(info.get("elf")), code)
+            t.add_row(gid, be, str(info.get("elf")), code)
         out.print(t)
     programs = m.get("programs") or {}
     for pid, program in programs.items():
@@ -257,6 +292,11 @@ def inspect(bundle, as_json) -> None:
         out.print(program_tree(pid, program, ", ".join(users)))
     if programs:
         out.print(coverage_table(programs))
+    here = b.device_key()
+    for key, entry in (m.get("profile") or {}).items():
+        out.print(profile_table(m, key, entry, here=key == here))
+    if not m.get("profile"):
+        out.print(f"no profiles (this device: {here}); `hypercompile profile {b.path}` adds one")
 
 
 def program_tree(pid: str, program: dict[str, Any], label: str) -> Any:
@@ -337,6 +377,182 @@ def coverage_table(programs: dict[str, Any]) -> Any:
                 "[red]" + ", ".join(never) + "[/]" if never else "-",
             )
     return table
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    help="Back end(s) to time, or auto: every one present, recording the fastest [auto].",
+)
+@click.option("--batch", "batches", type=int, multiple=True, help="Batch size(s) [1].")
+@click.option("--warmup", default=10, show_default=True, help="Untimed runs first.")
+@click.option("--repeat", default=100, show_default=True, help="Timed runs per measurement.")
+@click.option(
+    "--inputs",
+    "inputs_dir",
+    default=None,
+    help="Folder with NAME.npy per input (first axis: samples); default: random inputs.",
+)
+@click.option("--plot", "plot_file", default=None, help="Write latency vs size to FILE.png.")
+@click.option(
+    "--plot-x",
+    type=click.Choice(["params", "quality", "auto"]),
+    default="params",
+    show_default=True,
+    help="x axis of the plot: parameters, the model's quality score, or auto.",
+)
+@click.option("--rpc", default=None, help="HOST:PORT of a TVM RPC tracker: time on a board.")
+@click.option("--key", default=None, help="The board's device key at the tracker (with --rpc).")
+@click.option("--timeout", default=60.0, show_default=True, help="RPC session timeout (s).")
+@click.option("--json", "as_json", is_flag=True, help="Print the stored profile as JSON.")
+def profile(
+    bundle,
+    backends,
+    batches,
+    warmup,
+    repeat,
+    inputs_dir,
+    plot_file,
+    plot_x,
+    rpc,
+    key,
+    timeout,
+    as_json,
+) -> None:
+    """Time every variant on every back end here (or on a board through --rpc), and store the
+    profile in the manifest under this device's fingerprint."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .runtime.profile import describe
+    from .runtime.profile import profile as do_profile
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(
+        *columns, console=err, transient=True, disable=as_json or not err.is_terminal
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        device, entry = do_profile(
+            bundle,
+            backends=list(backends) or None,
+            batches=list(batches) or None,
+            warmup=warmup,
+            repeat=repeat,
+            inputs=inputs_dir,
+            rpc=rpc,
+            key=key,
+            timeout=timeout,
+            progress=progress,
+        )
+    manifest = json.loads((Path(bundle) / "manifest.json").read_text())
+    plot_path = None
+    if plot_file:
+        from .plot import plot_profile
+
+        plot_path = str(plot_profile(manifest, device, plot_file, x=plot_x))
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "bundle": str(Path(bundle).resolve()),
+                    "device": device,
+                    "description": describe(entry["device"]),
+                    "profile": entry,
+                    "plot": plot_path,
+                }
+            )
+        )
+        return
+    out.print(profile_table(manifest, device, entry, here=not rpc))
+    for table in program_tables(manifest, entry):
+        out.print(table)
+    for note in entry.get("notes", []):
+        out.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    where = f"bundle {bundle}, device {device}"
+    out.print(f"stored in {escape(where)}" + (f"; plot {plot_path}" if plot_path else ""))
+
+
+def _ms(x: Any) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def profile_table(m: dict[str, Any], key: str, entry: dict[str, Any], here: bool) -> Any:
+    """One row per variant, back end and batch; the fastest back end of a variant is starred."""
+    from .runtime.profile import describe
+
+    mark = " [green](this device)[/]" if here else ""
+    title = f"profile {key}{mark}: {escape(describe(entry.get('device') or {}))}"
+    table = Table(title=title, title_justify="left")
+    cols = ("condition", "backend", "batch", "median ms", "p90 ms", "p99 ms", "spread ms")
+    cols += ("peak MiB", "params", "MFLOP", "GFLOP/s", "quality")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("condition", "backend") else "right")
+    for v in m["variants"]:
+        rec = (entry.get("variants") or {}).get(v["id"])
+        if not rec:
+            continue
+        for be, by_batch in sorted(rec.get("results", {}).items()):
+            star = " *" if be == rec.get("best_backend") and len(rec["results"]) > 1 else ""
+            for b, r in sorted(by_batch.items(), key=lambda kv: int(kv[0])):
+                flops = r.get("flops")
+                table.add_row(
+                    _cond_text(v["cond"]),
+                    be + star,
+                    b,
+                    _ms(r["median_ms"]),
+                    _ms(r["p90_ms"]),
+                    _ms(r["p99_ms"]),
+                    _ms(r["spread_ms"]),
+                    _ms(r.get("peak_mem_mb")),
+                    f"{v.get('params', 0):,}",
+                    "-" if flops is None else f"{flops / 1e6:.3g}",
+                    _ms(r.get("gflops_per_s")),
+                    "-" if v.get("quality") is None else f"{v['quality']:.4g}",
+                )
+    return table
+
+
+def program_tables(m: dict[str, Any], entry: dict[str, Any]) -> list[Any]:
+    """Per-path latency and branch statistics of DyNN variants."""
+    paths = Table(title="DyNN paths (profiled inputs)", title_justify="left")
+    for col in ("condition", "backend", "batch", "path", "share", "median ms", "p90 ms", "MFLOP"):
+        paths.add_column(col)
+    branches = Table(title="DyNN branches (profiled inputs)", title_justify="left")
+    for col in ("condition", "backend", "line", "decision", "taken"):
+        branches.add_column(col)
+    for v in m["variants"]:
+        rec = (entry.get("variants") or {}).get(v["id"]) or {}
+        for be, by_batch in sorted(rec.get("results", {}).items()):
+            for b, r in by_batch.items():
+                for p in r.get("paths", []):
+                    flops = p.get("flops")
+                    paths.add_row(
+                        _cond_text(v["cond"]),
+                        be,
+                        b,
+                        p["path"],
+                        f"{p['share']:.0%}",
+                        _ms(p["median_ms"]),
+                        _ms(p["p90_ms"]),
+                        "-" if flops is None else f"{flops / 1e6:.3g}",
+                    )
+                for c in r.get("branches", {}).values():
+                    branches.add_row(
+                        _cond_text(v["cond"]),
+                        be,
+                        str(c.get("line")),
+                        escape(str(c.get("source"))),
+                        ", ".join(f"{k}: {n}" for k, n in c.get("taken", {}).items()),
+                    )
+    return [t for t in (paths, branches) if t.row_count]
 
 
 @main.command()

@@ -41,3 +41,11 @@ class ConditionError(HypercompileError):
 
 class BackendError(HypercompileError):
     """A back end is unknown, not installed, or not available on this machine."""
+
+
+class BudgetError(ConditionError):
+    """No variant matching the condition fits the latency budget on this device."""
+
+
+class ProfileError(HypercompileError):
+    """The bundle has no profile for this device, or profiling itself failed."""

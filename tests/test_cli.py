@@ -16,7 +16,7 @@ def hc_cli(*args, cwd=None):
     )
 
 
-@pytest.mark.parametrize("cmd", ["build", "run", "inspect", "targets"])
+@pytest.mark.parametrize("cmd", ["build", "run", "inspect", "targets", "profile"])
 def test_every_command_has_help(cmd):
     res = hc_cli(cmd, "--help")
     assert res.returncode == 0 and "Usage:" in res.stdout

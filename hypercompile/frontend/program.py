@@ -18,6 +18,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from ..errors import BuildError
+from ..runtime.program import source_coverage  # noqa: F401  (re-exported for the builder)
 from .splitter import Lowerer, Unsupported
 
 MAX_ITERATIONS = 10_000
@@ -715,24 +716,6 @@ def program_entry(prog: Program, graph_of: dict[int, str], coverage: dict | None
         },
         "coverage": coverage or {},
     }
-
-
-def source_coverage(program: dict[str, Any], stats: dict[int, dict[str, int]]) -> dict[str, Any]:
-    """Per source-level decision (copies made by tail duplication counted together): how often
-    each side or case was taken, with the line and text of the test."""
-    by_id = {b["id"]: b for b in program["blocks"]}
-    out: dict[str, Any] = {}
-    for name, info in program.get("decisions", {}).items():
-        entry = {"line": info["line"], "source": info["source"], "taken": {}}
-        for bid, counts in stats.items():
-            nxt = by_id[bid]["next"]
-            if nxt.get("branch") == name or nxt.get("switch") == name:
-                for side, n in counts.items():
-                    entry["taken"][side] = entry["taken"].get(side, 0) + n
-        if "branch" in str([by_id[b]["next"] for b in by_id if name in by_id[b]["next"].values()]):
-            entry["taken"] = {"then": 0, "else": 0} | entry["taken"]
-        out[name] = entry
-    return out
 
 
 def to_numpy(x: Any) -> np.ndarray:

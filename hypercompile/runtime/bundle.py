@@ -13,15 +13,37 @@ import numpy as np
 from .. import format as fmt
 from ..backends import Runner, get_backend
 from ..backends.base import Binding
-from ..errors import BackendError, BundleError, ConditionError, InputError
+from ..errors import (
+    BackendError,
+    BudgetError,
+    BundleError,
+    ConditionError,
+    InputError,
+    ProfileError,
+)
 from ..targets import Target, parse_target
 from .checks import run_checks, unpack_checks
 
 DEFAULT_CACHE_SIZE = 8
+# Budget selection: quality scores within this fraction of the best count as equal (a score
+# measured on a finite test set is noisy); the most parameters breaks the tie.
+QUALITY_TIE = 0.02
 
 
 def _cond_key(cond: dict[str, Any]) -> tuple:
     return tuple(sorted(cond.items()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """What budget selection picked: the variant, the back end, and the profiled p90 it was
+    judged by (taken at `profiled_batch`, the smallest profiled batch >= `batch`)."""
+
+    variant: dict[str, Any]
+    backend: str
+    p90_ms: float
+    batch: int
+    profiled_batch: int
 
 
 class Bundle:
@@ -35,8 +57,10 @@ class Bundle:
         verify: bool = True,
         threads: int | None = None,
         providers: list[str] | None = None,
+        device: str | None = None,
     ):
         self.path = Path(path).resolve()
+        self.device = device  # a profile's device key to use instead of this machine's
         self.manifest = fmt.read_manifest(self.path)
         self.cache_size = max(1, int(cache_size))
         self._files: dict[str, str] = self.manifest.get("files", {})
@@ -58,6 +82,7 @@ class Bundle:
         self._graph_bytes: dict[str, bytes] = {}
         self._plans: dict[str, _Plan] = {}
         self._checked: dict[tuple[str, str], dict[str, float]] = {}  # device checks passed
+        self._profile: dict[str, Any] | None = None
 
     # -- integrity -------------------------------------------------------------------------
     def _check_layout(self) -> None:
@@ -108,33 +133,166 @@ class Bundle:
     def outputs(self) -> list[dict[str, Any]]:
         return self.manifest["outputs"]
 
-    def select(self, **cond: Any) -> dict[str, Any]:
-        """The variant entry whose condition matches `cond` (all given keys)."""
+    def _matching(self, cond: dict[str, Any]) -> list[dict[str, Any]]:
         exact = self._by_cond.get(tuple(cond.items()) if len(cond) < 2 else _cond_key(cond))
         if exact is not None:
-            return exact
-        found = [
+            return [exact]
+        return [
             v
             for v in self.manifest["variants"]
             if all(v["cond"].get(k) == x for k, x in cond.items())
         ]
-        if len(found) == 1:
-            return found[0]
+
+    def _no_match(self, cond: dict[str, Any]) -> ConditionError:
         shown = ", ".join(_fmt_cond(v) for v in self.variants[:8])
         more = "" if len(self.variants) <= 8 else f", ... ({len(self.variants)} in all)"
+        return ConditionError(f"no variant matches {_fmt_cond(cond)}; available: {shown}{more}")
+
+    def select(
+        self,
+        *,
+        budget_ms: float | None = None,
+        batch_size: int = 1,
+        backend: str | None = None,
+        **cond: Any,
+    ) -> dict[str, Any]:
+        """The variant entry whose condition matches `cond` (all given keys). With `budget_ms`,
+        the best variant among those matching whose profiled p90 on this device fits the
+        budget (see `choose`)."""
+        if budget_ms is not None:
+            return self.choose(budget_ms, batch_size=batch_size, backend=backend, **cond).variant
+        found = self._matching(cond)
+        if len(found) == 1:
+            return found[0]
         if not found:
-            raise ConditionError(f"no variant matches {_fmt_cond(cond)}; available: {shown}{more}")
+            raise self._no_match(cond)
         keys = sorted({k for v in found for k in v["cond"]} - set(cond))
         raise ConditionError(
             f"{len(found)} variants match {_fmt_cond(cond)}; also give {', '.join(keys)}"
         )
 
+    # -- profiles and budgets --------------------------------------------------------------
+    def device_key(self) -> str:
+        """The key of the profile this bundle uses: `device=` if given, else this machine's
+        fingerprint key (see `runtime/profile.py`)."""
+        if self.device:
+            return self.device
+        from .profile import fingerprint_key, local_fingerprint
+
+        return fingerprint_key(local_fingerprint())
+
+    def device_profile(self) -> dict[str, Any]:
+        """The manifest's profile for this device. A profile taken on another device (another
+        fingerprint) is never used in its place: this raises ProfileError naming both."""
+        if self._profile is not None:
+            return self._profile
+        from .profile import describe, fingerprint_key, local_fingerprint
+
+        profiles = self.manifest.get("profile") or {}
+        key = self.device_key()
+        entry = profiles.get(key) if isinstance(profiles, dict) else None
+        # the entry must also describe the device its key names (no edited or copied keys)
+        if isinstance(entry, dict) and fingerprint_key(entry.get("device") or {}) == key:
+            self._profile = entry
+            return entry
+        if self.device:
+            here = f"device {key} (given)"
+        else:
+            here = f"fingerprint {key}: {describe(local_fingerprint())}"
+        others = "; ".join(
+            f"{k} ({describe(e.get('device') or {})})"
+            for k, e in (profiles.items() if isinstance(profiles, dict) else [])
+            if isinstance(e, dict)
+        )
+        also = f"; the bundle has profiles for {others}" if others else ""
+        raise ProfileError(
+            f"no profile for this device ({here}){also}; run `hypercompile profile "
+            f"{self.path}` here"
+        )
+
+    def choose(
+        self,
+        budget_ms: float,
+        *,
+        batch_size: int = 1,
+        backend: str | None = None,
+        **cond: Any,
+    ) -> Choice:
+        """Among the variants matching `cond`, the one with the highest declared quality (scores
+        within QUALITY_TIE of the best count as equal), else the most parameters, whose p90 on
+        this device's profile fits `budget_ms`. The p90 is the one of `backend`, or of the
+        fastest profiled back end, at the smallest profiled batch >= `batch_size` (latency
+        grows with the batch, so a smaller profiled batch would promise too much); a variant
+        not profiled at such a batch is not a candidate."""
+        found = self._matching(cond)
+        if not found:
+            raise self._no_match(cond)
+        prof = self.device_profile()
+        timed, unprofiled = [], []
+        for v in found:
+            rec = (prof.get("variants") or {}).get(v["id"])
+            best = None
+            if isinstance(rec, dict) and rec.get("cond") == v["cond"]:
+                for be, by_batch in (rec.get("results") or {}).items():
+                    if (backend is not None and be != backend) or be not in v["artifacts"]:
+                        continue
+                    b = min((int(k) for k in by_batch if int(k) >= batch_size), default=None)
+                    if b is None:
+                        continue
+                    p90 = float(by_batch[str(b)]["p90_ms"])
+                    if best is None or p90 < best.p90_ms:
+                        best = Choice(v, be, p90, batch_size, b)
+            if best is None:
+                unprofiled.append(v)
+            else:
+                timed.append(best)
+        on = f" on {backend}" if backend else ""
+        if not timed:
+            raise ProfileError(
+                f"the profile of this device ({self.device_key()}) has no timing of "
+                f"{', '.join(_fmt_cond(v['cond']) for v in found[:6])} at batch >= {batch_size}"
+                f"{on}; run `hypercompile profile {self.path} --batch {batch_size}`"
+            )
+        fits = [c for c in timed if c.p90_ms <= budget_ms]
+        if not fits:
+            fastest = min(timed, key=lambda c: c.p90_ms)
+            skipped = (
+                f" ({len(unprofiled)} matching variant(s) not profiled at this batch)"
+                if unprofiled
+                else ""
+            )
+            raise BudgetError(
+                f"no variant fits a budget of {budget_ms:g} ms at batch {batch_size}{on} on "
+                f"this device ({self.device_key()}): the fastest, "
+                f"{_fmt_cond(fastest.variant['cond'])}, has p90 {fastest.p90_ms:.4g} ms on "
+                f"{fastest.backend}{skipped}"
+            )
+        qualities = [c.variant.get("quality") for c in fits]
+        if all(isinstance(q, (int, float)) for q in qualities):
+            top = max(qualities)  # type: ignore[type-var]
+            fits = [c for c in fits if c.variant["quality"] >= top - QUALITY_TIE * abs(top)]
+        return max(fits, key=lambda c: (c.variant.get("params", 0), -c.p90_ms))
+
     # -- execution -------------------------------------------------------------------------
     def run(
-        self, inputs: dict[str, np.ndarray], *, backend: str | None = None, **cond: Any
+        self,
+        inputs: dict[str, np.ndarray],
+        *,
+        backend: str | None = None,
+        budget_ms: float | None = None,
+        **cond: Any,
     ) -> dict[str, np.ndarray]:
-        """Run the variant selected by `cond`; returns output name -> array."""
-        variant = self.select(**cond)
+        """Run the variant selected by `cond`, or with `budget_ms` the best matching variant
+        that fits the budget at the inputs' batch size (see `choose`); returns output name ->
+        array. Without `backend`, a variant runs on the back end this device's profile found
+        fastest for it, else on the first of the target's back ends it has."""
+        if budget_ms is not None:
+            choice = self.choose(
+                budget_ms, batch_size=_batch_of(inputs, self.inputs), backend=backend, **cond
+            )
+            variant, backend = choice.variant, choice.backend
+        else:
+            variant = self.select(**cond)
         plan = self._plans.get(variant["id"])
         if plan is None:
             plan = self._plans[variant["id"]] = _Plan(
@@ -152,6 +310,13 @@ class Bundle:
         return self.manifest["graphs"][variant["graph"]]
 
     def _default_backend(self, variant: dict[str, Any]) -> str:
+        if len(variant["artifacts"]) > 1 and self.manifest.get("profile"):
+            try:
+                rec = self.device_profile().get("variants", {}).get(variant["id"], {})
+            except ProfileError:
+                rec = {}
+            if rec.get("best_backend") in variant["artifacts"]:
+                return rec["best_backend"]
         for name in self.target.backends:
             if name in variant["artifacts"]:
                 return name
@@ -280,6 +445,20 @@ class _Plan:
         return True
 
 
+def _batch_of(inputs: Any, specs: list[dict[str, Any]]) -> int:
+    """The batch size of `inputs`: the size of the first dimension the specs call `batch`, else
+    the first input's leading dimension (1 for scalars)."""
+    if not isinstance(inputs, dict):
+        return 1
+    for spec in specs:
+        arr = inputs.get(spec["name"])
+        for i, d in enumerate(spec["shape"]):
+            if d == "batch" and isinstance(arr, np.ndarray) and i < arr.ndim:
+                return int(arr.shape[i])
+    first = next(iter(inputs.values()), None)
+    return int(first.shape[0]) if isinstance(first, np.ndarray) and first.ndim else 1
+
+
 def _fmt_cond(cond: dict[str, Any]) -> str:
     return "{" + ", ".join(f"{k}={v!r}" for k, v in cond.items()) + "}" if cond else "{}"
 
@@ -330,7 +509,10 @@ def load(
     cache_size: int = DEFAULT_CACHE_SIZE,
     verify: bool = True,
     threads: int | None = None,
+    device: str | None = None,
 ) -> Bundle:
     """Open a bundle directory; checks every file's sha256 unless `verify=False`.
-    `threads` overrides the target's intra-op thread count (0: the back end's default)."""
-    return Bundle(Path(path), cache_size=cache_size, verify=verify, threads=threads)
+    `threads` overrides the target's intra-op thread count (0: the back end's default);
+    `device` names the stored profile to use (a key `inspect` shows) instead of the one whose
+    fingerprint matches this machine."""
+    return Bundle(Path(path), cache_size=cache_size, verify=verify, threads=threads, device=device)

@@ -40,7 +40,8 @@ class _Block:
 
 
 class ProgramRunner:
-    """Interprets one host program; `stats` (optional) counts the sides each branch took."""
+    """Interprets one host program; `stats` (optional) counts the sides each branch took and
+    `trace` (optional, a list) records the id of every block a run visits, in order."""
 
     def __init__(
         self, program: dict[str, Any], graphs: dict[str, dict], runners: dict[str, Runner]
@@ -67,14 +68,17 @@ class ProgramRunner:
         if self.entry not in self.blocks:
             raise BundleError("program entry block does not exist")
         self.stats: dict[int, dict[str, int]] | None = None
+        self.trace: list[int] | None = None
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         env = dict(feeds)
-        blocks, stats = self.blocks, self.stats
+        blocks, stats, trace = self.blocks, self.stats, self.trace
         b = self.entry
         loops = 0
         while True:
             blk = blocks[b]
+            if trace is not None:
+                trace.append(b)
             if blk.runner is not None:
                 outs = blk.runner.run({g: env[n] for g, n in blk.feeds})
                 for n, v in zip(blk.outputs, outs):
@@ -112,3 +116,21 @@ class ProgramRunner:
                     c = stats.setdefault(b, {})
                     c[str(i)] = c.get(str(i), 0) + 1
                 b = cases[i]
+
+
+def source_coverage(program: dict[str, Any], stats: dict[int, dict[str, int]]) -> dict[str, Any]:
+    """Per source-level decision (copies made by tail duplication counted together): how often
+    each side or case was taken, with the line and text of the test."""
+    by_id = {b["id"]: b for b in program["blocks"]}
+    out: dict[str, Any] = {}
+    for name, info in program.get("decisions", {}).items():
+        entry = {"line": info["line"], "source": info["source"], "taken": {}}
+        for bid, counts in stats.items():
+            nxt = by_id[bid]["next"]
+            if nxt.get("branch") == name or nxt.get("switch") == name:
+                for side, n in counts.items():
+                    entry["taken"][side] = entry["taken"].get(side, 0) + n
+        if "branch" in str([by_id[b]["next"] for b in by_id if name in by_id[b]["next"].values()]):
+            entry["taken"] = {"then": 0, "else": 0} | entry["taken"]
+        out[name] = entry
+    return out

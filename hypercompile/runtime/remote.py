@@ -1,0 +1,257 @@
+"""Profiling a board through Apache TVM's RPC tracker: ask the tracker for a session on a device
+key, upload the bundle's TVM libraries, bind each variant's weights as tensors on the board and
+time `main` there with the VM's `time_evaluator` (the clock runs on the board, not over the
+network). TVM is imported only here, without torch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import format as fmt
+from ..errors import ProfileError
+from .profile import (
+    DEFAULT_REPEAT,
+    DEFAULT_WARMUP,
+    Progress,
+    _Flops,
+    _variant_entry,
+    _variant_specs,
+    backend_versions,
+    best_backend,
+    folder_inputs,
+    random_inputs,
+    summarize,
+    variant_batch,
+)
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[-1][:200] if text else type(e).__name__
+
+
+def connect(address: str, key: str, timeout: float = 60.0) -> Any:
+    """A session on a board the tracker at `address` (HOST:PORT) lends for `key`."""
+    from ..backends.tvm_backend import import_tvm
+
+    import_tvm()
+    from tvm import rpc
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ProfileError(f"--rpc {address!r} must look like HOST:PORT")
+    try:
+        tracker = rpc.connect_tracker(host, int(port))
+        queues = tracker.summary().get("queue_info", {})
+    except Exception as e:  # TVM raises RuntimeError/TVMError/socket errors
+        raise ProfileError(
+            f"cannot reach the TVM RPC tracker at {address}: {_first_line(e)}"
+        ) from None
+    if key not in queues:
+        known = ", ".join(sorted(queues)) or "none"
+        raise ProfileError(
+            f"the tracker at {address} has no device with key {key!r} (registered: {known}); on "
+            f"the board run `python -m tvm.exec.rpc_server --tracker {address} --key {key}`"
+        )
+    try:
+        return tracker.request(key, priority=1, session_timeout=int(timeout))
+    except Exception as e:
+        raise ProfileError(
+            f"the tracker at {address} lent no {key!r} device: {_first_line(e)}"
+        ) from None
+
+
+def remote_fingerprint(remote: Any, key: str) -> dict[str, Any]:
+    """What a plain TVM RPC server can tell about its board: LLVM's view of its CPU and target
+    triple, the TVM runtime's thread count, CUDA device names if it has any, and the tracker
+    key. A local fingerprint reads /proc instead, so a profile taken over RPC never matches a
+    runtime silently; use it by name (`hc.load(path, device=KEY)`, `run --device KEY`)."""
+
+    def ask(name: str) -> Any:
+        try:
+            return remote.get_function(name)()
+        except Exception:
+            return None
+
+    triple = ask("target.llvm_get_system_triple")
+    arch = str(triple).split("-")[0] if triple else "unknown"
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
+    fp: dict[str, Any] = {
+        "kind": "tvm-rpc",
+        "rpc_key": key,
+        "arch": arch,
+        "cpu": str(ask("target.llvm_get_system_cpu") or "unknown"),
+        "triple": str(triple) if triple else None,
+        "threads": ask("runtime.NumThreads"),
+        "backends": {"tvm": backend_versions().get("tvm", "?")},  # the client's: TVM RPC
+        # needs client and server on the same TVM version
+    }
+    try:
+        gpu = remote.cuda(0)
+        if gpu.exist:
+            fp["gpu"] = [str(gpu.device_name)]
+    except Exception:
+        pass
+    return fp
+
+
+def _check_on_board(tvm, vm, dev, bundle, variant, graph, weights) -> dict[str, float]:
+    """Run the bundle's stored PyTorch checks for `variant` on the board before timing it:
+    a library that answers wrongly there gets no profile (ProfileError names it)."""
+    from ..errors import ParityError
+    from .checks import run_checks, unpack_checks
+
+    cases = unpack_checks(fmt.read_tensors(bundle._verify(variant["checks"]), variant["checks"]))
+    bound = [
+        tvm.runtime.tensor(np.require(weights[n], requirements="C"), device=dev)
+        for n in graph["weights"]
+    ]
+    names = [s["name"] for s in graph["inputs"]]
+
+    class _OnBoard:
+        def run(self, feeds):
+            args = [
+                tvm.runtime.tensor(np.require(feeds[n], requirements="C"), device=dev)
+                for n in names
+            ]
+            out = vm["main"](*args, *bound)
+            outs = [out] if hasattr(out, "numpy") else list(out)
+            return [o.numpy() for o in outs]
+
+    try:
+        return run_checks(
+            _OnBoard(),
+            cases,
+            float(bundle.manifest.get("rtol", 1e-4)),
+            f"variant {variant['id']} on the board",
+        )
+    except ParityError as e:
+        raise ProfileError(str(e)) from None
+
+
+def profile_remote(
+    bundle: Bundle,
+    address: str,
+    key: str,
+    *,
+    backends: list[str] | None = None,
+    batches: Sequence[int] | None = None,
+    warmup: int = DEFAULT_WARMUP,
+    repeat: int = DEFAULT_REPEAT,
+    inputs: str | Path | None = None,
+    progress: Progress | None = None,
+    timeout: float = 60.0,
+) -> dict[str, Any]:
+    """Time every static variant's TVM artifact on the board; returns the profile entry under
+    the board's fingerprint. DyNN programs are skipped (their paths are decided on the host)."""
+    if backends and any(b not in ("tvm", "auto") for b in backends):
+        raise ProfileError("remote profiling times TVM artifacts only (--backend tvm)")
+    if warmup < 0 or repeat < 1:
+        raise ProfileError("--warmup must be >= 0 and --repeat >= 1")
+    manifest = bundle.manifest
+    with_tvm = [v for v in manifest["variants"] if "tvm" in v["artifacts"]]
+    if not with_tvm:
+        raise ProfileError(
+            "the bundle has no TVM artifacts to upload: build it with --backend tvm for the "
+            "board's target"
+        )
+    from ..backends.tvm_backend import import_tvm
+
+    tvm = import_tvm()
+    from tvm import relax
+
+    remote = connect(address, key, timeout)
+    fp = remote_fingerprint(remote, key)
+    if fp["arch"] != bundle.target.arch:
+        raise ProfileError(
+            f"the board behind key {key!r} is {fp['arch']}; this bundle's TVM artifacts were "
+            f"built for {bundle.target.name} ({bundle.target.arch})"
+        )
+    kind = (bundle.target.tvm_target or {}).get("kind", "llvm")
+    dev = remote.cpu(0) if kind in ("llvm", "c") else remote.device(kind, 0)
+    wanted = sorted(set(batches or [1]))
+    notes: list[str] = []
+    jobs = []
+    for v in with_tvm:
+        if "program" in v:
+            notes.append(f"variant {v['id']} skipped: DyNN programs are profiled locally only")
+            continue
+        specs = _variant_specs(bundle, v)
+        jobs += [(v, b, specs) for b in sorted({variant_batch(specs, b) for b in wanted})]
+    report = progress or (lambda stage, done, total: None)
+    flops = _Flops(bundle)
+    modules: dict[str, Any] = {}
+    variants: dict[str, Any] = {}
+    checked: dict[str, dict[str, float]] = {}
+    for i, (v, b, specs) in enumerate(jobs):
+        report("profile (rpc)", i, len(jobs))
+        graph = manifest["graphs"][v["graph"]]
+        rel = graph["artifacts"]["tvm"]
+        try:
+            if rel not in modules:
+                name = rel.replace("/", "_")
+                remote.upload(bytearray(bundle._verify(rel)), target=name)
+                modules[rel] = remote.load_module(name)
+            vm = relax.VirtualMachine(modules[rel], dev)
+            feeds = (
+                folder_inputs(Path(inputs), specs, b)
+                if inputs is not None
+                else random_inputs(specs, b, 1)
+            )[0]
+            weights = fmt.read_tensors(bundle._verify(v["weights"]), v["weights"])
+            args = [
+                tvm.runtime.tensor(np.require(feeds[s["name"]], requirements="C"), device=dev)
+                for s in specs
+            ] + [
+                tvm.runtime.tensor(np.require(weights[n], requirements="C"), device=dev)
+                for n in graph["weights"]
+            ]
+            if v.get("checks") and v["id"] not in checked:  # built elsewhere: verify here
+                checked[v["id"]] = _check_on_board(tvm, vm, dev, bundle, v, graph, weights)
+            for _ in range(warmup):
+                vm["main"](*args)
+            result = vm.time_evaluator("main", dev, number=1, repeat=repeat)(*args)
+        except ProfileError:
+            raise
+        except Exception as e:
+            raise ProfileError(f"variant {v['id']} on {key}: {_first_line(e)}") from None
+        rec = summarize(list(result.results))
+        rec["flops"] = flops.graph(v["graph"], b)
+        rec["gflops_per_s"] = (
+            round(rec["flops"] / (rec["median_ms"] * 1e-3) / 1e9, 4)
+            if rec["flops"] and rec["median_ms"] > 0
+            else None
+        )
+        rec["peak_mem_mb"] = None  # not observable through a plain RPC server
+        rec["rss_growth_mb"] = None
+        entry = variants.setdefault(v["id"], _variant_entry(v))
+        entry["results"].setdefault("tvm", {})[str(b)] = rec
+        if v["id"] in checked:
+            entry["device_check"] = checked[v["id"]]
+    report("profile (rpc)", len(jobs), len(jobs))
+    for entry in variants.values():
+        entry["best_backend"] = best_backend(entry["results"])
+    return {
+        "device": fp,
+        "source": "rpc",
+        "rpc": {"tracker": address, "key": key},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": {
+            "warmup": warmup,
+            "repeat": repeat,
+            "batches": wanted,
+            "inputs": str(inputs) if inputs is not None else "random",
+            "timer": "tvm time_evaluator (number=1), on the board, one input",
+            "auto": False,
+        },
+        "notes": notes,
+        "variants": variants,
+    }
