@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,25 @@ def main() -> None:
     """Compile hypernetworks and dynamic networks into bundles, and run them without torch."""
 
 
+@contextlib.contextmanager
+def _progress_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """A transient progress bar on stderr; yields the `progress(stage, done, total)` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(
+        *columns, console=err, transient=True, disable=quiet or not err.is_terminal
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield progress
+
+
 @main.command()
 @click.argument("model_ref")
 @click.option("--target", "target", default=None, help="Target name or TOML path [x86-cpu].")
@@ -90,25 +111,13 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def build(model_ref, target, backends, where, out_dir, rtol, parity_inputs, as_json) -> None:
     """Build a bundle from MODEL_REF (path/file.py:NAME or package.module:NAME)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from .builder import build as do_build
 
     where_map: dict[str, list[Any]] = {}
     for key, values in _pairs(where, "--where"):
         where_map.setdefault(key, []).extend(_scalar(v) for v in values.split(","))
     out_path = Path(out_dir or Path("build") / model_ref.rsplit(":", 1)[-1].lower())
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(
-        *columns, console=err, transient=True, disable=as_json or not err.is_terminal
-    ) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+    with _progress_bar(quiet=as_json) as progress:
         path = do_build(
             model_ref,
             target,
@@ -424,22 +433,11 @@ def profile(
 ) -> None:
     """Time every variant on every back end here (or on a board through --rpc), and store the
     profile in the manifest under this device's fingerprint."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from .runtime.profile import describe
     from .runtime.profile import profile as do_profile
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(
-        *columns, console=err, transient=True, disable=as_json or not err.is_terminal
-    ) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+    with _progress_bar(quiet=as_json) as progress:
         device, entry = do_profile(
             bundle,
             backends=list(backends) or None,
