@@ -11,7 +11,8 @@ Per variant and batch size it reports: the device check (the bundle's stored PyT
 against TVM on this GPU, run by the runtime before first use), TVM vs torch eager on the GPU
 with the same weights, and medians of interleaved rounds for torch eager CUDA and TVM with the
 data already on the GPU, the same two from numpy in to numpy out (what `Bundle.run` costs an
-application), and ONNX Runtime on the CPU for scale. DyNN programs run block by block under the
+application), and ONNX Runtime on the CPU for scale. torch runs in full fp32 (TF32 off), as the
+TVM kernels do. DyNN programs run block by block under the
 host program, so for them only numpy-in/numpy-out timings exist.
 """
 
@@ -112,6 +113,9 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_gpu: no CUDA GPU visible to torch")
+    # the peer computes in full fp32, as the TVM kernels do (cuDNN would use TF32 by default)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     console.print(
         f"GPU {torch.cuda.get_device_name(0)}; torch {torch.__version__}; "
         f"TVM {__import__('tvm').__version__} (runtime)"
