@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -143,8 +144,10 @@ def build(
     parity_inputs: int | None = None,
     example_inputs: tuple[torch.Tensor, ...] | None = None,
     progress: Progress | None = None,
+    tune_trials: int | None = None,
 ) -> Path:
-    """Build a bundle for `model` (reference, HyperModel or nn.Module) and return its path."""
+    """Build a bundle for `model` (reference, HyperModel or nn.Module) and return its path.
+    `tune_trials`: tune every TVM graph with MetaSchedule on this machine (see README)."""
     t0 = time.perf_counter()
     tgt = load_target(target)
     names = _choose_backends(backends, tgt)
@@ -154,6 +157,7 @@ def build(
         tgt = dataclasses.replace(tgt, tvm_target=resolve_target(tgt), tvm_host={})
     out = Path(out).resolve()
     _prepare_out(out)
+    tune = _tune_request(tune_trials, tgt, names, out)
     hm = resolve_model(model, example_inputs)
     conds = select_conditions(hm.conditions(), where)
     if not conds:
@@ -168,7 +172,7 @@ def build(
     try:
         (tmp / "graphs").mkdir(parents=True)
         (tmp / "weights").mkdir()
-        manifest, checks = _materialize_all(hm, conds, tmp, tgt, names, parity_inputs, report)
+        manifest, checks = _materialize_all(hm, conds, tmp, tgt, names, parity_inputs, report, tune)
         manifest["model"] = model if isinstance(model, str) else type(hm).__name__
         fmt.write_manifest(tmp, manifest)
         _verify_bundle(tmp, manifest, checks, rtol, report)
@@ -183,7 +187,27 @@ def build(
     return out
 
 
-def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random, report):
+def _tune_request(trials: int | None, tgt: Target, names: list[str], out: Path):
+    """What `--tune-trials` asks of the TVM back end, or None; refused where it cannot run."""
+    if not trials:
+        return None
+    if trials < 0:
+        raise BuildError(f"--tune-trials must be positive, not {trials}")
+    if "tvm" not in names:
+        raise BuildError("--tune-trials tunes TVM graphs: add --backend tvm")
+    kind = tgt.tvm_target.get("kind")
+    if tgt.arch != host_arch() or kind != "llvm":
+        raise BuildError(
+            f"--tune-trials measures on this machine's CPU; target {tgt.name} ({kind}, "
+            f"{tgt.arch}) is not it: build without --tune-trials"
+        )
+    from .backends.tvm_tuning import TUNING_DIR, TuneRequest
+
+    previous = out / TUNING_DIR if (out / fmt.MANIFEST).is_file() else None
+    return TuneRequest(int(trials), previous)
+
+
+def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random, report, tune=None):
     graphs: dict[str, dict[str, Any]] = {}
     programs: dict[str, dict[str, Any]] = {}
     by_arch: dict[str, str] = {}
@@ -206,7 +230,7 @@ def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random,
                 t = time.perf_counter()
                 info = export_graph(target, inputs, tmp / "graphs" / f"{gid}.onnx", label)
                 graphs[gid] = _graph_entry(gid, arch, info, time.perf_counter() - t)
-                _compile_graph(graphs[gid], tmp, tgt, backend_names)
+                _compile_graph(graphs[gid], tmp, tgt, backend_names, tune)
                 by_arch[arch] = gid
             g = graphs[by_arch[arch]]
             weight_names, where = g["weights"], {"graph": g["id"]}
@@ -216,7 +240,17 @@ def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random,
             pid = f"p{len(programs)}"
             n_dyn = n_random if n_random is not None else DYNAMIC_PARITY_INPUTS
             check, program = _build_program(
-                prog, target, inputs, tmp, tgt, backend_names, graphs, block_cache, gen, n_dyn
+                prog,
+                target,
+                inputs,
+                tmp,
+                tgt,
+                backend_names,
+                graphs,
+                block_cache,
+                gen,
+                n_dyn,
+                tune,
             )
             programs[pid] = program
             weight_names = sorted(
@@ -305,13 +339,28 @@ def _forward_has_control(module: torch.nn.Module) -> bool:
     return has_control_flow(body)
 
 
-def _compile_graph(g: dict, tmp: Path, tgt: Target, backend_names: list[str]) -> None:
+def _compile_graph(g: dict, tmp: Path, tgt: Target, backend_names: list[str], tune=None) -> None:
     for name in backend_names:
-        g["artifacts"][name] = get_backend(name).compile(tmp / g["path"], tmp, g["id"], tgt)
+        extra = {"tune": tune} if name == "tvm" and tune is not None else {}
+        g["artifacts"][name] = get_backend(name).compile(
+            tmp / g["path"], tmp, g["id"], tgt, **extra
+        )
+        if extra:
+            g["tvm_tuning"] = _tuning_entry(tmp, g["id"])
+
+
+def _tuning_entry(tmp: Path, gid: str) -> dict[str, Any]:
+    """The manifest's record of a graph's TVM tuning, from what `tvm_tuning.tune` wrote."""
+    from .backends.tvm_tuning import TUNING_DIR
+
+    folder = tmp / TUNING_DIR / gid
+    info = json.loads((folder / "tuning.json").read_text())
+    info.pop("key", None)
+    return {"database": f"{TUNING_DIR}/{gid}/records.json", **info}
 
 
 def _build_program(
-    prog, target, inputs, tmp, tgt, backend_names, graphs, block_cache, gen, n_random
+    prog, target, inputs, tmp, tgt, backend_names, graphs, block_cache, gen, n_random, tune=None
 ):
     """Probe the program against eager forward, export every block, and return the parity
     check and the program's manifest entry."""
@@ -367,7 +416,7 @@ def _build_program(
                     "digest": digest,
                     "artifacts": {},
                 }
-                _compile_graph(graphs[gid], tmp, tgt, backend_names)
+                _compile_graph(graphs[gid], tmp, tgt, backend_names, tune)
                 block_cache[key] = gid
         graph_of[k] = block_cache[key]
     entry = P.program_entry(prog, graph_of)

@@ -82,8 +82,17 @@ def main() -> None:
 @click.option(
     "--parity-inputs", type=int, default=None, help="Random parity inputs [3; 200 for dynamic]."
 )
+@click.option(
+    "--tune-trials",
+    type=int,
+    default=None,
+    help="TVM: MetaSchedule trials per graph, measured on this CPU; the database stays in the "
+    "bundle and a rebuild into the same --out reuses it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def build(model_ref, target, backends, where, out_dir, rtol, parity_inputs, as_json) -> None:
+def build(
+    model_ref, target, backends, where, out_dir, rtol, parity_inputs, tune_trials, as_json
+) -> None:
     """Build a bundle from MODEL_REF (path/file.py:NAME or package.module:NAME)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -113,6 +122,7 @@ def build(model_ref, target, backends, where, out_dir, rtol, parity_inputs, as_j
             rtol=rtol,
             parity_inputs=parity_inputs,
             progress=progress,
+            tune_trials=tune_trials,
         )
     manifest = json.loads((path / "manifest.json").read_text())
     summary = {
@@ -123,6 +133,13 @@ def build(model_ref, target, backends, where, out_dir, rtol, parity_inputs, as_j
         "build_s": manifest["build_s"],
         "max_rel": max(p["max_rel"] for v in manifest["variants"] for p in v["parity"].values()),
     }
+    tuned = [g["tvm_tuning"] for g in manifest["graphs"].values() if "tvm_tuning" in g]
+    if tuned:
+        summary["tuning"] = {
+            "trials_run": sum(t["trials_run"] for t in tuned),
+            "tuning_s": round(sum(t["tuning_s"] for t in tuned), 3),
+            "reused": sum(1 for t in tuned if t["reused"]),
+        }
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -132,6 +149,13 @@ def build(model_ref, target, backends, where, out_dir, rtol, parity_inputs, as_j
             f"worst parity {summary['max_rel']:.2e} rel",
             highlight=False,
         )
+        if tuned:
+            t = summary["tuning"]
+            out.print(
+                f"TVM tuning: {t['trials_run']} trial(s) in {t['tuning_s']:.1f} s; "
+                f"database reused for {t['reused']} of {len(tuned)} graph(s)",
+                highlight=False,
+            )
 
 
 @main.command()
