@@ -15,8 +15,10 @@ serial loop nest; dlight ships only GEMV and softmax-style rules for CPUs. `cpu_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,7 +159,8 @@ def cpu_pipeline(target: Any, records: dict[str, Any] | None = None) -> Any:
         with target:
             mod = lower_to_tir(mod)
             if records:
-                mod = apply_records(records, target)(mod)
+                with _without_tensor_intrinsics():
+                    mod = apply_records(records, target)(mod)
             passes = [dl.ApplyDefaultSchedule(*_rules())]
             passes += cpu_generic.dataflow_lower_passes(target)
             passes += cpu_generic.finalize_passes(target)
@@ -319,6 +322,27 @@ class _Measure:
         return float(sorted(f(*self.args).results)[2])
 
 
+@contextlib.contextmanager
+def _without_tensor_intrinsics() -> Iterator[None]:
+    """MetaSchedule imports `tvm.s_tir.tensor_intrin` to create a tune context: ~500 TVMScript
+    functions (int8 / tensor-core intrinsics) parsed at import, 25 s to minutes here. The
+    float32 LLVM rules use none of them, so a placeholder stands in while we tune."""
+    import sys
+    import types
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        yield
+        return
+    stub = types.ModuleType(name)
+    sys.modules[name] = stub
+    try:
+        yield
+    finally:
+        if sys.modules.get(name) is stub:
+            del sys.modules[name]
+
+
 def _search(mod: Any, target: Any, trials: int, seed: int) -> tuple[Any, float, float, int]:
     """Random search over MetaSchedule's LLVM design space for one TIR function: sample
     `trials` schedules (post-order-apply rules, postprocessors), time each, and return the best
@@ -385,6 +409,11 @@ def tune(mod: Any, target: Any, folder: Path, request: TuneRequest) -> tuple[Any
     Returns the records to compile with and what happened (also `folder/tuning.json`)."""
     with target:
         lowered = lower_to_tir(mod)
+    with _without_tensor_intrinsics():
+        return _tune(lowered, target, folder, request)
+
+
+def _tune(lowered: Any, target: Any, folder: Path, request: TuneRequest) -> tuple[Any, Any]:
     key = _key(lowered, target)
     folder.mkdir(parents=True, exist_ok=True)
     works, dynamic = _workloads(lowered)
@@ -407,6 +436,7 @@ def tune(mod: Any, target: Any, folder: Path, request: TuneRequest) -> tuple[Any
         run += todo
         entry = dict(prev) or {"task": name, "trace": None, "seconds": None}
         entry["trials"] = prev.get("trials", 0) + todo
+        entry["measured"] = prev.get("measured", 0) + ok
         entry["default_seconds"] = base_s
         if trace is not None and (entry["seconds"] is None or best_s < entry["seconds"]):
             entry["trace"], entry["seconds"] = _plain(trace.as_json(remove_postproc=True)), best_s
@@ -419,6 +449,7 @@ def tune(mod: Any, target: Any, folder: Path, request: TuneRequest) -> tuple[Any
         "dynamic_functions": dynamic,
         "trials": request.trials,
         "trials_run": run,
+        "measured": sum(r.get("measured", 0) for r in records.values()),
         "tuned_functions": sum(1 for r in records.values() if r.get("trace")),
         "tuning_s": round(seconds, 3),
         "reused": old is not None,
