@@ -352,19 +352,25 @@ def _without_tensor_intrinsics() -> Iterator[None]:
             del sys.modules[name]
 
 
-def _search(mod: Any, target: Any, trials: int, seed: int) -> tuple[Any, float, float, int]:
-    """Random search over MetaSchedule's LLVM design space for one TIR function: sample
-    `trials` schedules (post-order-apply rules, postprocessors), time each, and return the best
-    trace (None when none beats the untuned default schedule), its time, the default's time and
-    the number of candidates that built and ran."""
+def _default_seconds(mod: Any, target: Any) -> float:
+    """The time of `mod` under the untuned default schedule (what tuning has to beat)."""
+    import tvm
     from tvm.s_tir import dlight as dl
+
+    with target:  # on a fresh module: ApplyDefaultSchedule updates the one it is given
+        default = dl.ApplyDefaultSchedule(*_rules())(tvm.IRModule({"main": mod["main"]}))
+    return _Measure(target, mod).seconds(default)
+
+
+def _search(mod: Any, target: Any, trials: int, seed: int, bar: float) -> tuple[Any, float, int]:
+    """Random search over MetaSchedule's LLVM design space for one TIR function: sample
+    `trials` schedules (its schedule rules, then its postprocessors), time each, and return the
+    best as TVMScript (None when none beats `bar`, the default schedule's time), its time and
+    how many candidates built and ran."""
     from tvm.s_tir.meta_schedule.utils import fork_seed
 
     measure = _Measure(target, mod)
-    with target:
-        default = dl.ApplyDefaultSchedule(*_rules())(mod)
-    base = measure.seconds(default)
-    best, best_s, ok = None, base, 0
+    best, best_s, ok = None, bar, 0
     for rand in fork_seed(seed, n=trials):
         try:
             ctx = _context(mod, target, rand)
@@ -376,8 +382,10 @@ def _search(mod: Any, target: Any, trials: int, seed: int) -> tuple[Any, float, 
             continue
         ok += 1
         if t < best_s:
-            best, best_s = sch.trace, t
-    return best, best_s, base, ok
+            best, best_s = sch.mod, t
+    # TVMScript, not the trace: replaying a trace read back from JSON fails in this TVM build,
+    # and the scheduled function is exactly what was measured
+    return (best.script() if best is not None else None), best_s, ok
 
 
 def _context(mod: Any, target: Any, rand: int) -> Any:
@@ -433,23 +441,31 @@ def _tune(lowered: Any, target: Any, folder: Path, request: TuneRequest) -> tupl
             records = json.loads((old / "records.json").read_text())["records"]
         except (OSError, ValueError, KeyError, TypeError):
             records = {}
-    per = -(-request.trials // max(len(works), 1))
     t = time.perf_counter()
     run = 0
-    for i, (h, (name, fmod)) in enumerate(sorted(works.items())):
-        prev = records.get(h, {})
-        if prev.get("trials", 0) >= per:
-            continue
-        todo = per - prev.get("trials", 0)
-        trace, best_s, base_s, ok = _search(fmod, target, todo, seed=len(records) + i)
-        run += todo
-        entry = dict(prev) or {"task": name, "trace": None, "seconds": None}
-        entry["trials"] = prev.get("trials", 0) + todo
-        entry["measured"] = prev.get("measured", 0) + ok
-        entry["default_seconds"] = base_s
-        if trace is not None and (entry["seconds"] is None or best_s < entry["seconds"]):
-            entry["trace"], entry["seconds"] = _plain(trace.as_json(remove_postproc=True)), best_s
-        records[h] = entry
+    left = request.trials - sum(r.get("trials", 0) for r in records.values())
+    if left > 0 and works:
+        # trials go where the time is: in proportion to each function's default time
+        base = {h: _default_seconds(fmod, target) for h, (_, fmod) in works.items()}
+        total = sum(base.values()) or 1.0
+        share = {h: int(round(left * s / total)) for h, s in base.items()}
+        top = max(base, key=base.get)
+        share[top] += left - sum(share.values())  # rounding: the slowest function gets the rest
+        for i, (h, (name, fmod)) in enumerate(sorted(works.items())):
+            todo = max(share[h], 0)
+            if not todo:
+                continue
+            prev = records.get(h, {})
+            bar = min(base[h], prev.get("seconds") or base[h])
+            script, best_s, ok = _search(fmod, target, todo, len(records) + i, bar)
+            run += todo
+            entry = dict(prev) or {"task": name, "script": None, "seconds": None}
+            entry["trials"] = prev.get("trials", 0) + todo
+            entry["measured"] = prev.get("measured", 0) + ok
+            entry["default_seconds"] = base[h]
+            if script is not None:
+                entry["script"], entry["seconds"] = script, best_s
+            records[h] = entry
     seconds = time.perf_counter() - t
     (folder / "records.json").write_text(json.dumps({"key": key, "records": records}) + "\n")
     info = {
@@ -459,7 +475,7 @@ def _tune(lowered: Any, target: Any, folder: Path, request: TuneRequest) -> tupl
         "trials": request.trials,
         "trials_run": run,
         "measured": sum(r.get("measured", 0) for r in records.values()),
-        "tuned_functions": sum(1 for r in records.values() if r.get("trace")),
+        "tuned_functions": sum(1 for r in records.values() if r.get("script")),
         "tuning_s": round(seconds, 3),
         "reused": old is not None,
     }
@@ -471,7 +487,7 @@ def apply_records(records: dict[str, dict[str, Any]], target: Any) -> Any:
     """A module pass that replays the tuned trace of every TIR function with a record (by
     structural hash) and marks it scheduled, so default schedules leave it alone."""
     import tvm
-    from tvm import s_tir, tirx
+    from tvm import tirx
     from tvm_ffi import structural_hash
 
     @tvm.transform.module_pass(opt_level=0, name="HypercompileApplyTuning")
@@ -482,17 +498,13 @@ def apply_records(records: dict[str, dict[str, Any]], target: Any) -> Any:
                 continue
             one = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
             rec = records.get(f"{structural_hash(one) & 0xFFFFFFFFFFFFFFFF:016x}")
-            if not rec or not rec.get("trace"):
+            if not rec or not rec.get("script"):
                 continue
-            sch = s_tir.Schedule(one)
-            try:  # the sampling decisions, then MetaSchedule's postprocessors as when measured
-                s_tir.schedule.Trace.apply_json_to_schedule(rec["trace"], sch)
-                ctx = _context(one, target, 0)
-                if not all(p.apply(sch) for p in ctx.space_generator.postprocs):
-                    continue
-            except Exception:  # noqa: BLE001  # a record this TVM cannot replay
+            try:
+                new = tvm.script.from_source(rec["script"])["main"]
+            except Exception:  # noqa: BLE001  # a record this TVM cannot read: default schedule
                 continue
-            new = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+            new = new.with_attr("tirx.is_scheduled", True)
             if "global_symbol" in func.attrs:
                 new = new.with_attr("global_symbol", func.attrs["global_symbol"])
             else:
