@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -39,7 +40,7 @@ from .frontend.materialize import (
 from .frontend.program import source_coverage
 from .runtime.bundle import Bundle
 from .runtime.checks import pack_checks, parity
-from .targets import Target, load_target, parse_target
+from .targets import Target, host_arch, load_target, parse_target
 
 Progress = Callable[[str, int, int], None]
 DYNAMIC_PARITY_INPUTS = 200
@@ -148,10 +149,12 @@ def build(
     parity_inputs: int | None = None,
     example_inputs: tuple[torch.Tensor, ...] | None = None,
     progress: Progress | None = None,
+    tune_trials: int | None = None,
 ) -> Path:
     """Build a bundle for `model` (reference, HyperModel or nn.Module) and return its path.
     `backends=["auto"]` builds every back end that can build here and profiles them briefly on
-    this machine, so that `run` uses the fastest per variant."""
+    this machine, so that `run` uses the fastest per variant. `tune_trials`: tune every TVM graph
+    on this machine (see README)."""
     t0 = time.perf_counter()
     tgt = load_target(target)
     names = _choose_backends(backends, tgt)
@@ -161,6 +164,7 @@ def build(
         tgt = dataclasses.replace(tgt, tvm_target=resolve_target(tgt), tvm_host={}, tvm_tag="")
     out = Path(out).resolve()
     _prepare_out(out)
+    tune = _tune_request(tune_trials, tgt, names, out)
     hm = resolve_model(model, example_inputs)
     conds = select_conditions(hm.conditions(), where)
     if not conds:
@@ -175,7 +179,7 @@ def build(
     try:
         (tmp / "graphs").mkdir(parents=True)
         (tmp / "weights").mkdir()
-        manifest, checks = _materialize_all(hm, conds, tmp, tgt, names, parity_inputs, report)
+        manifest, checks = _materialize_all(hm, conds, tmp, tgt, names, parity_inputs, report, tune)
         manifest["model"] = model if isinstance(model, str) else type(hm).__name__
         fmt.write_manifest(tmp, manifest)
         _verify_bundle(tmp, manifest, checks, rtol, report)
@@ -194,7 +198,27 @@ def build(
     return out
 
 
-def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random, report):
+def _tune_request(trials: int | None, tgt: Target, names: list[str], out: Path):
+    """What `--tune-trials` asks of the TVM back end, or None; refused where it cannot run."""
+    if not trials:
+        return None
+    if trials < 0:
+        raise BuildError(f"--tune-trials must be positive, not {trials}")
+    if "tvm" not in names:
+        raise BuildError("--tune-trials tunes TVM graphs: add --backend tvm")
+    kind = tgt.tvm_target.get("kind")
+    if tgt.arch != host_arch() or kind != "llvm":
+        raise BuildError(
+            f"--tune-trials measures on this machine's CPU; target {tgt.name} ({kind}, "
+            f"{tgt.arch}) is not it: build without --tune-trials"
+        )
+    from .backends.tvm_tuning import TUNING_DIR, TuneRequest
+
+    previous = out / TUNING_DIR if (out / fmt.MANIFEST).is_file() else None
+    return TuneRequest(int(trials), previous)
+
+
+def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random, report, tune=None):
     graphs: dict[str, dict[str, Any]] = {}
     programs: dict[str, dict[str, Any]] = {}
     by_arch: dict[str, str] = {}
@@ -217,7 +241,7 @@ def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random,
                 t = time.perf_counter()
                 info = export_graph(target, inputs, tmp / "graphs" / f"{gid}.onnx", label)
                 graphs[gid] = _graph_entry(gid, arch, info, time.perf_counter() - t)
-                _compile_graph(graphs[gid], tmp, tgt, backend_names)
+                _compile_graph(graphs[gid], tmp, tgt, backend_names, tune)
                 by_arch[arch] = gid
             g = graphs[by_arch[arch]]
             weight_names, where = g["weights"], {"graph": g["id"]}
@@ -227,7 +251,17 @@ def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random,
             pid = f"p{len(programs)}"
             n_dyn = n_random if n_random is not None else DYNAMIC_PARITY_INPUTS
             check, program = _build_program(
-                prog, target, inputs, tmp, tgt, backend_names, graphs, block_cache, gen, n_dyn
+                prog,
+                target,
+                inputs,
+                tmp,
+                tgt,
+                backend_names,
+                graphs,
+                block_cache,
+                gen,
+                n_dyn,
+                tune,
             )
             programs[pid] = program
             weight_names = sorted(
@@ -316,18 +350,31 @@ def _forward_has_control(module: torch.nn.Module) -> bool:
     return has_control_flow(body)
 
 
-def _compile_graph(g: dict, tmp: Path, tgt: Target, backend_names: list[str]) -> None:
+def _compile_graph(g: dict, tmp: Path, tgt: Target, backend_names: list[str], tune=None) -> None:
     for name in backend_names:
         be = get_backend(name)
-        rel = be.compile(tmp / g["path"], tmp, g["id"], tgt)
+        extra = {"tune": tune} if name == "tvm" and tune is not None else {}
+        rel = be.compile(tmp / g["path"], tmp, g["id"], tgt, **extra)
         g["artifacts"][name] = rel
         info = be.artifact_info(tmp / rel)
         if info:
             g.setdefault("artifact_info", {})[name] = info
+        if extra:
+            g["tvm_tuning"] = _tuning_entry(tmp, g["id"])
+
+
+def _tuning_entry(tmp: Path, gid: str) -> dict[str, Any]:
+    """The manifest's record of a graph's TVM tuning, from what `tvm_tuning.tune` wrote."""
+    from .backends.tvm_tuning import TUNING_DIR
+
+    folder = tmp / TUNING_DIR / gid
+    info = json.loads((folder / "tuning.json").read_text())
+    info.pop("key", None)
+    return {"database": f"{TUNING_DIR}/{gid}/records.json", **info}
 
 
 def _build_program(
-    prog, target, inputs, tmp, tgt, backend_names, graphs, block_cache, gen, n_random
+    prog, target, inputs, tmp, tgt, backend_names, graphs, block_cache, gen, n_random, tune=None
 ):
     """Probe the program against eager forward, export every block, and return the parity
     check and the program's manifest entry."""
@@ -383,7 +430,7 @@ def _build_program(
                     "digest": digest,
                     "artifacts": {},
                 }
-                _compile_graph(graphs[gid], tmp, tgt, backend_names)
+                _compile_graph(graphs[gid], tmp, tgt, backend_names, tune)
                 block_cache[key] = gid
         graph_of[k] = block_cache[key]
     entry = P.program_entry(prog, graph_of)

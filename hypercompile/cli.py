@@ -108,8 +108,17 @@ def _progress_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
 @click.option(
     "--parity-inputs", type=int, default=None, help="Random parity inputs [3; 200 for dynamic]."
 )
+@click.option(
+    "--tune-trials",
+    type=int,
+    default=None,
+    help="TVM: MetaSchedule trials per graph, measured on this CPU; the database stays in the "
+    "bundle and a rebuild into the same --out reuses it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def build(model_ref, target, backends, where, out_dir, rtol, parity_inputs, as_json) -> None:
+def build(
+    model_ref, target, backends, where, out_dir, rtol, parity_inputs, tune_trials, as_json
+) -> None:
     """Build a bundle from MODEL_REF (path/file.py:NAME or package.module:NAME)."""
     from .builder import build as do_build
 
@@ -127,6 +136,7 @@ def build(model_ref, target, backends, where, out_dir, rtol, parity_inputs, as_j
             rtol=rtol,
             parity_inputs=parity_inputs,
             progress=progress,
+            tune_trials=tune_trials,
         )
     manifest = json.loads((path / "manifest.json").read_text())
     summary = {
@@ -148,6 +158,13 @@ def build(model_ref, target, backends, where, out_dir, rtol, parity_inputs, as_j
             {b for v in manifest["variants"] for b, p in v["parity"].items() if "deferred" in p}
         ),
     }
+    tuned = [g["tvm_tuning"] for g in manifest["graphs"].values() if "tvm_tuning" in g]
+    if tuned:
+        summary["tuning"] = {
+            "trials_run": sum(t["trials_run"] for t in tuned),
+            "tuning_s": round(sum(t["tuning_s"] for t in tuned), 3),
+            "reused": sum(1 for t in tuned if t["reused"]),
+        }
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -161,6 +178,13 @@ def build(model_ref, target, backends, where, out_dir, rtol, parity_inputs, as_j
             out.print(
                 f"{b} artifacts cannot run on this machine: their parity checks are stored in "
                 "the bundle and run on the device before first use",
+                highlight=False,
+            )
+        if tuned:
+            t = summary["tuning"]
+            out.print(
+                f"TVM tuning: {t['trials_run']} trial(s) in {t['tuning_s']:.1f} s; "
+                f"database reused for {t['reused']} of {len(tuned)} graph(s)",
                 highlight=False,
             )
 

@@ -14,6 +14,7 @@ import numpy as np
 from .. import format as fmt
 from ..errors import BackendError, BuildError
 from ..targets import host_arch
+from . import tvm_tuning
 from .base import Backend, Binding
 from .onnx_rewrite import lstm_to_cells
 from .tvm_device import FATBIN_MAGIC, elf_machine, export, toolchain_missing
@@ -187,9 +188,17 @@ class TvmBackend(Backend):
             return "Apache TVM is not installed (pip install 'hypercompile[tvm]')"
         return None
 
-    def compile(self, graph_path: Path, bundle_dir: Path, graph_id: str, target: Any) -> str:
+    def compile(
+        self,
+        graph_path: Path,
+        bundle_dir: Path,
+        graph_id: str,
+        target: Any,
+        tune: tvm_tuning.TuneRequest | None = None,
+    ) -> str:
         """Import the graph with the variant weights as parameters, bind the graph's own
-        constants, compile for the target and export the library into `tvm/`."""
+        constants, compile for the target (CPU: `tvm_tuning`, tuned when `tune` asks) and export
+        the library into `tvm/`."""
         import onnx
         import tvm
         from onnx import numpy_helper
@@ -220,7 +229,8 @@ class TvmBackend(Backend):
             if names != inputs + weights:
                 raise BuildError(f"TVM import of {graph_id}: unexpected argument order {names}")
             tvm_target = tvm.target.Target(resolve_target(target))
-            executable = tvm.compile(mod, target=tvm_target)
+            tuning_dir = bundle_dir / tvm_tuning.TUNING_DIR / graph_id
+            executable, _ = tvm_tuning.compile_module(mod, tvm_target, tuning_dir, tune)
         except BuildError:
             raise
         except Exception as e:
@@ -281,6 +291,8 @@ class TvmBackend(Backend):
             tvm.runtime.tensor(np.require(w, requirements="C"), device=dev)
             for w in binding.weights.values()
         ]
+        # weight-only work (transposes, folded batch norm) once per weight set, not per call
+        bound, _ = tvm_tuning.transform_weights(vm, bound)
         shapes = [
             tuple(o["shape"]) if all(isinstance(d, int) for d in o["shape"]) else None
             for o in binding.outputs

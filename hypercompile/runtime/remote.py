@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import format as fmt
+from ..backends import get_backend
 from ..errors import ProfileError
 from .profile import (
     DEFAULT_REPEAT,
@@ -103,17 +104,42 @@ def remote_fingerprint(remote: Any, key: str) -> dict[str, Any]:
     return fp
 
 
-def _check_on_board(tvm, vm, dev, bundle, variant, graph, weights) -> dict[str, float]:
+def _bind_weights(bundle, vm, dev, variant, graph) -> list[Any]:
+    """The variant's weights as tensors on the board, in the form `main` takes. A library with
+    lifted weight transforms (`main_transform_params`, TVM CPU builds) needs them applied, and TVM
+    RPC cannot hand back the tensors of the list that function returns: the transform runs here
+    when this machine can run the library, else profiling says so."""
+    import tvm
+
+    from ..backends.tvm_tuning import TRANSFORM_PARAMS
+
+    try:
+        vm[TRANSFORM_PARAMS]
+        lifted = True
+    except Exception:  # no such function: main takes the weights as they are
+        lifted = False
+    if lifted:
+        why_not = get_backend("tvm").runs_here(bundle.target)
+        if why_not:
+            raise ProfileError(
+                f"variant {variant['id']}: its TVM library transforms weights at load, which "
+                f"cannot run through TVM RPC, and not here either ({why_not})"
+            )
+        runner = bundle._runner(variant, "tvm")  # applies the transform on this machine
+        arrays = [w.numpy() for w in runner._weights]
+    else:
+        weights = fmt.read_tensors(bundle._verify(variant["weights"]), variant["weights"])
+        arrays = [weights[n] for n in graph["weights"]]
+    return [tvm.runtime.tensor(np.require(a, requirements="C"), device=dev) for a in arrays]
+
+
+def _check_on_board(tvm, vm, dev, bundle, variant, graph, bound) -> dict[str, float]:
     """Run the bundle's stored PyTorch checks for `variant` on the board before timing it:
     a library that answers wrongly there gets no profile (ProfileError names it)."""
     from ..errors import ParityError
     from .checks import run_checks, unpack_checks
 
     cases = unpack_checks(fmt.read_tensors(bundle._verify(variant["checks"]), variant["checks"]))
-    bound = [
-        tvm.runtime.tensor(np.require(weights[n], requirements="C"), device=dev)
-        for n in graph["weights"]
-    ]
     names = [s["name"] for s in graph["inputs"]]
 
     class _OnBoard:
@@ -206,16 +232,13 @@ def profile_remote(
                 if inputs is not None
                 else random_inputs(specs, b, 1)
             )[0]
-            weights = fmt.read_tensors(bundle._verify(v["weights"]), v["weights"])
+            bound = _bind_weights(bundle, vm, dev, v, graph)
             args = [
                 tvm.runtime.tensor(np.require(feeds[s["name"]], requirements="C"), device=dev)
                 for s in specs
-            ] + [
-                tvm.runtime.tensor(np.require(weights[n], requirements="C"), device=dev)
-                for n in graph["weights"]
-            ]
+            ] + bound
             if v.get("checks") and v["id"] not in checked:  # built elsewhere: verify here
-                checked[v["id"]] = _check_on_board(tvm, vm, dev, bundle, v, graph, weights)
+                checked[v["id"]] = _check_on_board(tvm, vm, dev, bundle, v, graph, bound)
             for _ in range(warmup):
                 vm["main"](*args)
             result = vm.time_evaluator("main", dev, number=1, repeat=repeat)(*args)

@@ -1,0 +1,112 @@
+"""TVM on the CPU: weight transforms lifted out of the per-call function, and `--tune-trials`
+(MetaSchedule, measured here) with its database kept in the bundle and reused by a rebuild."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import ref
+from dyn_models import Router
+
+import hypercompile as hc
+from hypercompile.cli import main
+
+pytest.importorskip("tvm", reason="apache-tvm is an optional back end")
+
+TRIALS = 4
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("t") / "b"
+    first = json.loads(
+        (
+            hc.build(Router(), out=out, backends=["tvm"], tune_trials=TRIALS, parity_inputs=10)
+            / "manifest.json"
+        ).read_text()
+    )
+    return out, first
+
+
+def test_tuned_bundle_holds_its_database_and_passes_parity(tuned):
+    out, m = tuned
+    assert m["graphs"], "the program has subgraphs"
+    for gid, g in m["graphs"].items():
+        t = g["tvm_tuning"]
+        assert t["database"] == f"tvm/tuning/{gid}/records.json" and t["database"] in m["files"]
+        assert f"tvm/tuning/{gid}/tuning.json" in m["files"]
+        assert t["trials"] == TRIALS and t["trials_run"] >= TRIALS and not t["reused"]
+        assert t["functions"] >= 1 and t["tuning_s"] > 0
+        records = json.loads((out / t["database"]).read_text())["records"]
+        assert sum(r["trials"] for r in records.values()) == t["trials_run"]
+    assert m["variants"][0]["parity"]["tvm"]["max_rel"] <= 1e-4
+    b, model, gen = hc.load(out), Router(), torch.Generator().manual_seed(3)
+    for _ in range(10):
+        x = torch.randn(1, 5, generator=gen)
+        got = b.run({"x": x.numpy()}, backend="tvm")["output"]
+        np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-4)
+
+
+def test_rebuild_reuses_the_database_without_new_trials(tuned, tmp_path):
+    out, first = tuned
+    before = {p.name: p.read_text() for p in (out / "tvm/tuning").glob("*/records.json")}
+    m = json.loads(
+        (
+            hc.build(Router(), out=out, backends=["tvm"], tune_trials=TRIALS, parity_inputs=10)
+            / "manifest.json"
+        ).read_text()
+    )
+    for gid, g in m["graphs"].items():
+        t = g["tvm_tuning"]
+        assert t["reused"] and t["trials_run"] == 0
+        assert t["tuning_s"] < first["graphs"][gid]["tvm_tuning"]["tuning_s"]
+    after = {p.name: p.read_text() for p in (out / "tvm/tuning").glob("*/records.json")}
+    assert after == before
+    hc.load(out)  # every new file is hashed in the manifest
+
+
+def test_tuning_is_refused_where_it_cannot_measure(tmp_path):
+    with pytest.raises(hc.BuildError, match="measures on this machine's CPU; target x86-cuda"):
+        hc.build(
+            ref("TinyHyper"),
+            target="x86-cuda",
+            out=tmp_path / "c",
+            backends=["tvm"],
+            tune_trials=TRIALS,
+        )
+    with pytest.raises(hc.BuildError, match="add --backend tvm"):
+        hc.build(ref("TinyHyper"), out=tmp_path / "o", backends=["onnxruntime"], tune_trials=2)
+    res = CliRunner().invoke(
+        main,
+        [
+            "build",
+            ref("TinyHyper"),
+            "--target",
+            "x86-cuda",
+            "--backend",
+            "tvm",
+            "--tune-trials",
+            "2",
+            "--out",
+            str(tmp_path / "cli"),
+        ],
+    )
+    assert res.exit_code == 1 and "measures on this machine's CPU" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_weight_transforms_run_once_at_load_not_per_call(tmp_path):
+    """Gemm's weight transpose is lifted into `main_transform_params`, which the runner calls
+    once when it binds a variant's weights; the per-call function takes the result."""
+    from hypercompile.backends import tvm_tuning
+    from hypercompile.backends.tvm_backend import import_tvm
+
+    path = hc.build(ref("TinyHyper"), out=tmp_path / "b", backends=["tvm"])
+    tvm = import_tvm()
+    vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(str(path / "tvm" / "g0.so")), tvm.cpu())
+    assert vm.module.implements_function(tvm_tuning.TRANSFORM_PARAMS)
+    w = [tvm.runtime.tensor(np.ones(s, np.float32)) for s in [(16, 8), (16,), (4, 16), (4,)]]
+    lifted, seconds = tvm_tuning.transform_weights(vm, w)
+    assert [tuple(t.shape) for t in lifted] != [tuple(t.shape) for t in w] and seconds >= 0
