@@ -317,6 +317,8 @@ def inspect(bundle, as_json) -> None:
                 if dev
                 else "-"
             )
+            if dev.get("fatbins") and info.get("sm"):
+                code += f" for {info['sm']}, nvcc {info.get('nvcc', '?')}"
             t.add_row(gid, be, str(info.get("elf")), code)
         out.print(t)
     programs = m.get("programs") or {}
