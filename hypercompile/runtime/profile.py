@@ -165,6 +165,10 @@ def describe(fp: dict[str, Any]) -> str:
 # -- statistics, memory, FLOPs ---------------------------------------------------------------
 
 
+ROUNDS = 10  # timed runs are spread over this many rounds
+ROUND_PAUSE_S = 0.002
+
+
 def summarize(times_s: Sequence[float]) -> dict[str, Any]:
     """Latency statistics in milliseconds. `spread_ms` is p90 - p10: the width of the middle
     80 % of runs, the noise a later profile's median should stay within."""
@@ -350,6 +354,9 @@ class _Flops:
 
 
 def _time_runner(runner: Any, pool: list[dict], warmup: int, repeat: int, program: bool):
+    """Time `repeat` runs in up to ROUNDS rounds with a short pause before each (spinning worker
+    threads park, and a burst of load from elsewhere hits one round, not the whole profile).
+    Returns the times, the DyNN traces and each round's median."""
     for i in range(warmup):
         runner.run(pool[i % len(pool)])
     times: list[float] = []
@@ -357,21 +364,27 @@ def _time_runner(runner: Any, pool: list[dict], warmup: int, repeat: int, progra
     if program:
         runner.stats = {}
     clock = time.perf_counter
-    for i in range(repeat):
-        feeds = pool[i % len(pool)]
-        if program:
-            runner.trace = trace = []
-            t = clock()
-            runner.run(feeds)
-            times.append(clock() - t)
-            traces.append(trace)
-        else:
-            t = clock()
-            runner.run(feeds)
-            times.append(clock() - t)
+    rounds = max(1, min(ROUNDS, repeat // 10))
+    medians: list[float] = []
+    for r in range(rounds):
+        time.sleep(ROUND_PAUSE_S)
+        start = len(times)
+        for i in range(r * repeat // rounds, (r + 1) * repeat // rounds):
+            feeds = pool[i % len(pool)]
+            if program:
+                runner.trace = trace = []
+                t = clock()
+                runner.run(feeds)
+                times.append(clock() - t)
+                traces.append(trace)
+            else:
+                t = clock()
+                runner.run(feeds)
+                times.append(clock() - t)
+        medians.append(float(np.median(times[start:])))
     if program:
         runner.trace = None
-    return times, traces
+    return times, traces, medians
 
 
 def profile_variant(
@@ -390,8 +403,11 @@ def profile_variant(
     peak_ok = _reset_peak()
     runner = bundle._load_runner(variant, backend)
     is_program = "program" in variant
-    times, traces = _time_runner(runner, pool, warmup, repeat, is_program)
+    times, traces, medians = _time_runner(runner, pool, warmup, repeat, is_program)
     rec = summarize(times)
+    # how far the medians of rounds taken at different moments moved: noise that the spread
+    # of single runs misses (load from elsewhere comes and goes)
+    rec["drift_ms"] = round((max(medians) - min(medians)) * 1e3, 6)
     # peak: the high-water RSS while loading and running, above the RSS before (sessions,
     # bound weights, arenas, activations); process-level, so approximate
     rec["peak_mem_mb"] = round((_peak_rss() - rss0) / 2**20, 3) if peak_ok else None
