@@ -33,7 +33,7 @@ from common import console, fmt_time, measure, ratio  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import hypercompile as hc  # noqa: E402
-from hypercompile import format as fmt  # noqa: E402
+from hypercompile.core import tensors as fmt  # noqa: E402
 from hypercompile.frontend.loader import resolve_model  # noqa: E402
 from hypercompile.frontend.materialize import materialize  # noqa: E402
 

@@ -44,7 +44,7 @@ def bare_session(bundle: hc.Bundle, variant: dict):
     import onnxruntime as ort
     from onnx import numpy_helper
 
-    from hypercompile.format import read_tensors
+    from hypercompile.core.tensors import read_tensors
 
     g = onnx.load(str(bundle.path / bundle.manifest["graphs"][variant["graph"]]["path"]),
                   load_external_data=False)

@@ -339,26 +339,28 @@ def program_tree(pid: str, program: dict[str, Any], label: str) -> Any:
     the test and how often each side was taken at build time."""
     from rich.tree import Tree
 
-    blocks = {b["id"]: b for b in program["blocks"]}
-    decisions = program.get("decisions", {})
+    from .core import ir
+
+    prog = ir.Program.from_json(program)
     coverage = program.get("coverage", {})
     seen: set[int] = set()
+    graphs = {b.graph for b in prog.blocks.values() if b.graph}
     root = Tree(
-        f"[bold]program {pid}[/] ({escape(label)}): {len(blocks)} blocks, "
-        f"{len({b['graph'] for b in blocks.values() if b['graph']})} subgraphs"
+        f"[bold]program {pid}[/] ({escape(label)}): {len(prog.blocks)} blocks, "
+        f"{len(graphs)} subgraphs"
     )
 
-    def describe(b: dict) -> str:
-        head = f"[cyan]b{b['id']}[/]"
-        if b["graph"]:
+    def describe(b: ir.Block) -> str:
+        head = f"[cyan]b{b.id}[/]"
+        if b.graph:
             head += (
-                f" [dim]{b['graph']}[/] {escape(', '.join(b['inputs']) or '-')} -> "
-                f"{escape(', '.join(b['outputs']) or '-')}"
+                f" [dim]{b.graph}[/] {escape(', '.join(b.inputs) or '-')} -> "
+                f"{escape(', '.join(b.outputs) or '-')}"
             )
-        if b.get("loop_header"):
+        if b.loop_header:
             head += " [magenta](loop header)[/]"
-        extra = [f"{k} = {v['value']}" for k, v in b.get("assign", {}).items()]
-        extra += [f"{d} = {s}" for d, s in b.get("moves", [])]
+        extra = [f"{k} = {v.value}" for k, v in b.assign.items()]
+        extra += [f"{d} = {s}" for d, s in b.moves]
         if extra:
             head += f" [dim]host: {escape('; '.join(extra))}[/]"
         return head
@@ -369,30 +371,32 @@ def program_tree(pid: str, program: dict[str, Any], label: str) -> Any:
                 node.add(f"[dim]-> b{bid}[/]")
                 return
             seen.add(bid)
-            b = blocks[bid]
+            b = prog.blocks[bid]
             node.add(describe(b))
-            nxt = b["next"]
-            if "goto" in nxt:
-                bid = nxt["goto"]
+            t = b.term
+            if isinstance(t, ir.Goto):
+                bid = t.target
                 continue
-            if "return" in nxt:
-                node.add(f"[green]return[/] {escape(', '.join(nxt['return']))}")
+            if isinstance(t, ir.Return):
+                node.add(f"[green]return[/] {escape(', '.join(t.values))}")
                 return
-            name = nxt.get("branch") or nxt.get("switch")
-            info = decisions.get(name, {})
+            name = t.cond if isinstance(t, ir.Branch) else t.index
+            info = prog.decisions.get(name)
             taken = coverage.get(name, {}).get("taken", {})
-            where = f"line {info.get('line', '?')}: {escape(info.get('source', name))}"
-            if "branch" in nxt:
+            where = (
+                f"line {info.line}: {escape(info.source)}" if info else f"line ?: {escape(name)}"
+            )
+            if isinstance(t, ir.Branch):
                 sub = node.add(f"[yellow]if[/] {where}")
-                walk(sub.add(f"then [dim]({taken.get('then', 0)} of build inputs)[/]"), nxt["then"])
-                walk(sub.add(f"else [dim]({taken.get('else', 0)})[/]"), nxt["else"])
+                walk(sub.add(f"then [dim]({taken.get('then', 0)} of build inputs)[/]"), t.then)
+                walk(sub.add(f"else [dim]({taken.get('else', 0)})[/]"), t.orelse)
             else:
                 sub = node.add(f"[yellow]switch[/] {where}")
-                for i, case in enumerate(nxt["cases"]):
+                for i, case in enumerate(t.cases):
                     walk(sub.add(f"case {i} [dim]({taken.get(str(i), 0)})[/]"), case)
             return
 
-    walk(root, program["entry"])
+    walk(root, prog.entry)
     return root
 
 
@@ -460,8 +464,8 @@ def profile(
     """Time every variant on every back end here (or on a board through --rpc), and store the
     profile in the manifest under this device's fingerprint."""
 
-    from .runtime.profile import describe
-    from .runtime.profile import profile as do_profile
+    from .devtools.profile import profile as do_profile
+    from .runtime.fingerprint import describe
 
     with _progress_bar(quiet=as_json) as progress:
         device, entry = do_profile(
@@ -479,7 +483,7 @@ def profile(
     manifest = json.loads((Path(bundle) / "manifest.json").read_text())
     plot_path = None
     if plot_file:
-        from .plot import plot_profile
+        from .devtools.plot import plot_profile
 
         plot_path = str(plot_profile(manifest, device, plot_file, x=plot_x))
     if as_json:
@@ -510,7 +514,7 @@ def _ms(x: Any) -> str:
 
 def profile_table(m: dict[str, Any], key: str, entry: dict[str, Any], here: bool) -> Any:
     """One row per variant, back end and batch; the fastest back end of a variant is starred."""
-    from .runtime.profile import describe
+    from .runtime.fingerprint import describe
 
     mark = " [green](this device)[/]" if here else ""
     title = f"profile {key}{mark}: {escape(describe(entry.get('device') or {}))}"
@@ -583,7 +587,7 @@ def program_tables(m: dict[str, Any], entry: dict[str, Any]) -> list[Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print targets as JSON.")
 def targets(as_json) -> None:
     """List the device targets shipped with hypercompile."""
-    from .targets import list_targets
+    from .core.targets import list_targets
 
     found = list_targets()
     if as_json:

@@ -34,7 +34,7 @@ def test_manifest_records_schema_io_parity_and_hashes(tiny_bundle):
 
 
 def test_each_weight_file_holds_only_its_variant_tensors(tiny_bundle):
-    from hypercompile.format import read_tensors
+    from hypercompile.core.tensors import read_tensors
 
     hm = TinyHyper()
     for i, cond in enumerate(hm.conditions()):

@@ -15,7 +15,6 @@ from dyn_models import Router
 from models import TinyHyper
 
 import hypercompile as hc
-from hypercompile import format as fmt
 from hypercompile.backends.tvm_device import (
     FATBIN_MAGIC,
     elf_machine,
@@ -23,6 +22,7 @@ from hypercompile.backends.tvm_device import (
     nvcc_info,
     patch_cuda_modules,
 )
+from hypercompile.core import tensors as fmt
 from hypercompile.errors import BackendError, BuildError, ParityError
 
 pytest.importorskip("tvm", reason="apache-tvm is an optional back end")
@@ -201,7 +201,7 @@ def test_device_checks_run_before_first_answer(router_tvm, tmp_path):
 @needs_nvcc
 def test_x86_cuda_bundle_answers_like_pytorch_on_the_gpu(tmp_path):
     from hypercompile.backends.tvm_backend import BACKEND
-    from hypercompile.targets import load_target
+    from hypercompile.core.targets import load_target
 
     reason = BACKEND.runs_here(load_target("x86-cuda"))
     if reason:
@@ -218,7 +218,7 @@ def test_x86_cuda_bundle_answers_like_pytorch_on_the_gpu(tmp_path):
 
 def test_tvm_target_tags_expand_and_unknown_tags_are_named(tmp_path):
     from hypercompile.backends.tvm_backend import resolve_target
-    from hypercompile.targets import load_target
+    from hypercompile.core.targets import load_target
 
     spec = resolve_target(load_target("jetson-agx-orin"))  # tvm_tag = nvidia/jetson-agx-orin-32gb
     assert spec["kind"] == "cuda" and spec["arch"] == "sm_87"

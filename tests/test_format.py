@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from hypercompile import BundleError
-from hypercompile import format as fmt
+from hypercompile.core import tensors as fmt
 
 
 def test_tensors_round_trip_every_dtype(tmp_path):

@@ -20,6 +20,7 @@ from dyn_models import (
 )  # fmt: skip
 
 from hypercompile import UnsupportedModelError
+from hypercompile.core.ir import Branch, Switch
 from hypercompile.frontend.program import Probe, block_source, split_module
 
 
@@ -48,7 +49,7 @@ def test_static_control_flow_is_evaluated_away():
 
 def test_early_exit_in_loop_unrolls_and_keeps_python_values_python():
     prog, probe = _run_probe(EarlyExit())
-    branches = [b for b in prog.blocks.values() if b.term[0] == "branch"]
+    branches = [b for b in prog.blocks.values() if isinstance(b.term, Branch)]
     assert len(branches) == 3
     text = _sources(prog)
     # thresholds[i] with the unrolled i folded to constants, the modules resolved by path
@@ -60,8 +61,8 @@ def test_early_exit_in_loop_unrolls_and_keeps_python_values_python():
 
 def test_while_loop_counter_is_carried_by_the_host():
     prog, probe = _run_probe(Refine())
-    assert prog.loop_headers
-    assigns = {k: v for b in prog.blocks.values() for k, v in b.assign.items()}
+    assert prog.find_loop_headers()
+    assigns = {k: v.value for b in prog.blocks.values() for k, v in b.assign.items()}
     assert assigns == {"steps": 0}  # the Python counter starts on the host
     loop_counts = [c for b, c in probe.counts.items()]
     assert any(c["then"] > 0 for c in loop_counts)
@@ -69,15 +70,15 @@ def test_while_loop_counter_is_carried_by_the_host():
 
 def test_dispatch_on_computed_index_becomes_a_switch():
     prog, probe = _run_probe(Router(), n=60)
-    switches = [b for b in prog.blocks.values() if b.term[0] == "switch"]
-    assert len(switches) == 1 and len(switches[0].term[2]) == 3
+    switches = [b for b in prog.blocks.values() if isinstance(b.term, Switch)]
+    assert len(switches) == 1 and len(switches[0].term.cases) == 3
     (counts,) = [c for b, c in probe.counts.items()]
     assert set(counts) == {"0", "1", "2"}
 
 
 def test_submodule_with_data_dependent_branch_is_inlined():
     prog, probe = _run_probe(Stack())
-    assert len({b.term[1] for b in prog.blocks.values() if b.term[0] == "branch"}) == 3
+    assert len({b.term.cond for b in prog.blocks.values() if isinstance(b.term, Branch)}) == 3
     text = _sources(prog)
     assert "_hc_get(__root, 'layer1.fc')" in text  # the inlined GatedBlock body
     assert "torch.stack([" in text  # the appended list, as a list display
@@ -87,7 +88,7 @@ def test_several_inputs_nested_if_in_loop_in_if():
     prog, _ = _run_probe(TwoInputs())
     assert prog.inputs == ["x", "y"]
     # three decisions in the source; tail duplication may copy one into two predecessors
-    assert len({b.term[1] for b in prog.blocks.values() if b.term[0] == "branch"}) == 3
+    assert len({b.term.cond for b in prog.blocks.values() if isinstance(b.term, Branch)}) == 3
 
 
 @pytest.mark.parametrize(

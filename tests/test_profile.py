@@ -12,7 +12,7 @@ from conftest import ROOT, manifest, ref
 from dyn_models import EarlyExit
 
 import hypercompile as hc
-from hypercompile.runtime import profile as P
+from hypercompile.devtools import profile as P
 
 MORPH = f"{ROOT / 'examples' / 'morph_hypernet' / 'model.py'}:make"
 
@@ -215,7 +215,7 @@ def test_pareto_front_on_a_hand_checked_example():
 
 
 def test_plot_shows_every_variant_and_the_pareto_front(profiled):
-    from hypercompile.plot import profile_points
+    from hypercompile.devtools.plot import profile_points
 
     path, printed = profiled
     png = path.parent / "pareto.png"

@@ -171,7 +171,7 @@ def _store_checks(path, corrupt: bool) -> None:
     import torch
     from models import TinyHyper
 
-    from hypercompile import format as fmt
+    from hypercompile.core import tensors as fmt
     from hypercompile.runtime.checks import pack_checks
 
     m = manifest(path)

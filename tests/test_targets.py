@@ -1,7 +1,7 @@
 import pytest
 
 from hypercompile import TargetError
-from hypercompile.targets import DEFAULT_TARGET, list_targets, load_target
+from hypercompile.core.targets import DEFAULT_TARGET, list_targets, load_target
 
 
 def test_default_target_is_x86_cpu_on_onnxruntime():
@@ -71,7 +71,7 @@ def test_build_for_a_jetson_keeps_the_back_ends_that_build_here(tmp_path):
     assert m["target"]["name"] == "jetson-orin-nano"
     # TVM (cross-compiled, with CUDA kernels) where the toolchain is here, and ONNX graphs
     from hypercompile.backends.tvm_device import toolchain_missing
-    from hypercompile.targets import load_target
+    from hypercompile.core.targets import load_target
 
     tvm_here = toolchain_missing(load_target("jetson-orin-nano")) is None
     want = ["tvm", "onnxruntime"] if tvm_here else ["onnxruntime"]

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import format as fmt
+from ..core import tensors as fmt
+from ..core.targets import host_arch
 from ..errors import BackendError, BuildError
-from ..targets import host_arch
 from . import tvm_tuning
 from .base import Backend, Binding
 from .onnx_rewrite import lstm_to_cells

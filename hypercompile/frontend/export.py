@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import format as fmt
+from ..core import tensors as fmt
 from ..errors import BuildError
 from .materialize import flatten_outputs
 

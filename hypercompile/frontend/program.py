@@ -13,15 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
+from ..core import ir
 from ..errors import BuildError
-from ..runtime.program import source_coverage  # noqa: F401  (re-exported for the builder)
 from .splitter import Lowerer, Unsupported
 
-MAX_ITERATIONS = 10_000
+MAX_ITERATIONS = ir.DEFAULT_MAX_ITERATIONS
 _TAIL_DUP_MAX_STMTS = 16
 
 
@@ -73,36 +72,20 @@ HELPERS = {
     f.__name__: f
     for f in (_hc_bool, _hc_and, _hc_or, _hc_not, _hc_item, _hc_int, _hc_float, _hc_get)
 }
-HELPERS["_hc_bool_"] = _hc_bool
 
 
 # -- the program ---------------------------------------------------------------------------------
 @dataclass
-class PBlock:
-    id: int
-    stmts: list[ast.stmt]
-    assign: dict[str, Any]
-    moves: list[tuple[str, str]] = field(default_factory=list)
-    term: tuple = ()
-    inputs: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-    fn: Callable | None = None
+class Program(ir.Program):
+    """The host program while it is built: the IR, with each block's Python statements in
+    `Block.body` (a list of statements) and what the probe learns about values."""
 
-
-@dataclass
-class Program:
-    blocks: dict[int, PBlock]
-    entry: int
-    inputs: list[str]
-    consts: list[Any]
-    globals: dict[str, Any]
-    filename: str
-    loop_headers: set[int] = field(default_factory=set)
-    leaves: dict[str, list[str]] = field(default_factory=dict)  # name -> flat env names
-    specs: dict[str, Any] = field(default_factory=dict)  # name -> pytree spec
+    consts: list[Any] = field(default_factory=list)
+    globals: dict[str, Any] = field(default_factory=dict)
+    filename: str = "<forward>"
+    fns: dict[int, Callable] = field(default_factory=dict)  # block id -> compiled statements
+    specs: dict[str, Any] = field(default_factory=dict)  # value name -> pytree spec
     examples: dict[int, dict[str, list[Any]]] = field(default_factory=dict)  # by shapes
-    output_spec: Any = None
-    decisions: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 def split_module(module: torch.nn.Module) -> Program | None:
@@ -110,111 +93,93 @@ def split_module(module: torch.nn.Module) -> Program | None:
     flow (then the whole module exports as one static graph)."""
     lw = Lowerer(module)
     entry, inputs = lw.lower_forward()
+    for b in lw.blocks:
+        if b.term is None:
+            raise Unsupported("internal: a block has no successor")
     prog = Program(
-        {b.id: PBlock(b.id, b.stmts, dict(b.assign), term=b.term) for b in lw.blocks},
-        entry.id,
-        inputs,
-        lw.consts,
-        lw.globals,
-        sys.modules[type(module).__module__].__file__ or "<forward>",
-        decisions=lw.decisions,
+        entry=entry.id,
+        inputs=inputs,
+        blocks={
+            b.id: ir.Block(
+                b.id,
+                b.term,
+                body=list(b.stmts),
+                assign={k: ir.Literal.of(v) for k, v in b.assign.items()},
+            )
+            for b in lw.blocks
+        },
+        max_iterations=MAX_ITERATIONS,
+        decisions={n: ir.Decision(line, src) for n, (line, src) in lw.decisions.items()},
+        consts=lw.consts,
+        globals=lw.globals,
+        filename=sys.modules[type(module).__module__].__file__ or "<forward>",
     )
     _clean(prog)
-    if len(prog.blocks) == 1 and prog.blocks[prog.entry].term[0] == "return":
+    if len(prog.blocks) == 1 and isinstance(prog.blocks[prog.entry].term, ir.Return):
         return None
     _finish(prog)
     return prog
 
 
-def _succ(term: tuple) -> list[int]:
-    if term[0] == "goto":
-        return [term[1]]
-    if term[0] == "branch":
-        return [term[2], term[3]]
-    if term[0] == "switch":
-        return list(term[2])
-    return []
-
-
-def _retarget(term: tuple, old: int, new: int) -> tuple:
-    def r(b: int) -> int:
-        return new if b == old else b
-
-    if term[0] == "goto":
-        return ("goto", r(term[1]))
-    if term[0] == "branch":
-        return ("branch", term[1], r(term[2]), r(term[3]))
-    if term[0] == "switch":
-        return ("switch", term[1], [r(b) for b in term[2]])
-    return term
-
-
-def _preds(prog: Program) -> dict[int, list[int]]:
-    preds: dict[int, list[int]] = {b: [] for b in prog.blocks}
-    for b in prog.blocks.values():
-        for s in _succ(b.term):
-            preds[s].append(b.id)
-    return preds
-
-
 def _reachable(prog: Program) -> None:
-    seen, stack = set(), [prog.entry]
-    while stack:
-        b = stack.pop()
-        if b in seen:
+    keep = set(prog.reachable())
+    prog.blocks = {k: v for k, v in prog.blocks.items() if k in keep}
+
+
+def _empty(b: ir.Block) -> bool:
+    return not b.body and not b.assign and not b.moves
+
+
+def _thread_jumps(prog: Program) -> bool:
+    """Jumps through empty blocks go straight to their target; True when any moved."""
+    changed = False
+    for b in list(prog.blocks.values()):
+        for s in ir.successors(b.term):
+            t = prog.blocks[s]
+            if t.id != b.id and _empty(t) and isinstance(t.term, ir.Goto) and t.term.target != t.id:
+                b.term = ir.retarget(b.term, s, t.term.target)
+                changed = True
+    if prog.entry in prog.blocks:
+        e = prog.blocks[prog.entry]
+        if _empty(e) and isinstance(e.term, ir.Goto) and e.term.target != e.id:
+            prog.entry = e.term.target
+            changed = True
+    return changed
+
+
+def _merge_chain(prog: Program) -> bool:
+    """Merge one block into its only predecessor when that one jumps straight to it."""
+    preds = prog.predecessors()
+    for b in list(prog.blocks.values()):
+        if not isinstance(b.term, ir.Goto):
             continue
-        seen.add(b)
-        stack.extend(_succ(prog.blocks[b].term))
-    prog.blocks = {k: v for k, v in prog.blocks.items() if k in seen}
-
-
-def _empty(b: PBlock) -> bool:
-    return not b.stmts and not b.assign and not b.moves
+        s = b.term.target
+        t = prog.blocks.get(s)
+        if t is None or t.id == b.id or preds[s] != [b.id] or s == prog.entry:
+            continue
+        if b.assign or b.moves:
+            if t.body:
+                continue
+            # host-only tail: carry t's host work after b's
+            b.assign.update(t.assign)
+            b.moves += t.moves
+        else:
+            b.body = b.body + t.body
+            b.assign = dict(t.assign)
+            b.moves = list(t.moves)
+        b.term = t.term
+        del prog.blocks[s]
+        return True
+    return False
 
 
 def _clean(prog: Program) -> None:
     """Thread jumps through empty blocks and merge straight-line chains, to a fixed point."""
-    for b in prog.blocks.values():
-        if b.term is None:
-            raise Unsupported("internal: a block has no successor")
     changed = True
     while changed:
-        changed = False
         _reachable(prog)
-        for b in list(prog.blocks.values()):
-            for s in _succ(b.term):
-                t = prog.blocks[s]
-                if t.id != b.id and _empty(t) and t.term[0] == "goto" and t.term[1] != t.id:
-                    b.term = _retarget(b.term, s, t.term[1])
-                    changed = True
-        if prog.entry in prog.blocks:
-            e = prog.blocks[prog.entry]
-            if _empty(e) and e.term[0] == "goto" and e.term[1] != e.id:
-                prog.entry = e.term[1]
-                changed = True
-        preds = _preds(prog)
-        for b in list(prog.blocks.values()):
-            if b.id not in prog.blocks or b.term[0] != "goto":
-                continue
-            s = b.term[1]
-            t = prog.blocks.get(s)
-            if t is None or t.id == b.id or preds[s] != [b.id] or s == prog.entry:
-                continue
-            if b.assign or b.moves:
-                if t.stmts:
-                    continue
-                # host-only tail: carry t's host work after b's
-                for k, v in t.assign.items():
-                    b.assign[k] = v
-                b.moves += t.moves
-            else:
-                b.stmts = b.stmts + t.stmts
-                b.assign = dict(t.assign)
-                b.moves = list(t.moves)
-            b.term = t.term
-            del prog.blocks[s]
-            changed = True
-            break
+        changed = _thread_jumps(prog)
+        changed = _merge_chain(prog) or changed
 
 
 # -- liveness --------------------------------------------------------------------------------------
@@ -250,19 +215,11 @@ def _stmt_uses_defs(stmt: ast.stmt, names: set[str]) -> tuple[set[str], set[str]
     return uses, defs
 
 
-def _term_uses(term: tuple) -> set[str]:
-    if term[0] in ("branch", "switch"):
-        return {term[1]}
-    if term[0] == "return":
-        return {term[1]}
-    return set()
-
-
 def _program_names(prog: Program) -> set[str]:
     names = set(prog.inputs)
     for b in prog.blocks.values():
         names |= set(b.assign) | {m[0] for m in b.moves}
-        for s in b.stmts:
+        for s in b.body:
             names |= {
                 n.id
                 for n in ast.walk(s)
@@ -271,32 +228,37 @@ def _program_names(prog: Program) -> set[str]:
     return names
 
 
-def _block_use_def(b: PBlock, names: set[str]) -> tuple[set[str], set[str]]:
+def _stmts_use_def(stmts: list[ast.stmt], names: set[str]) -> tuple[set[str], set[str]]:
     uses: set[str] = set()
     defs: set[str] = set()
-    for s in b.stmts:
+    for s in stmts:
         u, d = _stmt_uses_defs(s, names)
         uses |= u - defs
         defs |= d
+    return uses, defs
+
+
+def _block_use_def(b: ir.Block, names: set[str]) -> tuple[set[str], set[str]]:
+    uses, defs = _stmts_use_def(b.body, names)
     for dst, src in b.moves:
         if src not in defs and src not in b.assign:
             uses.add(src)
         defs.add(dst)
     defs |= set(b.assign)
-    uses |= _term_uses(b.term) - defs
+    uses |= ir.term_uses(b.term) - defs
     return uses, defs
 
 
 def _liveness(prog: Program) -> tuple[dict[int, set[str]], dict[int, set[str]]]:
     names = _program_names(prog)
     ud = {k: _block_use_def(b, names) for k, b in prog.blocks.items()}
-    live_in = {k: set() for k in prog.blocks}
-    live_out = {k: set() for k in prog.blocks}
+    live_in: dict[int, set[str]] = {k: set() for k in prog.blocks}
+    live_out: dict[int, set[str]] = {k: set() for k in prog.blocks}
     changed = True
     while changed:
         changed = False
         for k, b in prog.blocks.items():
-            out = set().union(*(live_in[s] for s in _succ(b.term))) if _succ(b.term) else set()
+            out = set().union(*(live_in[s] for s in ir.successors(b.term)))
             new_in = ud[k][0] | (out - ud[k][1])
             if out != live_out[k] or new_in != live_in[k]:
                 live_out[k], live_in[k] = out, new_in
@@ -309,26 +271,26 @@ def _eliminate_dead(prog: Program) -> None:
     names = _program_names(prog)
     _, live_out = _liveness(prog)
     for k, b in prog.blocks.items():
-        live = set(live_out[k]) | _term_uses(b.term)
+        live = set(live_out[k]) | ir.term_uses(b.term)
         for dst, src in reversed(b.moves):
             live.discard(dst)
             live.add(src)
         live -= set(b.assign)
         kept = []
-        for s in reversed(b.stmts):
+        for s in reversed(b.body):
             u, d = _stmt_uses_defs(s, names)
             if isinstance(s, (ast.Assign, ast.AugAssign)) and d and not (d & live):
                 continue
             live = (live - d) | u
             kept.append(s)
-        b.stmts = kept[::-1]
+        b.body = kept[::-1]
         _copies_to_moves(b)
 
 
-def _copies_to_moves(b: PBlock) -> None:
+def _copies_to_moves(b: ir.Block) -> None:
     """`a = b` at the end of a block's graph is a host move, not a graph output."""
-    while b.stmts:
-        s = b.stmts[-1]
+    while b.body:
+        s = b.body[-1]
         if not (
             isinstance(s, ast.Assign)
             and len(s.targets) == 1
@@ -337,65 +299,45 @@ def _copies_to_moves(b: PBlock) -> None:
         ):
             break
         b.moves.insert(0, (s.targets[0].id, s.value.id))
-        b.stmts.pop()
+        b.body.pop()
 
 
 def _tail_duplicate(prog: Program) -> None:
     """A small block that ends in a branch, switch or return and is reached by plain jumps is
     copied into those predecessors: one subgraph call instead of two on each path."""
-    preds = _preds(prog)
+    preds = prog.predecessors()
+    headers = prog.find_loop_headers()
     for b in list(prog.blocks.values()):
-        if b.term[0] == "goto" or b.assign or b.moves or len(b.stmts) > _TAIL_DUP_MAX_STMTS:
+        if isinstance(b.term, ir.Goto) or b.assign or b.moves or len(b.body) > _TAIL_DUP_MAX_STMTS:
             continue
-        if b.id in prog.loop_headers and not b.stmts:
+        if b.id in headers and not b.body:
             continue
         for p in preds[b.id]:
             pb = prog.blocks[p]
-            if pb.term == ("goto", b.id) and not pb.assign and not pb.moves and p != b.id:
-                pb.stmts = pb.stmts + [copy.deepcopy(s) for s in b.stmts]
+            if pb.term == ir.Goto(b.id) and not pb.assign and not pb.moves and p != b.id:
+                pb.body = pb.body + [copy.deepcopy(s) for s in b.body]
                 pb.term = b.term
     _reachable(prog)
 
 
-def _loop_headers(prog: Program) -> set[int]:
-    headers, state = set(), {}
-
-    def dfs(b: int) -> None:
-        state[b] = 1
-        for s in _succ(prog.blocks[b].term):
-            if state.get(s) == 1:
-                headers.add(s)
-            elif s not in state:
-                dfs(s)
-        state[b] = 2
-
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20 * len(prog.blocks) + 1000))
-    dfs(prog.entry)
-    return headers
-
-
 def _finish(prog: Program) -> None:
-    prog.loop_headers = _loop_headers(prog)
     _eliminate_dead(prog)
     _tail_duplicate(prog)
     _eliminate_dead(prog)
     _clean(prog)
-    prog.loop_headers = _loop_headers(prog)
-    live_in, live_out = _liveness(prog)
+    prog.mark_loop_headers()
+    _, live_out = _liveness(prog)
     names = _program_names(prog)
     for k, b in prog.blocks.items():
-        uses, defs = set(), set()
-        for s in b.stmts:
-            u, d = _stmt_uses_defs(s, names)
-            uses |= u - defs
-            defs |= d
-        needed_after = set(live_out[k]) | _term_uses(b.term) | {src for _, src in b.moves}
+        uses, defs = _stmts_use_def(b.body, names)
+        needed_after = set(live_out[k]) | ir.term_uses(b.term) | {src for _, src in b.moves}
         b.inputs = sorted(uses)
         b.outputs = sorted(defs & needed_after)
-        b.fn = _compile_block(b, prog) if b.stmts else None
+        if b.body:
+            prog.fns[k] = _compile_block(b, prog)
 
 
-def _compile_block(b: PBlock, prog: Program) -> Callable:
+def _compile_block(b: ir.Block, prog: Program) -> Callable:
     args = [ast.arg("__root")] + [ast.arg(n) for n in b.inputs]
     ret = ast.Return(ast.Tuple([ast.Name(n, ast.Load()) for n in b.outputs], ast.Load()))
     kw: dict[str, Any] = {}
@@ -404,20 +346,20 @@ def _compile_block(b: PBlock, prog: Program) -> Callable:
     fn = ast.FunctionDef(
         name=f"block{b.id}",
         args=ast.arguments(posonlyargs=[], args=args, kwonlyargs=[], kw_defaults=[], defaults=[]),
-        body=[*b.stmts, ret],
+        body=[*b.body, ret],
         decorator_list=[],
         returns=None,
         **kw,
     )
-    ast.copy_location(fn, b.stmts[0])
+    ast.copy_location(fn, b.body[0])
     mod = ast.fix_missing_locations(ast.Module([fn], []))
     scope = dict(prog.globals) | HELPERS | {"__c": prog.consts}
     exec(compile(mod, prog.filename, "exec"), scope)  # noqa: S102 - the user's own code
     return scope[f"block{b.id}"]
 
 
-def block_source(b: PBlock) -> str:
-    return "\n".join(ast.unparse(s) for s in b.stmts)
+def block_source(b: ir.Block) -> str:
+    return "\n".join(ast.unparse(s) for s in b.body)
 
 
 # -- eager execution (probe) ---------------------------------------------------------------------
@@ -432,71 +374,75 @@ def _as_value(v: Any) -> Any:
     return v
 
 
-def host_literal(v: Any) -> torch.Tensor:
-    return _as_value(v)
+class Probe(ir.Interpreter):
+    """The program's interpreter over PyTorch blocks (the same one the runtime uses over
+    compiled runners). As its own observer it records which blocks ran, the first inputs each
+    block received (examples to export with), the environment at every decision, how often each
+    side was taken, and the structure of every value."""
 
+    def __init__(self, prog: Program, root: torch.nn.Module):
+        self.prog, self.root = prog, root
+        self.reached: set[int] = set()
+        self.decisions: dict[int, dict[str, Any]] = {}  # last environment per decision block
+        self.counts: dict[int, dict[str, int]] = {}
+        self._last: ir.Block | None = None
+        super().__init__(prog)
 
-@dataclass
-class Probe:
-    """Runs a program eagerly over named values, recording what each block first received."""
+    def bind(self, block: ir.Block) -> Callable[[dict[str, Any]], None] | None:
+        fn = self.prog.fns.get(block.id)
+        if fn is None:
+            return None
+        inputs, outputs = block.inputs, block.outputs
 
-    prog: Program
-    root: torch.nn.Module
-    reached: set[int] = field(default_factory=set)
-    decisions: dict[int, dict[str, Any]] = field(default_factory=dict)  # last env per decision
-    counts: dict[int, dict[str, int]] = field(default_factory=dict)
-
-    def run(self, env: dict[str, Any], start: int | None = None, record: bool = True) -> Any:
-        prog = self.prog
-        b = prog.entry if start is None else start
-        visits = 0
-        while True:
-            blk = prog.blocks[b]
-            if record:
-                self.reached.add(b)
-                if blk.fn is not None:
-                    seen = prog.examples.setdefault(b, {})
-                    args = [env[n] for n in blk.inputs]
-                    sig = str([tuple(x.shape) for x in pytree.tree_leaves(args)])
-                    if sig not in seen and len(seen) < 4:
-                        seen[sig] = [pytree.tree_map(_clone, a) for a in args]
-            if blk.fn is not None:
-                outs = blk.fn(self.root, *[env[n] for n in blk.inputs])
-                for n, v in zip(blk.outputs, outs):
-                    env[n] = pytree.tree_map(_as_value, v)
-                    self._note_spec(n, env[n])
-            for n, v in blk.assign.items():
-                env[n] = host_literal(v)
+        def call(env: dict[str, Any]) -> None:
+            outs = fn(self.root, *[env[n] for n in inputs])
+            for n, v in zip(outputs, outs):
+                env[n] = pytree.tree_map(_as_value, v)
                 self._note_spec(n, env[n])
-            for dst, src in blk.moves:
-                env[dst] = env[src]
+
+        return call
+
+    def literal(self, lit: ir.Literal) -> torch.Tensor:
+        return _as_value(lit.value)  # a fresh tensor: a block may update it in place
+
+    def exceeded(self) -> Exception:
+        return BuildError(f"program exceeded {self.max_iterations} loop iterations")
+
+    def run(self, env: dict[str, Any], start: int | None = None) -> Any:  # type: ignore[override]
+        """The value `forward` returns, run from the entry (or from block `start`)."""
+        self._last = None
+        (out,) = super().run(env, start=start, observer=self)
+        self._note_host_values(env)
+        return out
+
+    # -- observer ----------------------------------------------------------------------------
+    def enter(self, block: ir.Block, env: dict[str, Any]) -> None:
+        self._note_host_values(env)
+        self._last = block
+        self.reached.add(block.id)
+        if block.id in self.prog.fns:
+            seen = self.prog.examples.setdefault(block.id, {})
+            args = [env[n] for n in block.inputs]
+            sig = str([tuple(x.shape) for x in pytree.tree_leaves(args)])
+            if sig not in seen and len(seen) < 4:
+                seen[sig] = [pytree.tree_map(_clone, a) for a in args]
+
+    def decide(self, block: ir.Block, env: dict[str, Any], side: str) -> None:
+        self.decisions[block.id] = dict(env)
+        c = self.counts.setdefault(
+            block.id, {"then": 0, "else": 0} if side in ("then", "else") else {}
+        )
+        c[side] = c.get(side, 0) + 1
+
+    def _note_host_values(self, env: dict[str, Any]) -> None:
+        """Check the structure of what the last block's host work set."""
+        last = self._last
+        if last is not None:
+            for n in last.assign:
+                self._note_spec(n, env[n])
+            for dst, _ in last.moves:
                 self._note_spec(dst, env[dst])
-            kind = blk.term[0]
-            if kind == "return":
-                return env[blk.term[1]]
-            if b in prog.loop_headers:
-                visits += 1
-                if visits > MAX_ITERATIONS:
-                    raise BuildError(f"program exceeded {MAX_ITERATIONS} loop iterations")
-            if kind == "goto":
-                b = blk.term[1]
-                continue
-            if record:
-                self.decisions[b] = dict(env)
-            if kind == "branch":
-                taken = bool(env[blk.term[1]])
-                c = self.counts.setdefault(b, {"then": 0, "else": 0})
-                c["then" if taken else "else"] += 1
-                b = blk.term[2] if taken else blk.term[3]
-            else:
-                cases = blk.term[2]
-                i = int(env[blk.term[1]])
-                if not -len(cases) <= i < len(cases):
-                    raise IndexError(f"index {i} out of range for {len(cases)} alternatives")
-                i %= len(cases)
-                c = self.counts.setdefault(b, {})
-                c[str(i)] = c.get(str(i), 0) + 1
-                b = cases[i]
+            self._last = None
 
     def _note_spec(self, name: str, value: Any) -> None:
         leaves, spec = pytree.tree_flatten(value)
@@ -517,11 +463,11 @@ class Probe:
         pending = True
         while pending:
             pending = False
-            missing = {k for k, b in self.prog.blocks.items() if b.fn is not None} - self.reached
+            missing = set(self.prog.fns) - self.reached
             if not missing:
                 return
             for b, env in list(self.decisions.items()):
-                for s in _succ(self.prog.blocks[b].term):
+                for s in ir.successors(self.prog.blocks[b].term):
                     if s not in self.reached:
                         try:
                             with torch.no_grad():
@@ -567,7 +513,7 @@ def leaves_of(prog: Program, name: str) -> list[str]:
 
 
 def export_block(
-    prog: Program, b: PBlock, root: torch.nn.Module, path: Path
+    prog: Program, b: ir.Block, root: torch.nn.Module, path: Path
 ) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
     """Export block `b` to `path`; returns (weight names, input specs, output specs)."""
     import onnx
@@ -576,7 +522,7 @@ def export_block(
 
     examples = list(prog.examples.get(b.id, {}).values())
     if not examples:
-        line = getattr(b.stmts[0], "lineno", "?")
+        line = getattr(b.body[0], "lineno", "?")
         raise BuildError(
             f"{prog.filename}:{line}: this part of forward was never reached on any "
             "input, so it cannot be exported"
@@ -594,7 +540,7 @@ def export_block(
         }
         for i, x in enumerate(flat)
     ]
-    module = BlockModule(root, b.fn, in_specs, len(b.outputs))
+    module = BlockModule(root, prog.fns[b.id], in_specs, len(b.outputs))
     with torch.no_grad():
         outs = module(*flat)
     in_names = [f"in{i}" for i in range(len(flat))]
@@ -613,7 +559,7 @@ def export_block(
                 dynamic_shapes=tuple(dynamic) if any(dynamic) else None,
             ).model_proto
     except Exception as e:
-        line = _user_line(e, prog.filename) or getattr(b.stmts[0], "lineno", "?")
+        line = _user_line(e, prog.filename) or getattr(b.body[0], "lineno", "?")
         text = _first_line(e)
         if "data-dependent" in text or "DataDependent" in text:
             raise Unsupported(
@@ -657,7 +603,7 @@ def _user_line(e: BaseException, filename: str) -> int | None:
     return line
 
 
-def block_key(prog: Program, b: PBlock) -> str:
+def block_key(prog: Program, b: ir.Block) -> str:
     """Blocks with the same code over the same input shapes export to the same graph."""
     shapes = sorted(prog.examples.get(b.id, {}))
     text = "\n".join([block_source(b), repr(b.inputs), repr(b.outputs), repr(shapes)])
@@ -668,55 +614,39 @@ def graph_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def program_entry(prog: Program, graph_of: dict[int, str], coverage: dict | None = None) -> dict:
-    """The host program as manifest data (no Python)."""
-    blocks = []
+def program_ir(prog: Program, graph_of: dict[int, str]) -> ir.Program:
+    """The host program as the runtime runs it: values flattened to their tensor leaves
+    (`name#i`), each block with a graph naming it; no Python."""
+    blocks = {}
     for k in sorted(prog.blocks):
         b = prog.blocks[k]
-        term = b.term
-        if term[0] == "goto":
-            nxt: dict[str, Any] = {"goto": term[1]}
-        elif term[0] == "branch":
-            nxt = {"branch": leaves_of(prog, term[1])[0], "then": term[2], "else": term[3]}
-        elif term[0] == "switch":
-            nxt = {"switch": leaves_of(prog, term[1])[0], "cases": list(term[2])}
-        else:
-            nxt = {"return": leaves_of(prog, term[1])}
-        moves = [
-            [d, s]
-            for dst, src in b.moves
-            for d, s in zip(leaves_of(prog, dst), leaves_of(prog, src))
-        ]
-        assign = {}
-        for n, v in b.assign.items():
-            arr = host_literal(v).numpy()
-            assign[n] = {"value": arr.item(), "dtype": str(arr.dtype)}
-        entry = {
-            "id": k,
-            "graph": graph_of.get(k),
-            "inputs": [x for n in b.inputs for x in leaves_of(prog, n)] if b.fn else [],
-            "outputs": [x for n in b.outputs for x in leaves_of(prog, n)] if b.fn else [],
-            "assign": assign,
-            "moves": moves,
-            "next": nxt,
-        }
-        if k in prog.loop_headers:
-            entry["loop_header"] = True
-        if b.fn is not None:
-            entry["source"] = block_source(b)
-        blocks.append(entry)
-    return {
-        "entry": prog.entry,
-        "inputs": list(prog.inputs),
-        "blocks": blocks,
-        "max_iterations": MAX_ITERATIONS,
-        "decisions": {
-            leaves_of(prog, n)[0]: {"line": line, "source": src}
-            for n, (line, src) in prog.decisions.items()
-        },
-        "coverage": coverage or {},
-    }
-
-
-def to_numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy()
+        t = b.term
+        if isinstance(t, ir.Branch):
+            t = ir.Branch(leaves_of(prog, t.cond)[0], t.then, t.orelse)
+        elif isinstance(t, ir.Switch):
+            t = ir.Switch(leaves_of(prog, t.index)[0], t.cases)
+        elif isinstance(t, ir.Return):
+            t = ir.Return(tuple(x for n in t.values for x in leaves_of(prog, n)))
+        calls = k in prog.fns
+        blocks[k] = ir.Block(
+            k,
+            t,
+            graph=graph_of.get(k),
+            inputs=[x for n in b.inputs for x in leaves_of(prog, n)] if calls else [],
+            outputs=[x for n in b.outputs for x in leaves_of(prog, n)] if calls else [],
+            assign=dict(b.assign),
+            moves=[
+                (d, s)
+                for dst, src in b.moves
+                for d, s in zip(leaves_of(prog, dst), leaves_of(prog, src))
+            ],
+            loop_header=b.loop_header,
+            source=block_source(b) if calls else None,
+        )
+    return ir.Program(
+        entry=prog.entry,
+        inputs=list(prog.inputs),
+        blocks=blocks,
+        max_iterations=prog.max_iterations,
+        decisions={leaves_of(prog, n)[0]: d for n, d in prog.decisions.items()},
+    )

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..core.ir import Branch, Goto, Return, Switch, Terminator
 from ..errors import UnsupportedModelError
 
 MAX_UNROLL = 10_000
@@ -87,7 +88,7 @@ class Block:
     id: int
     stmts: list[ast.stmt] = field(default_factory=list)
     assign: dict[str, Any] = field(default_factory=dict)  # host literals, set after stmts
-    term: tuple | None = None  # ("goto", b) ("branch", p, t, f) ("switch", i, [b]) ("return", n)
+    term: Terminator | None = None
 
 
 @dataclass
@@ -340,7 +341,7 @@ class Lowerer:
             return self._static_branch(stmt.body if value else stmt.orelse, st, frame, loop)
         pred = self.emit_predicate(stmt.test, st, frame)
         then_b, else_b = self.new_block(), self.new_block()
-        st.block.term = ("branch", pred, then_b.id, else_b.id)
+        st.block.term = Branch(pred, then_b.id, else_b.id)
         outs = [
             self.lower_body(stmt.body, St(then_b, st.env.copy()), frame, loop),
             self.lower_body(stmt.orelse, St(else_b, st.env.copy()), frame, loop),
@@ -441,7 +442,7 @@ class Lowerer:
             else:
                 kept[name] = value
         header = self.new_block()
-        pre.block.term = ("goto", header.id)
+        pre.block.term = Goto(header.id)
         henv = pre.env.copy()
         for name in assigned - set(kept):
             if not isinstance(henv.static.get(name), Poisoned):
@@ -450,10 +451,10 @@ class Lowerer:
         ok, value = self.static_eval(stmt.test, henv, frame)
         body_b, exit_b = self.new_block(), self.new_block()
         if ok:
-            header.term = ("goto", body_b.id if value else exit_b.id)
+            header.term = Goto(body_b.id if value else exit_b.id)
         else:
             pred = self.emit_predicate(stmt.test, hst, frame)
-            header.term = ("branch", pred, body_b.id, exit_b.id)
+            header.term = Branch(pred, body_b.id, exit_b.id)
         inner = Loop()
         end = self.lower_body(stmt.body, St(body_b, henv.copy()), frame, inner)
         for s in [end, *inner.continues]:
@@ -468,7 +469,7 @@ class Lowerer:
                 v = s.env.static.get(name, _MISSING)
                 if v is not _MISSING and name not in kept and not isinstance(v, Poisoned):
                     self.demote(name, s, frame, stmt)
-            s.block.term = ("goto", header.id)
+            s.block.term = Goto(header.id)
         exit_env = henv.copy()
         return self.join([St(exit_b, exit_env), *inner.breaks], frame, stmt)
 
@@ -497,7 +498,7 @@ class Lowerer:
                 node=stmt,
             )
         if frame.ret_name is None:
-            end.block.term = ("return", target)
+            end.block.term = Return((target,))
         else:
             frame.rets.append((end, _DYN))
         return None
@@ -681,7 +682,7 @@ class Lowerer:
                 merged.static[name] = Poisoned(f"`{name}` differs between data-dependent paths")
         j = self.new_block()
         for s in states:
-            s.block.term = ("goto", j.id)
+            s.block.term = Goto(j.id)
         return St(j, merged)
 
     # -- module state assigned in forward ------------------------------------------------------
@@ -793,7 +794,9 @@ class Lowerer:
             try:
                 end = trial.lower_body(node.body, St(b, env), trial_frame, None)
                 dynamic = len(trial.blocks) > 1 or end is None and len(trial_frame.rets) > 1
-                dynamic = dynamic or any(blk.term and blk.term[0] != "goto" for blk in trial.blocks)
+                dynamic = dynamic or any(
+                    blk.term and not isinstance(blk.term, Goto) for blk in trial.blocks
+                )
             except UnsupportedModelError:
                 dynamic = False  # leave it opaque: the exporter traces it or says why not
             self._inline_cache[key] = dynamic
@@ -892,7 +895,7 @@ class Lowerer:
         )
         items = list(container)
         cases = [self.new_block() for _ in items]
-        st.block.term = ("switch", index, [c.id for c in cases])
+        st.block.term = Switch(index, tuple(c.id for c in cases))
         outs = []
         local = f"__case{self._counter}"
         for case, item in zip(cases, items):

@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import format as fmt
 from ..backends import Runner, get_backend
 from ..backends.base import Binding
+from ..core import tensors as fmt
+from ..core.targets import Target, parse_target
 from ..errors import (
     BackendError,
     BudgetError,
@@ -21,7 +22,6 @@ from ..errors import (
     InputError,
     ProfileError,
 )
-from ..targets import Target, parse_target
 from .checks import run_checks, unpack_checks
 
 DEFAULT_CACHE_SIZE = 8
@@ -177,7 +177,7 @@ class Bundle:
         fingerprint key (see `runtime/profile.py`)."""
         if self.device:
             return self.device
-        from .profile import fingerprint_key, local_fingerprint
+        from .fingerprint import fingerprint_key, local_fingerprint
 
         return fingerprint_key(local_fingerprint())
 
@@ -186,7 +186,7 @@ class Bundle:
         fingerprint) is never used in its place: this raises ProfileError naming both."""
         if self._profile is not None:
             return self._profile
-        from .profile import describe, fingerprint_key, local_fingerprint
+        from .fingerprint import describe, fingerprint_key, local_fingerprint
 
         profiles = self.manifest.get("profile") or {}
         key = self.device_key()
@@ -375,14 +375,16 @@ class Bundle:
         weights = fmt.read_tensors(self._verify(variant["weights"]), variant["weights"])
         if "program" not in variant:
             return self._graph_runner(variant["graph"], backend, weights, shared=False)
+        from ..core.ir import Program
         from .program import ProgramRunner
 
-        program = self.manifest["programs"][variant["program"]]
-        gids = {b["graph"] for b in program["blocks"] if b.get("graph")}
+        program = Program.from_json(self.manifest["programs"][variant["program"]])
+        gids = {b.graph for b in program.blocks.values() if b.graph}
         runners = {
             gid: self._graph_runner(gid, backend, weights, shared=True) for gid in sorted(gids)
         }
-        return ProgramRunner(program, self.manifest["graphs"], runners)
+        inputs = {gid: [i["name"] for i in self.manifest["graphs"][gid]["inputs"]] for gid in gids}
+        return ProgramRunner(program, inputs, runners)
 
     def _graph_runner(
         self, gid: str, backend: str, weights: dict[str, np.ndarray], shared: bool

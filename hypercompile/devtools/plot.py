@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..runtime.fingerprint import describe
 from .errors import HypercompileError
-from .runtime.profile import describe, pareto_front
+from .profile import pareto_front
 
 
 def profile_points(

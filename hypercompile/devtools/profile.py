@@ -2,165 +2,39 @@
 parameters and FLOPs, and keep the results in the manifest under the device's key.
 
 Torch-free. `onnx` (FLOP counting) is imported only to count FLOPs and `tvm` only for TVM
-artifacts; remote boards are timed through a TVM RPC tracker by `runtime/remote.py`.
+artifacts; remote boards are timed through a TVM RPC tracker by `devtools/remote.py`.
 """
 
 from __future__ import annotations
 
 import copy
 import gc
-import hashlib
 import json
 import os
-import platform
 import re
 import resource
-import shutil
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import format as fmt
 from ..backends import get_backend
+from ..core import ir
+from ..core import tensors as fmt
+from ..core.targets import host_arch
 from ..errors import InputError, ProfileError
-from ..targets import host_arch
+from ..runtime.fingerprint import fingerprint_key, local_fingerprint, read_text
 
 if TYPE_CHECKING:
-    from .bundle import Bundle
+    from ..runtime.bundle import Bundle
 
 Progress = Callable[[str, int, int], None]
 DEFAULT_WARMUP = 10
 DEFAULT_REPEAT = 100
 POOL_SIZE = 32  # distinct random inputs the timed runs cycle through
-_PACKAGES = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "tvm": ("apache-tvm",)}
-
-# -- device fingerprint ----------------------------------------------------------------------
-
-
-def _read(path: str) -> str | None:
-    try:
-        return Path(path).read_text(errors="replace")
-    except OSError:
-        return None
-
-
-def _cpu_model() -> str:
-    text = _read("/proc/cpuinfo") or ""
-    for key in ("model name", "Hardware", "Processor", "cpu model"):
-        m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.M)
-        if m:
-            return m.group(1).strip()
-    return platform.processor() or "unknown"
-
-
-def _tool(args: list[str], timeout: float = 5.0) -> str | None:
-    """stdout of a read-only query tool, or None when it is absent or fails."""
-    if shutil.which(args[0]) is None:
-        return None
-    try:
-        res = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return res.stdout.strip() if res.returncode == 0 and res.stdout.strip() else None
-
-
-def _jetson() -> dict[str, Any] | None:
-    """Power mode (`nvpmodel -q`) and clock limits (`jetson_clocks --show`, current frequencies
-    dropped: they move with load). Both tools are only queried, never used to change a clock."""
-    mode = _tool(["nvpmodel", "-q"])
-    clocks = _tool(["jetson_clocks", "--show"])
-    if mode is None and clocks is None:
-        return None
-    info: dict[str, Any] = {}
-    if mode:
-        info["power_mode"] = " ".join(mode.split())
-    if clocks:
-        lines = []
-        for line in clocks.splitlines():
-            kept = []
-            for tok in line.split():
-                if tok.startswith("IdleStates"):
-                    break
-                if not tok.startswith("CurrentFreq="):
-                    kept.append(tok)
-            if kept:
-                lines.append(" ".join(kept))
-        info["clocks"] = lines
-    return info
-
-
-def backend_versions() -> dict[str, str]:
-    """Installed back-end runtimes and their versions (package metadata: nothing is imported)."""
-    out = {}
-    for backend, dists in _PACKAGES.items():
-        for dist in dists:
-            try:
-                out[backend] = metadata.version(dist)
-                break
-            except metadata.PackageNotFoundError:
-                continue
-    return out
-
-
-_LOCAL: dict[str, Any] = {}
-
-
-def local_fingerprint() -> dict[str, Any]:
-    """What identifies this machine for timing purposes: architecture, CPU model and core count,
-    board (device tree), GPU names (`nvidia-smi`), Jetson power mode and clock limits, and the
-    back-end versions. Computed once per process; the caller gets a copy."""
-    if not _LOCAL:
-        fp: dict[str, Any] = {
-            "kind": "local",
-            "arch": host_arch(),
-            "cpu": _cpu_model(),
-            "cores": os.cpu_count() or 0,
-            "backends": backend_versions(),
-        }
-        board = (_read("/proc/device-tree/model") or "").strip("\x00 \n")
-        if board:
-            fp["board"] = board
-        gpus = _tool(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"])
-        if gpus:
-            fp["gpu"] = [g.strip() for g in gpus.splitlines() if g.strip()]
-        jetson = _jetson()
-        if jetson:
-            fp["jetson"] = jetson
-        _LOCAL.update(fp)
-    return copy.deepcopy(_LOCAL)
-
-
-def fingerprint_key(fp: dict[str, Any]) -> str:
-    """A short stable key: the first 12 hex digits of the sha256 of the canonical JSON."""
-    canonical = json.dumps(fp, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
-
-
-def describe(fp: dict[str, Any]) -> str:
-    """One line for people: `AMD EPYC, 2 cores, x86_64, onnxruntime 1.32.0`."""
-    parts = []
-    if fp.get("kind") == "tvm-rpc":
-        parts.append(f"TVM RPC key {fp.get('rpc_key')}")
-    if fp.get("board"):
-        parts.append(str(fp["board"]))
-    parts.append(str(fp.get("cpu", "unknown CPU")))
-    if fp.get("cores"):
-        parts.append(f"{fp['cores']} cores")
-    if fp.get("threads"):
-        parts.append(f"{fp['threads']} TVM threads")
-    parts.append(str(fp.get("arch", "?")))
-    parts += list(fp.get("gpu", []))
-    if (fp.get("jetson") or {}).get("power_mode"):
-        parts.append(fp["jetson"]["power_mode"])
-    parts += [f"{k} {v}" for k, v in sorted((fp.get("backends") or {}).items())]
-    return ", ".join(parts)
-
 
 # -- statistics, memory, FLOPs ---------------------------------------------------------------
 
@@ -192,7 +66,7 @@ def summarize(times_s: Sequence[float]) -> dict[str, Any]:
 
 
 def _rss() -> int:
-    text = _read("/proc/self/statm")
+    text = read_text("/proc/self/statm")
     return int(text.split()[1]) * os.sysconf("SC_PAGE_SIZE") if text else 0
 
 
@@ -207,7 +81,7 @@ def _reset_peak() -> bool:
 
 
 def _peak_rss() -> int:
-    m = re.search(r"^VmHWM:\s*(\d+) kB", _read("/proc/self/status") or "", re.M)
+    m = re.search(r"^VmHWM:\s*(\d+) kB", read_text("/proc/self/status") or "", re.M)
     if m:
         return int(m.group(1)) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -353,16 +227,23 @@ class _Flops:
         return self.cache[gid, batch]
 
 
+class _Path(ir.Trace):
+    """A path trace that also counts decisions."""
+
+    def __init__(self, coverage: ir.Coverage):
+        super().__init__()
+        self.decide = coverage.decide  # type: ignore[method-assign]
+
+
 def _time_runner(runner: Any, pool: list[dict], warmup: int, repeat: int, program: bool):
     """Time `repeat` runs in up to ROUNDS rounds with a short pause before each (spinning worker
     threads park, and a burst of load from elsewhere hits one round, not the whole profile).
-    Returns the times, the DyNN traces and each round's median."""
+    Returns the times, the DyNN traces, each round's median and the DyNN's branch counts."""
     for i in range(warmup):
         runner.run(pool[i % len(pool)])
     times: list[float] = []
     traces: list[list[int]] = []
-    if program:
-        runner.stats = {}
+    coverage = ir.Coverage()
     clock = time.perf_counter
     rounds = max(1, min(ROUNDS, repeat // 10))
     medians: list[float] = []
@@ -372,19 +253,17 @@ def _time_runner(runner: Any, pool: list[dict], warmup: int, repeat: int, progra
         for i in range(r * repeat // rounds, (r + 1) * repeat // rounds):
             feeds = pool[i % len(pool)]
             if program:
-                runner.trace = trace = []
+                trace = _Path(coverage)
                 t = clock()
-                runner.run(feeds)
+                runner.run(feeds, trace)
                 times.append(clock() - t)
-                traces.append(trace)
+                traces.append(trace.blocks)
             else:
                 t = clock()
                 runner.run(feeds)
                 times.append(clock() - t)
         medians.append(float(np.median(times[start:])))
-    if program:
-        runner.trace = None
-    return times, traces, medians
+    return times, traces, medians, coverage.counts
 
 
 def profile_variant(
@@ -403,7 +282,7 @@ def profile_variant(
     peak_ok = _reset_peak()
     runner = bundle._load_runner(variant, backend)
     is_program = "program" in variant
-    times, traces, medians = _time_runner(runner, pool, warmup, repeat, is_program)
+    times, traces, medians, counts = _time_runner(runner, pool, warmup, repeat, is_program)
     rec = summarize(times)
     # how far the medians of rounds taken at different moments moved: noise that the spread
     # of single runs misses (load from elsewhere comes and goes)
@@ -435,9 +314,7 @@ def profile_variant(
             }
             for label, ts in sorted(by_path.items(), key=lambda kv: -len(kv[1]))
         ]
-        from .program import source_coverage
-
-        rec["branches"] = source_coverage(program, runner.stats or {})
+        rec["branches"] = ir.source_coverage(runner.program, counts)
         known = [p for p in rec["paths"] if p["flops"] is not None]
         rec["flops"] = (
             int(round(sum(p["flops"] * p["count"] for p in known) / len(times)))
@@ -625,7 +502,7 @@ def profile(
 ) -> tuple[str, dict[str, Any]]:
     """Profile the bundle at `path` here, or on the board a TVM RPC tracker at `rpc`
     (HOST:PORT) lends for `key`; store the result in its manifest. Returns (device key, entry)."""
-    from .bundle import load
+    from ..runtime.bundle import load
 
     bundle = load(path, cache_size=1)
     common = dict(batches=batches, warmup=warmup, repeat=repeat, inputs=inputs, progress=progress)

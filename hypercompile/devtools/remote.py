@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import format as fmt
 from ..backends import get_backend
+from ..core import tensors as fmt
 from ..errors import ProfileError
+from ..runtime.fingerprint import backend_versions
 from .profile import (
     DEFAULT_REPEAT,
     DEFAULT_WARMUP,
@@ -22,7 +23,6 @@ from .profile import (
     _Flops,
     _variant_entry,
     _variant_specs,
-    backend_versions,
     best_backend,
     folder_inputs,
     random_inputs,
@@ -31,7 +31,7 @@ from .profile import (
 )
 
 if TYPE_CHECKING:
-    from .bundle import Bundle
+    from ..runtime.bundle import Bundle
 
 
 def _first_line(e: BaseException) -> str:
@@ -137,7 +137,7 @@ def _check_on_board(tvm, vm, dev, bundle, variant, graph, bound) -> dict[str, fl
     """Run the bundle's stored PyTorch checks for `variant` on the board before timing it:
     a library that answers wrongly there gets no profile (ProfileError names it)."""
     from ..errors import ParityError
-    from .checks import run_checks, unpack_checks
+    from ..runtime.checks import run_checks, unpack_checks
 
     cases = unpack_checks(fmt.read_tensors(bundle._verify(variant["checks"]), variant["checks"]))
     names = [s["name"] for s in graph["inputs"]]

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import TargetError
+from ..errors import TargetError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,7 +27,7 @@ def host_arch() -> str:
 
 def targets_dir() -> Path:
     """Shipped targets: inside the wheel, or the repository's `targets/` in a checkout."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent
     packaged = here / "_targets"
     return packaged if packaged.is_dir() else here.parent / "targets"
 

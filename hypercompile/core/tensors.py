@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BundleError
+from ..errors import BundleError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"

@@ -18,29 +18,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
-from . import format as fmt
-from .backends import backend_names, get_backend
-from .errors import (
+from .. import __version__
+from ..backends import backend_names, get_backend
+from ..core import ir
+from ..core import tensors as fmt
+from ..core.targets import Target, host_arch, load_target, parse_target
+from ..errors import (
     BackendError,
     BuildError,
     HypercompileError,
     ParityError,
     UnsupportedModelError,
 )
-from .frontend.export import OPSET, GraphInfo, export_graph
-from .frontend.loader import resolve_model
-from .frontend.materialize import (
+from ..frontend.export import OPSET, GraphInfo, export_graph
+from ..frontend.loader import resolve_model
+from ..frontend.materialize import (
     architecture_signature,
     cond_label,
     flatten_outputs,
     materialize,
     random_like,
 )
-from .frontend.program import source_coverage
-from .runtime.bundle import Bundle
-from .runtime.checks import pack_checks, parity
-from .targets import Target, host_arch, load_target, parse_target
+from ..runtime.bundle import Bundle
+from ..runtime.checks import pack_checks, parity
 
 Progress = Callable[[str, int, int], None]
 DYNAMIC_PARITY_INPUTS = 200
@@ -186,7 +186,7 @@ def build(
         manifest["build_s"] = round(time.perf_counter() - t0, 3)
         fmt.write_manifest(tmp, manifest)
         if backends == ["auto"]:  # a brief profile records the fastest back end per variant
-            from .runtime.profile import profile
+            from ..devtools.profile import profile
 
             profile(tmp, warmup=3, repeat=30, progress=report)
         _put_in_place(tmp, out)
@@ -212,7 +212,7 @@ def _tune_request(trials: int | None, tgt: Target, names: list[str], out: Path):
             f"--tune-trials measures on this machine's CPU; target {tgt.name} ({kind}, "
             f"{tgt.arch}) is not it: build without --tune-trials"
         )
-    from .backends.tvm_tuning import TUNING_DIR, TuneRequest
+    from ..backends.tvm_tuning import TUNING_DIR, TuneRequest
 
     previous = out / TUNING_DIR if (out / fmt.MANIFEST).is_file() else None
     return TuneRequest(int(trials), previous)
@@ -325,8 +325,8 @@ def _split(target: torch.nn.Module, label: str):
     """The host program of a target with data-dependent control flow, else None. When the
     splitter meets something it cannot handle but forward has no control flow of its own, the
     whole-graph exporter gets its chance (it refuses data-dependent branches itself)."""
-    from .frontend.program import split_module
-    from .frontend.splitter import Unsupported
+    from ..frontend.program import split_module
+    from ..frontend.splitter import Unsupported
 
     try:
         return split_module(target)
@@ -338,7 +338,7 @@ def _split(target: torch.nn.Module, label: str):
 
 
 def _forward_has_control(module: torch.nn.Module) -> bool:
-    from .frontend.splitter import function_ast, has_control_flow
+    from ..frontend.splitter import function_ast, has_control_flow
 
     try:
         node, _, _ = function_ast(type(module).forward)
@@ -365,7 +365,7 @@ def _compile_graph(g: dict, tmp: Path, tgt: Target, backend_names: list[str], tu
 
 def _tuning_entry(tmp: Path, gid: str) -> dict[str, Any]:
     """The manifest's record of a graph's TVM tuning, from what `tvm_tuning.tune` wrote."""
-    from .backends.tvm_tuning import TUNING_DIR
+    from ..backends.tvm_tuning import TUNING_DIR
 
     folder = tmp / TUNING_DIR / gid
     info = json.loads((folder / "tuning.json").read_text())
@@ -378,7 +378,7 @@ def _build_program(
 ):
     """Probe the program against eager forward, export every block, and return the parity
     check and the program's manifest entry."""
-    from .frontend import program as P
+    from ..frontend import program as P
 
     names = list(prog.inputs)
     if len(names) != len(inputs):
@@ -404,7 +404,7 @@ def _build_program(
         probe.explore()
     graph_of: dict[int, str] = {}
     for k, b in sorted(prog.blocks.items()):
-        if b.fn is None:
+        if k not in prog.fns:
             continue
         key = P.block_key(prog, b)
         if key not in block_cache:
@@ -433,7 +433,8 @@ def _build_program(
                 _compile_graph(graphs[gid], tmp, tgt, backend_names, tune)
                 block_cache[key] = gid
         graph_of[k] = block_cache[key]
-    entry = P.program_entry(prog, graph_of)
+    entry = P.program_ir(prog, graph_of).to_json()
+    entry["coverage"] = {}
     entry["input_specs"] = [
         {"name": n, "dtype": str(_np(x).dtype), "shape": list(x.shape)}
         for n, x in zip(names, inputs)
@@ -544,12 +545,10 @@ def _verify_bundle(root: Path, manifest, checks: list[_Check], rtol: float, repo
                 continue
             worst_abs, worst_rel, mismatched = 0.0, 0.0, 0
             runner = bundle._runner(variant, backend)
-            stats = {} if "program" in variant else None
-            if stats is not None:
-                runner.stats = stats
+            cov = ir.Coverage() if "program" in variant else None
             for feeds, want in zip(check.inputs, check.expected):
                 try:
-                    got = bundle.run(feeds, backend=backend, **variant["cond"])
+                    got = runner.run(feeds) if cov is None else runner.run(feeds, cov)
                 except HypercompileError:
                     raise
                 except Exception as e:  # the back end itself failed on this variant
@@ -558,9 +557,9 @@ def _verify_bundle(root: Path, manifest, checks: list[_Check], rtol: float, repo
                         f"variant {cond_label(variant['cond'])} on {backend} fails to run: "
                         f"{type(e).__name__}: {first[:200]}"
                     ) from None
-                a, r = parity(list(got.values()), want)
+                a, r = parity(got, want)
                 worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
-                mismatched += int(_argmax_differs(list(got.values()), want))
+                mismatched += int(_argmax_differs(got, want))
             variant["parity"][backend] = {
                 "max_abs": worst_abs,
                 "max_rel": worst_rel,
@@ -568,10 +567,9 @@ def _verify_bundle(root: Path, manifest, checks: list[_Check], rtol: float, repo
                 "against": check.against,
                 "argmax_mismatches": mismatched,
             }
-            if stats is not None:
-                runner.stats = None
+            if cov is not None:
                 program = manifest["programs"][variant["program"]]
-                program["coverage"] = source_coverage(program, stats)
+                program["coverage"] = ir.source_coverage(ir.Program.from_json(program), cov.counts)
             if not worst_rel <= rtol:
                 raise ParityError(
                     f"variant {cond_label(variant['cond'])} on {backend}: max rel error "

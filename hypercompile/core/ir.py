@@ -1,0 +1,537 @@
+"""The host program IR and its one interpreter.
+
+A dynamic network's `forward`, split into static blocks, is a `Program`: blocks that each call at
+most one compiled graph (named values in, named values out), then set host literals (`assign`)
+and copies (`moves`), then end in one terminator: `Goto`, `Branch` (on a boolean value), `Switch`
+(on an integer index) or `Return`. The splitter builds it, the manifest stores it (`to_json` /
+`from_json`), and `Interpreter` runs it: at build time over PyTorch blocks (the probe that proves
+the split equal to `forward`) and at run time over compiled runners, so the proof and the device
+run the same code. Torch-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import BundleError, HypercompileError
+
+DEFAULT_MAX_ITERATIONS = 10_000
+MAX_ITERATIONS_LIMIT = 1_000_000  # a manifest may not ask for more (a hostile one would hang)
+
+
+# -- terminators -----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Goto:
+    target: int
+    KIND = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Branch:
+    cond: str  # a boolean value: true -> `then`, false -> `orelse`
+    then: int
+    orelse: int
+    KIND = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Switch:
+    index: str  # an integer value choosing among `cases` (negative counts from the end)
+    cases: tuple[int, ...]
+    KIND = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Return:
+    values: tuple[str, ...]
+    KIND = 3
+
+
+Terminator = Goto | Branch | Switch | Return
+
+
+def successors(term: Terminator) -> tuple[int, ...]:
+    if isinstance(term, Goto):
+        return (term.target,)
+    if isinstance(term, Branch):
+        return (term.then, term.orelse)
+    if isinstance(term, Switch):
+        return term.cases
+    return ()
+
+
+def retarget(term: Terminator, old: int, new: int) -> Terminator:
+    """`term` with every jump to block `old` sent to `new`."""
+
+    def r(b: int) -> int:
+        return new if b == old else b
+
+    if isinstance(term, Goto):
+        return Goto(r(term.target))
+    if isinstance(term, Branch):
+        return Branch(term.cond, r(term.then), r(term.orelse))
+    if isinstance(term, Switch):
+        return Switch(term.index, tuple(r(b) for b in term.cases))
+    return term
+
+
+def term_uses(term: Terminator) -> set[str]:
+    """The values a terminator reads."""
+    if isinstance(term, Branch):
+        return {term.cond}
+    if isinstance(term, Switch):
+        return {term.index}
+    if isinstance(term, Return):
+        return set(term.values)
+    return set()
+
+
+# -- blocks and programs ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Literal:
+    """A host constant: a Python scalar with its array dtype (bool, int64 or float64)."""
+
+    value: bool | int | float
+    dtype: str
+
+    @staticmethod
+    def of(value: bool | int | float) -> Literal:
+        if isinstance(value, bool):
+            return Literal(value, "bool")
+        if isinstance(value, int):
+            return Literal(value, "int64")
+        return Literal(float(value), "float64")
+
+
+@dataclass
+class Block:
+    id: int
+    term: Terminator
+    graph: str | None = None  # the compiled graph this block calls (None: host work only)
+    inputs: list[str] = field(default_factory=list)  # values fed to the graph, in its order
+    outputs: list[str] = field(default_factory=list)  # values the graph sets, in its order
+    assign: dict[str, Literal] = field(default_factory=dict)  # set after the graph runs
+    moves: list[tuple[str, str]] = field(default_factory=list)  # (dst, src), after assign
+    loop_header: bool = False
+    source: str | None = None  # the Python statements the graph was made from, for people
+    body: Any = None  # build time only: the front end's statements and function, never stored
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where a branch or switch came from in the user's source."""
+
+    line: int | str
+    source: str
+
+
+@dataclass
+class Program:
+    entry: int
+    inputs: list[str]
+    blocks: dict[int, Block]
+    max_iterations: int = DEFAULT_MAX_ITERATIONS
+    decisions: dict[str, Decision] = field(default_factory=dict)  # decision value -> source
+
+    def predecessors(self) -> dict[int, list[int]]:
+        preds: dict[int, list[int]] = {b: [] for b in self.blocks}
+        for blk in self.blocks.values():
+            for s in successors(blk.term):
+                preds[s].append(blk.id)
+        return preds
+
+    def reachable(self) -> list[int]:
+        """Ids of the blocks reachable from the entry, in depth-first preorder."""
+        seen: dict[int, None] = {}
+        stack = [self.entry]
+        while stack:
+            b = stack.pop()
+            if b in seen:
+                continue
+            seen[b] = None
+            stack.extend(reversed(successors(self.blocks[b].term)))
+        return list(seen)
+
+    def find_loop_headers(self) -> set[int]:
+        """Targets of back edges in a depth-first walk from the entry: every cycle passes one,
+        so counting their visits bounds every loop."""
+        headers: set[int] = set()
+        state: dict[int, int] = {self.entry: 1}
+        stack = [(self.entry, iter(successors(self.blocks[self.entry].term)))]
+        while stack:
+            b, it = stack[-1]
+            s = next(it, None)
+            if s is None:
+                state[b] = 2
+                stack.pop()
+            elif state.get(s) == 1:
+                headers.add(s)
+            elif s not in state:
+                state[s] = 1
+                stack.append((s, iter(successors(self.blocks[s].term))))
+        return headers
+
+    def mark_loop_headers(self) -> None:
+        headers = self.find_loop_headers()
+        for blk in self.blocks.values():
+            blk.loop_header = blk.id in headers
+
+    # -- manifest form -------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "entry": self.entry,
+            "inputs": list(self.inputs),
+            "blocks": [_block_json(self.blocks[k]) for k in sorted(self.blocks)],
+            "max_iterations": self.max_iterations,
+            "decisions": {
+                n: {"line": d.line, "source": d.source} for n, d in self.decisions.items()
+            },
+        }
+
+    @staticmethod
+    def from_json(data: Any, where: str = "program") -> Program:
+        """Parse and check a manifest program; BundleError names what is wrong."""
+        d = _Fields(data, where)
+        blocks: dict[int, Block] = {}
+        for i, raw in enumerate(d.list("blocks")):
+            blk = _block_from_json(raw, f"{where}.blocks[{i}]")
+            if blk.id in blocks:
+                raise BundleError(f"{where}: block {blk.id} appears twice")
+            blocks[blk.id] = blk
+        prog = Program(
+            entry=d.int("entry"),
+            inputs=d.names("inputs"),
+            blocks=blocks,
+            max_iterations=d.int("max_iterations", DEFAULT_MAX_ITERATIONS),
+            decisions={
+                str(n): Decision(
+                    _Fields(v, f"{where}.decisions.{n}").get("line", (int, str)),
+                    _Fields(v, f"{where}.decisions.{n}").str("source"),
+                )
+                for n, v in d.dict("decisions", {}).items()
+            },
+        )
+        d.ignore("coverage", "input_specs", "output_specs", "output_names")
+        d.done()
+        prog.validate(where)
+        return prog
+
+    def validate(self, where: str = "program") -> None:
+        if not 1 <= self.max_iterations <= MAX_ITERATIONS_LIMIT:
+            raise BundleError(
+                f"{where}: max_iterations {self.max_iterations} is outside "
+                f"1..{MAX_ITERATIONS_LIMIT}"
+            )
+        if self.entry not in self.blocks:
+            raise BundleError(f"{where}: entry block {self.entry} does not exist")
+        for blk in self.blocks.values():
+            for s in successors(blk.term):
+                if s not in self.blocks:
+                    raise BundleError(
+                        f"{where}: block {blk.id} jumps to block {s}, which does not exist"
+                    )
+            if isinstance(blk.term, Switch) and not blk.term.cases:
+                raise BundleError(f"{where}: block {blk.id} switches over no cases")
+        # the loop bound counts header visits: recompute the headers rather than trust the file
+        self.mark_loop_headers()
+
+
+def _block_json(b: Block) -> dict[str, Any]:
+    t = b.term
+    if isinstance(t, Goto):
+        nxt: dict[str, Any] = {"goto": t.target}
+    elif isinstance(t, Branch):
+        nxt = {"branch": t.cond, "then": t.then, "else": t.orelse}
+    elif isinstance(t, Switch):
+        nxt = {"switch": t.index, "cases": list(t.cases)}
+    else:
+        nxt = {"return": list(t.values)}
+    out: dict[str, Any] = {
+        "id": b.id,
+        "graph": b.graph,
+        "inputs": list(b.inputs),
+        "outputs": list(b.outputs),
+        "assign": {n: {"value": v.value, "dtype": v.dtype} for n, v in b.assign.items()},
+        "moves": [[d, s] for d, s in b.moves],
+        "next": nxt,
+    }
+    if b.loop_header:
+        out["loop_header"] = True
+    if b.source is not None:
+        out["source"] = b.source
+    return out
+
+
+_LITERAL_DTYPES = {"bool": bool, "int64": int, "float64": float}
+
+
+def _block_from_json(raw: Any, where: str) -> Block:
+    d = _Fields(raw, where)
+    nxt = _Fields(d.get("next", dict), f"{where}.next")
+    if "goto" in nxt.data:
+        term: Terminator = Goto(nxt.int("goto"))
+    elif "branch" in nxt.data:
+        term = Branch(nxt.str("branch"), nxt.int("then"), nxt.int("else"))
+    elif "switch" in nxt.data:
+        cases = nxt.list("cases")
+        if not all(type(c) is int for c in cases):
+            raise BundleError(f"{where}.next.cases must be block ids")
+        term = Switch(nxt.str("switch"), tuple(cases))
+    elif "return" in nxt.data:
+        term = Return(tuple(nxt.names("return")))
+    else:
+        raise BundleError(f"{where}.next has no goto, branch, switch or return")
+    nxt.done()
+    assign = {}
+    for name, lit in d.dict("assign", {}).items():
+        f = _Fields(lit, f"{where}.assign.{name}")
+        dtype = f.str("dtype")
+        if dtype not in _LITERAL_DTYPES:
+            raise BundleError(f"{where}.assign.{name}: dtype {dtype!r} is not a host literal")
+        value = f.get("value", (bool, int, float))
+        f.done()
+        assign[str(name)] = Literal(_LITERAL_DTYPES[dtype](value), dtype)
+    moves = []
+    for m in d.list("moves", []):
+        if not (isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m)):
+            raise BundleError(f"{where}.moves holds {m!r}, not a [dst, src] pair")
+        moves.append((m[0], m[1]))
+    graph = d.get("graph", (str, type(None)))
+    blk = Block(
+        id=d.int("id"),
+        term=term,
+        graph=graph,
+        inputs=d.names("inputs"),
+        outputs=d.names("outputs"),
+        assign=assign,
+        moves=moves,
+        loop_header=bool(d.get("loop_header", bool, False)),
+        source=d.get("source", str, None),
+    )
+    d.done()
+    if graph is None and (blk.inputs or blk.outputs):
+        raise BundleError(f"{where}: a block without a graph has graph inputs or outputs")
+    return blk
+
+
+class _Fields:
+    """Typed reads of one JSON object, remembering which keys were read (unknown ones are
+    refused by `done`)."""
+
+    def __init__(self, data: Any, where: str):
+        if not isinstance(data, dict):
+            raise BundleError(f"{where} must be an object, not {type(data).__name__}")
+        self.data, self.where, self.seen = data, where, set()
+
+    def get(self, key: str, types: Any, default: Any = ...) -> Any:
+        self.seen.add(key)
+        if key not in self.data:
+            if default is ...:
+                raise BundleError(f"{self.where}: missing field {key!r}")
+            return default
+        v = self.data[key]
+        ok = isinstance(v, types) and not (isinstance(v, bool) and bool not in _tuple(types))
+        if not ok:
+            raise BundleError(f"{self.where}.{key} has the wrong type ({type(v).__name__})")
+        return v
+
+    def int(self, key: str, default: Any = ...) -> int:
+        return self.get(key, int, default)
+
+    def str(self, key: str, default: Any = ...) -> str:
+        return self.get(key, str, default)
+
+    def list(self, key: str, default: Any = ...) -> list:
+        return self.get(key, list, default)
+
+    def dict(self, key: str, default: Any = ...) -> dict:
+        return self.get(key, dict, default)
+
+    def names(self, key: str, default: Any = ...) -> list[str]:
+        v = self.list(key, default)
+        if not all(isinstance(x, str) for x in v):
+            raise BundleError(f"{self.where}.{key} must be a list of names")
+        return list(v)
+
+    def ignore(self, *keys: str) -> None:
+        self.seen.update(keys)
+
+    def done(self) -> None:
+        extra = sorted(set(self.data) - self.seen)
+        if extra:
+            raise BundleError(f"{self.where}: unknown field {extra[0]!r}")
+
+
+def _tuple(types: Any) -> tuple:
+    return types if isinstance(types, tuple) else (types,)
+
+
+# -- the interpreter -------------------------------------------------------------------------
+class Observer(Protocol):
+    """Sees a run: every block entered and every decision taken (coverage, traces, probes)."""
+
+    def enter(self, block: Block, env: dict[str, Any]) -> None: ...
+
+    def decide(self, block: Block, env: dict[str, Any], side: str) -> None: ...
+
+
+class Interpreter:
+    """Runs a Program over an environment of named values. Subclasses give the two hooks:
+    `bind` (how a block's graph runs: a PyTorch function at build time, a compiled runner at run
+    time) and `literal` (how a host constant becomes a value). `run` takes an optional Observer
+    for decisions and visits (coverage, traces)."""
+
+    def __init__(self, program: Program):
+        self.program = program
+        self.max_iterations = program.max_iterations
+        headers = program.find_loop_headers()
+        self._steps: dict[int, tuple] = {}
+        for b, blk in program.blocks.items():
+            t = blk.term
+            kind = t.KIND
+            arg = (
+                t.target
+                if kind == 0
+                else (t.cond, t.then, t.orelse)
+                if kind == 1
+                else (t.index, t.cases)
+                if kind == 2
+                else t.values
+            )
+            self._steps[b] = (
+                blk,
+                self.bind(blk),
+                list(blk.assign.items()),
+                blk.moves,
+                b in headers,
+                kind,
+                arg,
+            )
+
+    def bind(self, block: Block) -> Callable[[dict[str, Any]], None] | None:
+        """Hook: a function running `block`'s graph over the environment (reading its inputs,
+        setting its outputs), or None when it has no graph."""
+        raise NotImplementedError
+
+    def literal(self, lit: Literal) -> Any:
+        """Hook: a host constant as a value of this interpreter."""
+        raise NotImplementedError
+
+    def exceeded(self) -> Exception:
+        return HypercompileError(
+            f"program exceeded its bound of {self.max_iterations} loop iterations"
+        )
+
+    def run(
+        self,
+        env: dict[str, Any],
+        *,
+        start: int | None = None,
+        observer: Observer | None = None,
+    ) -> list[Any]:
+        """Run from the entry (or block `start`) until a Return; returns its values. `env` is
+        updated in place with every value the program sets."""
+        steps, literal = self._steps, self.literal
+        b = self.program.entry if start is None else start
+        visits = 0
+        while True:
+            blk, call, assign, moves, header, kind, arg = steps[b]
+            if observer is not None:
+                observer.enter(blk, env)
+            if call is not None:
+                call(env)
+            for n, lit in assign:
+                env[n] = literal(lit)
+            for dst, src in moves:
+                env[dst] = env[src]
+            if kind == 3:
+                return [env[n] for n in arg]
+            if header:
+                visits += 1
+                if visits > self.max_iterations:
+                    raise self.exceeded()
+            if kind == 0:
+                b = arg
+            elif kind == 1:
+                taken = bool(env[arg[0]])
+                if observer is not None:
+                    observer.decide(blk, env, "then" if taken else "else")
+                b = arg[1] if taken else arg[2]
+            else:
+                cases = arg[1]
+                i = int(env[arg[0]])
+                if not -len(cases) <= i < len(cases):
+                    raise HypercompileError(
+                        f"dispatch index {i} out of range for {len(cases)} alternatives"
+                    )
+                i %= len(cases)
+                if observer is not None:
+                    observer.decide(blk, env, str(i))
+                b = cases[i]
+
+
+class Coverage:
+    """An Observer counting the sides every branch and switch block took."""
+
+    def __init__(self) -> None:
+        self.counts: dict[int, dict[str, int]] = {}
+
+    def enter(self, block: Block, env: dict[str, Any]) -> None:
+        pass
+
+    def decide(self, block: Block, env: dict[str, Any], side: str) -> None:
+        c = self.counts.setdefault(block.id, {})
+        c[side] = c.get(side, 0) + 1
+
+
+class Trace:
+    """An Observer recording the id of every block a run enters, in order."""
+
+    def __init__(self) -> None:
+        self.blocks: list[int] = []
+
+    def enter(self, block: Block, env: dict[str, Any]) -> None:
+        self.blocks.append(block.id)
+
+    def decide(self, block: Block, env: dict[str, Any], side: str) -> None:
+        pass
+
+
+def source_coverage(program: Program, counts: dict[int, dict[str, int]]) -> dict[str, Any]:
+    """Per source-level decision (copies made by tail duplication counted together): how often
+    each side or case was taken, with the line and text of the test."""
+    out: dict[str, Any] = {}
+    for name, info in program.decisions.items():
+        taken: dict[str, int] = {}
+        branches = [
+            b
+            for b in program.blocks.values()
+            if (isinstance(b.term, Branch) and b.term.cond == name)
+            or (isinstance(b.term, Switch) and b.term.index == name)
+        ]
+        if any(isinstance(b.term, Branch) for b in branches):
+            taken = {"then": 0, "else": 0}
+        for b in branches:
+            for side, n in counts.get(b.id, {}).items():
+                taken[side] = taken.get(side, 0) + n
+        out[name] = {"line": info.line, "source": info.source, "taken": taken}
+    return out
+
+
+class ArrayLiterals:
+    """Host literals as read-only numpy arrays, made once (the run-time `literal` hook)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[Literal, np.ndarray] = {}
+
+    def __call__(self, lit: Literal) -> np.ndarray:
+        arr = self._cache.get(lit)
+        if arr is None:
+            arr = np.asarray(lit.value, dtype=lit.dtype)
+            arr.flags.writeable = False
+            self._cache[lit] = arr
+        return arr
