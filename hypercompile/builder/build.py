@@ -11,7 +11,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,20 @@ import torch
 
 from .. import __version__
 from ..backends import backend_names, get_backend
-from ..core import ir
 from ..core import tensors as fmt
-from ..core.targets import Target, host_arch, load_target, parse_target
+from ..core.manifest import (
+    MANIFEST,
+    Graph,
+    Manifest,
+    Producer,
+    ProgramEntry,
+    TensorSpec,
+    Variant,
+)
+from ..core.targets import Target, host_arch, load_target
 from ..errors import (
     BackendError,
     BuildError,
-    HypercompileError,
-    ParityError,
     UnsupportedModelError,
 )
 from ..frontend.export import OPSET, GraphInfo, export_graph
@@ -39,20 +45,11 @@ from ..frontend.materialize import (
     materialize,
     random_like,
 )
-from ..runtime.bundle import Bundle
-from ..runtime.checks import pack_checks, parity
+from ..runtime.checks import parity
+from .verify import Check, verify_bundle
 
 Progress = Callable[[str, int, int], None]
 DYNAMIC_PARITY_INPUTS = 200
-
-
-@dataclass
-class _Check:
-    """Inputs and PyTorch's answers for one variant, kept until the bundle is verified."""
-
-    inputs: list[dict[str, np.ndarray]] = field(default_factory=list)
-    expected: list[list[np.ndarray]] = field(default_factory=list)
-    against: str = "target"
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -123,7 +120,7 @@ def _choose_backends(requested: list[str] | None, tgt: Target) -> list[str]:
 
 
 def _prepare_out(out: Path) -> None:
-    if out.exists() and not (out / fmt.MANIFEST).is_file():
+    if out.exists() and not (out / MANIFEST).is_file():
         if not out.is_dir() or any(out.iterdir()):
             raise BuildError(f"{out} exists and is not a bundle; refusing to overwrite it")
 
@@ -159,7 +156,7 @@ def build(
     tgt = load_target(target)
     names = _choose_backends(backends, tgt)
     if "tvm" in names:  # record the TVM target as compiled for (the host CPU's mcpu, say)
-        from .backends.tvm_backend import resolve_target
+        from ..backends.tvm_backend import resolve_target
 
         tgt = dataclasses.replace(tgt, tvm_target=resolve_target(tgt), tvm_host={}, tvm_tag="")
     out = Path(out).resolve()
@@ -180,11 +177,10 @@ def build(
         (tmp / "graphs").mkdir(parents=True)
         (tmp / "weights").mkdir()
         manifest, checks = _materialize_all(hm, conds, tmp, tgt, names, parity_inputs, report, tune)
-        manifest["model"] = model if isinstance(model, str) else type(hm).__name__
-        fmt.write_manifest(tmp, manifest)
-        _verify_bundle(tmp, manifest, checks, rtol, report)
-        manifest["build_s"] = round(time.perf_counter() - t0, 3)
-        fmt.write_manifest(tmp, manifest)
+        manifest.model = model if isinstance(model, str) else type(hm).__name__
+        verify_bundle(tmp, manifest, checks, rtol, report)
+        manifest.build_s = round(time.perf_counter() - t0, 3)
+        manifest.dump(tmp)
         if backends == ["auto"]:  # a brief profile records the fastest back end per variant
             from ..devtools.profile import profile
 
@@ -214,16 +210,17 @@ def _tune_request(trials: int | None, tgt: Target, names: list[str], out: Path):
         )
     from ..backends.tvm_tuning import TUNING_DIR, TuneRequest
 
-    previous = out / TUNING_DIR if (out / fmt.MANIFEST).is_file() else None
+    previous = out / TUNING_DIR if (out / MANIFEST).is_file() else None
     return TuneRequest(int(trials), previous)
 
 
 def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random, report, tune=None):
-    graphs: dict[str, dict[str, Any]] = {}
-    programs: dict[str, dict[str, Any]] = {}
+    graphs: dict[str, Graph] = {}
+    programs: dict[str, ProgramEntry] = {}
     by_arch: dict[str, str] = {}
     block_cache: dict[str, str] = {}  # block source digest -> graph id
-    variants, checks = [], []
+    variants: list[Variant] = []
+    checks: list[Check] = []
     gen = torch.Generator().manual_seed(0)
     for i, cond in enumerate(conds):
         label = cond_label(cond)
@@ -234,6 +231,7 @@ def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random,
             raise BuildError(f"variant {label}: example_inputs() must return a tuple of tensors")
         vid = f"v{i:04d}"
         prog = _split(target, label)
+        v = Variant(id=vid, cond=cond, weights=f"weights/{vid}.safetensors", artifacts={})
         if prog is None:
             arch = architecture_signature(target, inputs)
             if arch not in by_arch:
@@ -244,81 +242,50 @@ def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random,
                 _compile_graph(graphs[gid], tmp, tgt, backend_names, tune)
                 by_arch[arch] = gid
             g = graphs[by_arch[arch]]
-            weight_names, where = g["weights"], {"graph": g["id"]}
-            artifacts = dict(g["artifacts"])
+            v.graph, v.artifacts = g.id, dict(g.artifacts)
+            weight_names = g.weights
             check = _expected(hm, cond, target, inputs, g, gen, 3 if n_random is None else n_random)
         else:
             pid = f"p{len(programs)}"
             n_dyn = n_random if n_random is not None else DYNAMIC_PARITY_INPUTS
-            check, program = _build_program(
-                prog,
-                target,
-                inputs,
-                tmp,
-                tgt,
-                backend_names,
-                graphs,
-                block_cache,
-                gen,
-                n_dyn,
-                tune,
-            )
-            programs[pid] = program
-            weight_names = sorted(
-                {w for b in program["blocks"] if b["graph"] for w in graphs[b["graph"]]["weights"]}
-            )
-            where = {"program": pid}
-            used = sorted({b["graph"] for b in program["blocks"] if b["graph"]})
-            artifacts = {
-                name: [graphs[g]["artifacts"][name] for g in used] for name in backend_names
+            ctx = _Ctx(tmp, tgt, backend_names, graphs, block_cache, tune)
+            check, programs[pid] = _build_program(prog, target, inputs, ctx, gen, n_dyn)
+            used = sorted({b.graph for b in programs[pid].host.blocks.values() if b.graph})
+            weight_names = sorted({w for g in used for w in graphs[g].weights})
+            v.program = pid
+            v.artifacts = {
+                name: [graphs[g].artifacts[name] for g in used] for name in backend_names
             }
         state = target.state_dict()
         tensors = {n: _np(state[n]) for n in weight_names}
-        wrel = f"weights/{vid}.safetensors"
-        nbytes = fmt.write_tensors(tmp / wrel, tensors)
-        entry = {
-            "id": vid,
-            "cond": cond,
-            **where,
-            "weights": wrel,
-            "params": int(sum(t.size for t in tensors.values())),
-            "bytes": nbytes,
-            "artifacts": artifacts,
-        }
+        v.bytes = fmt.write_tensors(tmp / v.weights, tensors)
+        v.params = int(sum(t.size for t in tensors.values()))
         quality = getattr(hm, "quality", None)
         if callable(quality):
-            entry["quality"] = float(quality(cond))
-        variants.append(entry)
+            v.quality = float(quality(cond))
+        variants.append(v)
         checks.append(check)
     report("materialize", len(conds), len(conds))
-    io_in = [_io(v, graphs, programs)[0] for v in variants]
-    io_out = [_io(v, graphs, programs)[1] for v in variants]
-    manifest = {
-        "schema_version": fmt.SCHEMA_VERSION,
-        "producer": {
-            "name": "hypercompile",
-            "version": __version__,
-            "torch": torch.__version__.split("+")[0],
-            "onnx_opset": OPSET,
-        },
-        "target": tgt.to_json(),
-        "inputs": _merge_specs(io_in),
-        "outputs": _merge_specs(io_out),
-        "graphs": graphs,
-        "variants": variants,
-        "programs": programs,
-        "profile": {},
-        "files": {},
-    }
+    manifest = Manifest(
+        producer=Producer(
+            "hypercompile", __version__, torch.__version__.split("+")[0], onnx_opset=OPSET
+        ),
+        target=tgt,
+        inputs=_merge_specs([_io(v, graphs, programs)[0] for v in variants]),
+        outputs=_merge_specs([_io(v, graphs, programs)[1] for v in variants]),
+        graphs=graphs,
+        variants=variants,
+        programs=programs,
+    )
     return manifest, checks
 
 
-def _io(variant: dict, graphs: dict, programs: dict) -> tuple[list, list]:
-    if "program" in variant:
-        p = programs[variant["program"]]
-        return p["input_specs"], p["output_specs"]
-    g = graphs[variant["graph"]]
-    return g["inputs"], g["outputs"]
+def _io(v: Variant, graphs: dict[str, Graph], programs: dict[str, ProgramEntry]):
+    if v.program is not None:
+        p = programs[v.program]
+        return p.input_specs, p.output_specs
+    g = graphs[v.graph]  # type: ignore[index]
+    return g.inputs, g.outputs
 
 
 def _split(target: torch.nn.Module, label: str):
@@ -350,17 +317,17 @@ def _forward_has_control(module: torch.nn.Module) -> bool:
     return has_control_flow(body)
 
 
-def _compile_graph(g: dict, tmp: Path, tgt: Target, backend_names: list[str], tune=None) -> None:
+def _compile_graph(g: Graph, tmp: Path, tgt: Target, backend_names: list[str], tune=None) -> None:
     for name in backend_names:
         be = get_backend(name)
         extra = {"tune": tune} if name == "tvm" and tune is not None else {}
-        rel = be.compile(tmp / g["path"], tmp, g["id"], tgt, **extra)
-        g["artifacts"][name] = rel
+        rel = be.compile(tmp / g.path, tmp, g.id, tgt, **extra)
+        g.artifacts[name] = rel
         info = be.artifact_info(tmp / rel)
         if info:
-            g.setdefault("artifact_info", {})[name] = info
+            g.artifact_info[name] = info
         if extra:
-            g["tvm_tuning"] = _tuning_entry(tmp, g["id"])
+            g.tvm_tuning = _tuning_entry(tmp, g.id)
 
 
 def _tuning_entry(tmp: Path, gid: str) -> dict[str, Any]:
@@ -373,9 +340,20 @@ def _tuning_entry(tmp: Path, gid: str) -> dict[str, Any]:
     return {"database": f"{TUNING_DIR}/{gid}/records.json", **info}
 
 
-def _build_program(
-    prog, target, inputs, tmp, tgt, backend_names, graphs, block_cache, gen, n_random, tune=None
-):
+@dataclass
+class _Ctx:
+    """Where a program's block graphs go: the bundle folder, the target and back ends, the
+    graphs so far (shared by all variants), and the blocks already exported."""
+
+    tmp: Path
+    tgt: Target
+    backend_names: list[str]
+    graphs: dict[str, Graph]
+    block_cache: dict[str, str]
+    tune: Any = None
+
+
+def _build_program(prog, target, inputs, ctx: _Ctx, gen, n_random) -> tuple[Check, ProgramEntry]:
     """Probe the program against eager forward, export every block, and return the parity
     check and the program's manifest entry."""
     from ..frontend import program as P
@@ -385,7 +363,7 @@ def _build_program(
         raise BuildError(f"forward takes {len(names)} inputs, example_inputs() gave {len(inputs)}")
     sets = [inputs] + [tuple(random_like(x, gen) for x in inputs) for _ in range(n_random)]
     probe = P.Probe(prog, target)
-    check = _Check(against="eager forward")
+    check = Check(against="eager forward")
     out_names = None
     with torch.no_grad():
         for xs in sets:
@@ -402,178 +380,99 @@ def _build_program(
             check.inputs.append({n: _np(x) for n, x in zip(names, xs)})
             check.expected.append([_np(t) for t in want])
         probe.explore()
-    graph_of: dict[int, str] = {}
-    for k, b in sorted(prog.blocks.items()):
-        if k not in prog.fns:
-            continue
-        key = P.block_key(prog, b)
-        if key not in block_cache:
-            gid = f"g{len(graphs)}"
-            path = tmp / "graphs" / f"{gid}.onnx"
-            t = time.perf_counter()
-            weights, ins, outs = P.export_block(prog, b, target, path)
-            digest = P.graph_digest(path)
-            same = next((g for g in graphs.values() if g.get("digest") == digest), None)
-            if same is not None:  # identical subgraph (structure and weight names): store once
-                path.unlink()
-                block_cache[key] = same["id"]
-            else:
-                graphs[gid] = {
-                    "id": gid,
-                    "path": f"graphs/{gid}.onnx",
-                    "weights": weights,
-                    "inputs": ins,
-                    "outputs": outs,
-                    "output_names": [o["name"] for o in outs],
-                    "dynamic_batch": False,
-                    "export_s": round(time.perf_counter() - t, 3),
-                    "digest": digest,
-                    "artifacts": {},
-                }
-                _compile_graph(graphs[gid], tmp, tgt, backend_names, tune)
-                block_cache[key] = gid
-        graph_of[k] = block_cache[key]
-    entry = P.program_ir(prog, graph_of).to_json()
-    entry["coverage"] = {}
-    entry["input_specs"] = [
-        {"name": n, "dtype": str(_np(x).dtype), "shape": list(x.shape)}
-        for n, x in zip(names, inputs)
-    ]
+    graph_of = {
+        k: _block_graph(prog, b, target, ctx) for k, b in prog.blocks.items() if k in prog.fns
+    }
     with torch.no_grad():
         outs = flatten_outputs(target(*inputs))[1]
-    entry["output_specs"] = [
-        {"name": n, "dtype": str(_np(o).dtype), "shape": list(o.shape)}
-        for n, o in zip(out_names, outs)
-    ]
-    entry["output_names"] = out_names
+    entry = ProgramEntry(
+        host=P.program_ir(prog, graph_of),
+        input_specs=[
+            TensorSpec(n, str(_np(x).dtype), list(x.shape)) for n, x in zip(names, inputs)
+        ],
+        output_specs=[
+            TensorSpec(n, str(_np(o).dtype), list(o.shape)) for n, o in zip(out_names, outs)
+        ],
+    )
     return check, entry
 
 
-def _graph_entry(gid: str, arch: str, info: GraphInfo, export_s: float) -> dict[str, Any]:
-    return {
-        "id": gid,
-        "path": f"graphs/{gid}.onnx",
-        "arch": arch,
-        "weights": info.weights,
-        "inputs": info.inputs,
-        "outputs": info.outputs,
-        "output_names": [o["name"] for o in info.outputs],
-        "dynamic_batch": info.dynamic_batch,
-        "export_s": round(export_s, 3),
-        "artifacts": {},
-    }
+def _block_graph(prog, b, target, ctx: _Ctx) -> str:
+    """The graph id of block `b`: exported and compiled, unless an identical block (same code
+    over the same shapes, or the same ONNX bytes) already was."""
+    from ..frontend import program as P
+
+    key = P.block_key(prog, b)
+    if key in ctx.block_cache:
+        return ctx.block_cache[key]
+    gid = f"g{len(ctx.graphs)}"
+    path = ctx.tmp / "graphs" / f"{gid}.onnx"
+    t = time.perf_counter()
+    weights, ins, outs = P.export_block(prog, b, target, path)
+    digest = P.graph_digest(path)
+    same = next((g for g in ctx.graphs.values() if g.digest == digest), None)
+    if same is not None:  # identical subgraph (structure and weight names): store once
+        path.unlink()
+        ctx.block_cache[key] = same.id
+        return same.id
+    ctx.graphs[gid] = Graph(
+        id=gid,
+        path=f"graphs/{gid}.onnx",
+        weights=weights,
+        inputs=[TensorSpec(**i) for i in ins],
+        outputs=[TensorSpec(**o) for o in outs],
+        export_s=round(time.perf_counter() - t, 3),
+        digest=digest,
+    )
+    _compile_graph(ctx.graphs[gid], ctx.tmp, ctx.tgt, ctx.backend_names, ctx.tune)
+    ctx.block_cache[key] = gid
+    return gid
 
 
-def _merge_specs(spec_lists: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def _graph_entry(gid: str, arch: str, info: GraphInfo, export_s: float) -> Graph:
+    return Graph(
+        id=gid,
+        path=f"graphs/{gid}.onnx",
+        arch=arch,
+        weights=info.weights,
+        inputs=[TensorSpec(**i) for i in info.inputs],
+        outputs=[TensorSpec(**o) for o in info.outputs],
+        dynamic_batch=info.dynamic_batch,
+        export_s=round(export_s, 3),
+    )
+
+
+def _merge_specs(spec_lists: list[list[TensorSpec]]) -> list[TensorSpec]:
     """Bundle-level I/O: names and dtypes all graphs share; a dim that differs becomes null."""
     first = spec_lists[0]
     merged = []
     for i, spec in enumerate(first):
         others = [s[i] for s in spec_lists[1:] if i < len(s)]
-        if any(o["name"] != spec["name"] or o["dtype"] != spec["dtype"] for o in others):
+        if any(o.name != spec.name or o.dtype != spec.dtype for o in others):
             raise BuildError(
-                f"variants disagree on input/output {spec['name']!r}: every variant must keep "
+                f"variants disagree on input/output {spec.name!r}: every variant must keep "
                 "the same names and dtypes"
             )
         shape = [
-            d
-            if all(len(o["shape"]) == len(spec["shape"]) and o["shape"][j] == d for o in others)
-            else None
-            for j, d in enumerate(spec["shape"])
+            d if all(len(o.shape) == len(spec.shape) and o.shape[j] == d for o in others) else None
+            for j, d in enumerate(spec.shape)
         ]
-        merged.append({"name": spec["name"], "dtype": spec["dtype"], "shape": shape})
+        merged.append(TensorSpec(spec.name, spec.dtype, shape))
     return merged
 
 
-def _expected(hm, cond, target, inputs, graph, gen, n_random) -> _Check:
+def _expected(hm, cond, target, inputs, graph: Graph, gen, n_random) -> Check:
     """Check inputs (example + random, + one batch of 3 when batch is dynamic) and the answers
     of the reference path (hypernet + target) when the model has one, else of the target."""
     reference = getattr(hm, "reference", None)
-    check = _Check(against="reference" if callable(reference) else "target")
+    check = Check(against="reference" if callable(reference) else "target")
     sets = [inputs] + [tuple(random_like(x, gen) for x in inputs) for _ in range(n_random)]
-    if graph["dynamic_batch"]:
+    if graph.dynamic_batch:
         sets.append(tuple(random_like(x, gen, batch=3) for x in inputs))
-    names = [s["name"] for s in graph["inputs"]]
+    names = graph.input_names
     with torch.no_grad():
         for xs in sets:
             out = reference(cond, *xs) if callable(reference) else target(*xs)
             check.inputs.append({n: _np(x) for n, x in zip(names, xs)})
             check.expected.append([_np(t) for t in flatten_outputs(out)[1]])
     return check
-
-
-def _argmax_differs(got: list[np.ndarray], want: list[np.ndarray]) -> bool:
-    """Whether the first output's predicted class (argmax over the last axis) differs."""
-    if not got or not want or got[0].shape != want[0].shape or got[0].ndim == 0:
-        return False
-    if got[0].dtype.kind != "f":
-        return False
-    return bool(np.any(np.argmax(got[0], axis=-1) != np.argmax(want[0], axis=-1)))
-
-
-def _verify_bundle(root: Path, manifest, checks: list[_Check], rtol: float, report) -> None:
-    """Hash every file, load the bundle through the runtime, and compare every variant on every
-    back end with PyTorch; record parity and refuse the bundle if any exceeds `rtol`. Artifacts
-    that cannot run on this machine (another CPU, a GPU it lacks) keep their check cases in the
-    bundle, and the runtime runs them on the device before first use."""
-    manifest["rtol"] = rtol
-    tgt = parse_target(manifest["target"], "the bundle's target")
-    used = sorted({b for v in manifest["variants"] for b in v["artifacts"]})
-    here = {b: get_backend(b).runs_here(tgt) for b in used}
-    for variant, check in zip(manifest["variants"], checks):
-        variant["parity"] = {}
-        if any(here.get(b) for b in variant["artifacts"]):
-            rel = f"checks/{variant['id']}.safetensors"
-            (root / "checks").mkdir(exist_ok=True)
-            fmt.write_tensors(root / rel, pack_checks(check.inputs, check.expected))
-            variant["checks"] = rel
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != fmt.MANIFEST:
-            manifest["files"][p.relative_to(root).as_posix()] = fmt.sha256_file(p)
-    fmt.write_manifest(root, manifest)
-    bundle = Bundle(root, cache_size=1, providers=["CPUExecutionProvider"])
-    total = len(manifest["variants"])
-    for i, (variant, check) in enumerate(zip(manifest["variants"], checks)):
-        report("verify", i, total)
-        for backend in variant["artifacts"]:
-            if here.get(backend):
-                variant["parity"][backend] = {
-                    "deferred": f"runs on the device: {here[backend]}",
-                    "inputs": len(check.inputs),
-                    "against": check.against,
-                }
-                continue
-            worst_abs, worst_rel, mismatched = 0.0, 0.0, 0
-            runner = bundle._runner(variant, backend)
-            cov = ir.Coverage() if "program" in variant else None
-            for feeds, want in zip(check.inputs, check.expected):
-                try:
-                    got = runner.run(feeds) if cov is None else runner.run(feeds, cov)
-                except HypercompileError:
-                    raise
-                except Exception as e:  # the back end itself failed on this variant
-                    first = str(e).strip().splitlines()[-1] if str(e).strip() else ""
-                    raise BuildError(
-                        f"variant {cond_label(variant['cond'])} on {backend} fails to run: "
-                        f"{type(e).__name__}: {first[:200]}"
-                    ) from None
-                a, r = parity(got, want)
-                worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
-                mismatched += int(_argmax_differs(got, want))
-            variant["parity"][backend] = {
-                "max_abs": worst_abs,
-                "max_rel": worst_rel,
-                "inputs": len(check.inputs),
-                "against": check.against,
-                "argmax_mismatches": mismatched,
-            }
-            if cov is not None:
-                program = manifest["programs"][variant["program"]]
-                program["coverage"] = ir.source_coverage(ir.Program.from_json(program), cov.counts)
-            if not worst_rel <= rtol:
-                raise ParityError(
-                    f"variant {cond_label(variant['cond'])} on {backend}: max rel error "
-                    f"{worst_rel:.3g} (max abs {worst_abs:.3g}) exceeds tolerance {rtol:g} "
-                    f"against the {check.against}"
-                )
-    report("verify", total, total)

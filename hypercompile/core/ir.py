@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import BundleError, HypercompileError
+from .fields import Fields
 
 DEFAULT_MAX_ITERATIONS = 10_000
 MAX_ITERATIONS_LIMIT = 1_000_000  # a manifest may not ask for more (a hostile one would hang)
@@ -195,7 +196,7 @@ class Program:
     @staticmethod
     def from_json(data: Any, where: str = "program") -> Program:
         """Parse and check a manifest program; BundleError names what is wrong."""
-        d = _Fields(data, where)
+        d = Fields(data, where)
         blocks: dict[int, Block] = {}
         for i, raw in enumerate(d.list("blocks")):
             blk = _block_from_json(raw, f"{where}.blocks[{i}]")
@@ -209,8 +210,8 @@ class Program:
             max_iterations=d.int("max_iterations", DEFAULT_MAX_ITERATIONS),
             decisions={
                 str(n): Decision(
-                    _Fields(v, f"{where}.decisions.{n}").get("line", (int, str)),
-                    _Fields(v, f"{where}.decisions.{n}").str("source"),
+                    Fields(v, f"{where}.decisions.{n}").get("line", (int, str)),
+                    Fields(v, f"{where}.decisions.{n}").str("source"),
                 )
                 for n, v in d.dict("decisions", {}).items()
             },
@@ -270,8 +271,8 @@ _LITERAL_DTYPES = {"bool": bool, "int64": int, "float64": float}
 
 
 def _block_from_json(raw: Any, where: str) -> Block:
-    d = _Fields(raw, where)
-    nxt = _Fields(d.get("next", dict), f"{where}.next")
+    d = Fields(raw, where)
+    nxt = Fields(d.dict("next"), f"{where}.next")
     if "goto" in nxt.data:
         term: Terminator = Goto(nxt.int("goto"))
     elif "branch" in nxt.data:
@@ -288,7 +289,7 @@ def _block_from_json(raw: Any, where: str) -> Block:
     nxt.done()
     assign = {}
     for name, lit in d.dict("assign", {}).items():
-        f = _Fields(lit, f"{where}.assign.{name}")
+        f = Fields(lit, f"{where}.assign.{name}")
         dtype = f.str("dtype")
         if dtype not in _LITERAL_DTYPES:
             raise BundleError(f"{where}.assign.{name}: dtype {dtype!r} is not a host literal")
@@ -316,58 +317,6 @@ def _block_from_json(raw: Any, where: str) -> Block:
     if graph is None and (blk.inputs or blk.outputs):
         raise BundleError(f"{where}: a block without a graph has graph inputs or outputs")
     return blk
-
-
-class _Fields:
-    """Typed reads of one JSON object, remembering which keys were read (unknown ones are
-    refused by `done`)."""
-
-    def __init__(self, data: Any, where: str):
-        if not isinstance(data, dict):
-            raise BundleError(f"{where} must be an object, not {type(data).__name__}")
-        self.data, self.where, self.seen = data, where, set()
-
-    def get(self, key: str, types: Any, default: Any = ...) -> Any:
-        self.seen.add(key)
-        if key not in self.data:
-            if default is ...:
-                raise BundleError(f"{self.where}: missing field {key!r}")
-            return default
-        v = self.data[key]
-        ok = isinstance(v, types) and not (isinstance(v, bool) and bool not in _tuple(types))
-        if not ok:
-            raise BundleError(f"{self.where}.{key} has the wrong type ({type(v).__name__})")
-        return v
-
-    def int(self, key: str, default: Any = ...) -> int:
-        return self.get(key, int, default)
-
-    def str(self, key: str, default: Any = ...) -> str:
-        return self.get(key, str, default)
-
-    def list(self, key: str, default: Any = ...) -> list:
-        return self.get(key, list, default)
-
-    def dict(self, key: str, default: Any = ...) -> dict:
-        return self.get(key, dict, default)
-
-    def names(self, key: str, default: Any = ...) -> list[str]:
-        v = self.list(key, default)
-        if not all(isinstance(x, str) for x in v):
-            raise BundleError(f"{self.where}.{key} must be a list of names")
-        return list(v)
-
-    def ignore(self, *keys: str) -> None:
-        self.seen.update(keys)
-
-    def done(self) -> None:
-        extra = sorted(set(self.data) - self.seen)
-        if extra:
-            raise BundleError(f"{self.where}: unknown field {extra[0]!r}")
-
-
-def _tuple(types: Any) -> tuple:
-    return types if isinstance(types, tuple) else (types,)
 
 
 # -- the interpreter -------------------------------------------------------------------------

@@ -94,6 +94,8 @@ def parse_target(data: dict[str, Any], source: str) -> Target:
             f"{source}: backends must be a non-empty list of {', '.join(KNOWN_BACKENDS)}"
             + (f" (got {', '.join(map(str, bad))})" if bad else "")
         )
+    if isinstance(data.get("ort_threads"), bool) or not 0 <= data.get("ort_threads", 0) <= 1024:
+        raise TargetError(f"{source}: 'ort_threads' must be between 0 (the default) and 1024")
     if data.get("tensorrt_precision", "fp32") not in ("fp32", "fp16", "int8"):
         raise TargetError(f"{source}: tensorrt_precision must be fp32, fp16 or int8")
     kw = dict(data)

@@ -1,4 +1,4 @@
-"""The on-disk bundle format, shared by the builder and the torch-free runtime.
+"""Bundle files other than the manifest: tensor files, hashes, and paths kept inside the bundle.
 
 Weight files use the safetensors layout (8-byte little-endian header length, a JSON header
 of name -> dtype/shape/offsets, then raw little-endian bytes), read and written with numpy
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -18,9 +17,6 @@ import numpy as np
 
 from ..errors import BundleError
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-MAX_MANIFEST_BYTES = 64 << 20
 MAX_HEADER_BYTES = 16 << 20
 
 # Marks an ONNX initializer whose value is bound per variant at load time.
@@ -117,28 +113,3 @@ def safe_path(root: Path, rel: str) -> Path:
     if not full.is_relative_to(root.resolve()):
         raise BundleError(f"bundle manifest path {rel!r} leaves the bundle directory")
     return full
-
-
-def read_manifest(root: Path) -> dict[str, Any]:
-    path = root / MANIFEST
-    if not root.is_dir():
-        raise BundleError(f"{root} is not a bundle directory")
-    if not path.is_file():
-        raise BundleError(f"{root} has no {MANIFEST}: not a hypercompile bundle")
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise BundleError(f"{path} is too large to be a manifest")
-    try:
-        manifest = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BundleError(f"{path} is damaged: {e}") from None
-    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
-        got = manifest.get("schema_version") if isinstance(manifest, dict) else None
-        raise BundleError(f"{path}: unsupported schema_version {got!r} (expected {SCHEMA_VERSION})")
-    return manifest
-
-
-def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    """Replace the manifest atomically (write a sibling, then rename over)."""
-    tmp = root / f".{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, separators=(",", ":")) + "\n")
-    os.replace(tmp, root / MANIFEST)

@@ -13,7 +13,8 @@ import numpy as np
 from ..backends import Runner, get_backend
 from ..backends.base import Binding
 from ..core import tensors as fmt
-from ..core.targets import Target, parse_target
+from ..core.manifest import Manifest, Profile, TensorSpec, Variant
+from ..core.targets import Target
 from ..errors import (
     BackendError,
     BudgetError,
@@ -39,7 +40,7 @@ class Choice:
     """What budget selection picked: the variant, the back end, and the profiled p90 it was
     judged by (taken at `profiled_batch`, the smallest profiled batch >= `batch`)."""
 
-    variant: dict[str, Any]
+    variant: Variant
     backend: str
     p90_ms: float
     batch: int
@@ -61,86 +62,75 @@ class Bundle:
     ):
         self.path = Path(path).resolve()
         self.device = device  # a profile's device key to use instead of this machine's
-        self.manifest = fmt.read_manifest(self.path)
+        self.manifest: Manifest = Manifest.load(self.path)
         self.cache_size = max(1, int(cache_size))
-        self._files: dict[str, str] = self.manifest.get("files", {})
         self._check_layout()
         if verify:
-            for rel in self._files:
-                self._verify(rel)
-        try:
-            self.target: Target = parse_target(dict(self.manifest["target"]), "bundle target")
-        except (KeyError, TypeError):
-            raise BundleError(f"{self.path}: manifest has no valid target") from None
+            for rel in self.manifest.files:
+                self.read(rel)
+        self.target: Target = self.manifest.target
         if threads is not None:
             self.target = dataclasses.replace(self.target, ort_threads=int(threads))
         if providers is not None:
             self.target = dataclasses.replace(self.target, ort_providers=tuple(providers))
-        self._by_cond = {_cond_key(v["cond"]): v for v in self.manifest["variants"]}
+        self._by_cond = {_cond_key(v.cond): v for v in self.manifest.variants}
         self._lock = threading.Lock()
         self._runners: OrderedDict[tuple[str, str], Runner] = OrderedDict()
         self._graph_bytes: dict[str, bytes] = {}
         self._plans: dict[str, _Plan] = {}
         self._checked: dict[tuple[str, str], dict[str, float]] = {}  # device checks passed
-        self._profile: dict[str, Any] | None = None
+        self._profile: Profile | None = None
 
     # -- integrity -------------------------------------------------------------------------
     def _check_layout(self) -> None:
+        """Every file the manifest names is inside the bundle and covered by its hashes."""
         m = self.manifest
-        if not isinstance(m.get("variants"), list) or not m["variants"]:
-            raise BundleError(f"{self.path}: manifest lists no variants")
-        if not isinstance(m.get("graphs"), dict) or not isinstance(self._files, dict):
-            raise BundleError(f"{self.path}: manifest lacks graphs or files")
-        for rel in self._files:
+        for rel in m.files:
             fmt.safe_path(self.path, rel)
-        programs = m.get("programs") or {}
-        for v in m["variants"]:
-            if not isinstance(v, dict) or not isinstance(v.get("cond"), dict):
-                raise BundleError(f"{self.path}: manifest has a malformed variant")
-            if v.get("graph") not in m["graphs"] and v.get("program") not in programs:
-                raise BundleError(f"{self.path}: variant {v.get('id')} names unknown graph")
-            rels = [v.get("weights")]
-            for art in v.get("artifacts", {}).values():
-                rels += art if isinstance(art, list) else [art]
-            for g in m["graphs"].values():
-                rels += list(g.get("artifacts", {}).values())
-            for rel in rels:
-                if rel is not None and rel not in self._files:
-                    fmt.safe_path(self.path, rel)
-                    raise BundleError(f"{self.path}: {rel!r} is not covered by the manifest hashes")
+        rels = [r for v in m.variants for r in v.files()]
+        rels += [g.path for g in m.graphs.values()]
+        rels += [a for g in m.graphs.values() for a in g.artifacts.values()]
+        for rel in rels:
+            if rel not in m.files:
+                fmt.safe_path(self.path, rel)
+                raise BundleError(f"{self.path}: {rel!r} is not covered by the manifest hashes")
 
-    def _verify(self, rel: str, data: bytes | None = None) -> bytes:
+    def read(self, rel: str, data: bytes | None = None) -> bytes:
+        """The bytes of bundle file `rel` (or `data`, read elsewhere), checked against the
+        manifest's sha256: a damaged or unlisted file is a BundleError."""
         path = fmt.safe_path(self.path, rel)
         if data is None:
             try:
                 data = path.read_bytes()
             except OSError as e:
                 raise BundleError(f"{self.path}: cannot read {rel}: {e.strerror}") from None
-        if rel not in self._files or fmt.sha256_bytes(data) != self._files[rel]:
+        if rel not in self.manifest.files or fmt.sha256_bytes(data) != self.manifest.files[rel]:
             raise BundleError(f"{self.path}: {rel} is damaged (sha256 does not match the manifest)")
         return data
+
+    def weights(self, variant: Variant) -> dict[str, np.ndarray]:
+        """A variant's weight tensors, read from its verified weight file."""
+        return fmt.read_tensors(self.read(variant.weights), variant.weights)
 
     # -- selection -------------------------------------------------------------------------
     @property
     def variants(self) -> list[dict[str, Any]]:
-        return [dict(v["cond"]) for v in self.manifest["variants"]]
+        return [dict(v.cond) for v in self.manifest.variants]
 
     @property
     def inputs(self) -> list[dict[str, Any]]:
-        return self.manifest["inputs"]
+        return [s.to_json() for s in self.manifest.inputs]
 
     @property
     def outputs(self) -> list[dict[str, Any]]:
-        return self.manifest["outputs"]
+        return [s.to_json() for s in self.manifest.outputs]
 
-    def _matching(self, cond: dict[str, Any]) -> list[dict[str, Any]]:
+    def _matching(self, cond: dict[str, Any]) -> list[Variant]:
         exact = self._by_cond.get(tuple(cond.items()) if len(cond) < 2 else _cond_key(cond))
         if exact is not None:
             return [exact]
         return [
-            v
-            for v in self.manifest["variants"]
-            if all(v["cond"].get(k) == x for k, x in cond.items())
+            v for v in self.manifest.variants if all(v.cond.get(k) == x for k, x in cond.items())
         ]
 
     def _no_match(self, cond: dict[str, Any]) -> ConditionError:
@@ -155,8 +145,8 @@ class Bundle:
         batch_size: int = 1,
         backend: str | None = None,
         **cond: Any,
-    ) -> dict[str, Any]:
-        """The variant entry whose condition matches `cond` (all given keys). With `budget_ms`,
+    ) -> Variant:
+        """The variant whose condition matches `cond` (all given keys). With `budget_ms`,
         the best variant among those matching whose profiled p90 on this device fits the
         budget (see `choose`)."""
         if budget_ms is not None:
@@ -166,7 +156,7 @@ class Bundle:
             return found[0]
         if not found:
             raise self._no_match(cond)
-        keys = sorted({k for v in found for k in v["cond"]} - set(cond))
+        keys = sorted({k for v in found for k in v.cond} - set(cond))
         raise ConditionError(
             f"{len(found)} variants match {_fmt_cond(cond)}; also give {', '.join(keys)}"
         )
@@ -174,36 +164,32 @@ class Bundle:
     # -- profiles and budgets --------------------------------------------------------------
     def device_key(self) -> str:
         """The key of the profile this bundle uses: `device=` if given, else this machine's
-        fingerprint key (see `runtime/profile.py`)."""
+        fingerprint key (see `runtime/fingerprint.py`)."""
         if self.device:
             return self.device
         from .fingerprint import fingerprint_key, local_fingerprint
 
         return fingerprint_key(local_fingerprint())
 
-    def device_profile(self) -> dict[str, Any]:
+    def device_profile(self) -> Profile:
         """The manifest's profile for this device. A profile taken on another device (another
         fingerprint) is never used in its place: this raises ProfileError naming both."""
         if self._profile is not None:
             return self._profile
         from .fingerprint import describe, fingerprint_key, local_fingerprint
 
-        profiles = self.manifest.get("profile") or {}
+        profiles = self.manifest.profile
         key = self.device_key()
-        entry = profiles.get(key) if isinstance(profiles, dict) else None
+        entry = profiles.get(key)
         # the entry must also describe the device its key names (no edited or copied keys)
-        if isinstance(entry, dict) and fingerprint_key(entry.get("device") or {}) == key:
+        if entry is not None and fingerprint_key(entry.device) == key:
             self._profile = entry
             return entry
         if self.device:
             here = f"device {key} (given)"
         else:
             here = f"fingerprint {key}: {describe(local_fingerprint())}"
-        others = "; ".join(
-            f"{k} ({describe(e.get('device') or {})})"
-            for k, e in (profiles.items() if isinstance(profiles, dict) else [])
-            if isinstance(e, dict)
-        )
+        others = "; ".join(f"{k} ({describe(e.device)})" for k, e in profiles.items())
         also = f"; the bundle has profiles for {others}" if others else ""
         raise ProfileError(
             f"no profile for this device ({here}){also}; run `hypercompile profile "
@@ -230,11 +216,11 @@ class Bundle:
         prof = self.device_profile()
         timed, unprofiled = [], []
         for v in found:
-            rec = (prof.get("variants") or {}).get(v["id"])
+            rec = prof.variants.get(v.id)
             best = None
-            if isinstance(rec, dict) and rec.get("cond") == v["cond"]:
-                for be, by_batch in (rec.get("results") or {}).items():
-                    if (backend is not None and be != backend) or be not in v["artifacts"]:
+            if rec is not None and rec.cond == v.cond:
+                for be, by_batch in rec.results.items():
+                    if (backend is not None and be != backend) or be not in v.artifacts:
                         continue
                     b = min((int(k) for k in by_batch if int(k) >= batch_size), default=None)
                     if b is None:
@@ -250,7 +236,7 @@ class Bundle:
         if not timed:
             raise ProfileError(
                 f"the profile of this device ({self.device_key()}) has no timing of "
-                f"{', '.join(_fmt_cond(v['cond']) for v in found[:6])} at batch >= {batch_size}"
+                f"{', '.join(_fmt_cond(v.cond) for v in found[:6])} at batch >= {batch_size}"
                 f"{on}; run `hypercompile profile {self.path} --batch {batch_size}`"
             )
         fits = [c for c in timed if c.p90_ms <= budget_ms]
@@ -264,14 +250,15 @@ class Bundle:
             raise BudgetError(
                 f"no variant fits a budget of {budget_ms:g} ms at batch {batch_size}{on} on "
                 f"this device ({self.device_key()}): the fastest, "
-                f"{_fmt_cond(fastest.variant['cond'])}, has p90 {fastest.p90_ms:.4g} ms on "
+                f"{_fmt_cond(fastest.variant.cond)}, has p90 {fastest.p90_ms:.4g} ms on "
                 f"{fastest.backend}{skipped}"
             )
-        qualities = [c.variant.get("quality") for c in fits]
-        if all(isinstance(q, (int, float)) for q in qualities):
+        qualities = [c.variant.quality for c in fits]
+        if all(q is not None for q in qualities):
             top = max(qualities)  # type: ignore[type-var]
-            fits = [c for c in fits if c.variant["quality"] >= top - QUALITY_TIE * abs(top)]
-        return max(fits, key=lambda c: (c.variant.get("params", 0), -c.p90_ms))
+            bar = top - QUALITY_TIE * abs(top)
+            fits = [c for c in fits if c.variant.quality >= bar]  # type: ignore[operator]
+        return max(fits, key=lambda c: (c.variant.params, -c.p90_ms))
 
     # -- execution -------------------------------------------------------------------------
     def run(
@@ -293,37 +280,31 @@ class Bundle:
             variant, backend = choice.variant, choice.backend
         else:
             variant = self.select(**cond)
-        plan = self._plans.get(variant["id"])
+        plan = self._plans.get(variant.id)
         if plan is None:
-            plan = self._plans[variant["id"]] = _Plan(
-                self._io(variant), self._default_backend(variant)
+            plan = self._plans[variant.id] = _Plan(
+                *self.manifest.io(variant), self._default_backend(variant)
             )
         if not plan.fits(inputs):
             _check_inputs(inputs, plan.specs)  # raises the precise error
         runner = self._runner(variant, backend or plan.backend)
         return dict(zip(plan.output_names, runner.run(inputs)))
 
-    def _io(self, variant: dict[str, Any]) -> dict[str, Any]:
-        if "program" in variant:
-            p = self.manifest["programs"][variant["program"]]
-            return {"inputs": p["input_specs"], "output_names": p["output_names"]}
-        return self.manifest["graphs"][variant["graph"]]
-
-    def _default_backend(self, variant: dict[str, Any]) -> str:
-        if len(variant["artifacts"]) > 1 and self.manifest.get("profile"):
+    def _default_backend(self, variant: Variant) -> str:
+        if len(variant.artifacts) > 1 and self.manifest.profile:
             try:
-                rec = self.device_profile().get("variants", {}).get(variant["id"], {})
+                rec = self.device_profile().variants.get(variant.id)
             except ProfileError:
-                rec = {}
-            if rec.get("best_backend") in variant["artifacts"]:
-                return rec["best_backend"]
+                rec = None
+            if rec is not None and rec.best_backend in variant.artifacts:
+                return rec.best_backend
         for name in self.target.backends:
-            if name in variant["artifacts"]:
+            if name in variant.artifacts:
                 return name
-        return next(iter(variant["artifacts"]))
+        return next(iter(variant.artifacts))
 
-    def _runner(self, variant: dict[str, Any], backend: str) -> Runner:
-        key = (variant["id"], backend)
+    def _runner(self, variant: Variant, backend: str) -> Runner:
+        key = (variant.id, backend)
         try:  # the most recent runner again: no reordering, so no lock
             if next(reversed(self._runners)) == key:
                 return self._runners[key]
@@ -334,32 +315,44 @@ class Bundle:
             if runner is not None:
                 self._runners.move_to_end(key)
                 return runner
-            runner = self._load_runner(variant, backend)
-            if variant.get("parity", {}).get(backend, {}).get("deferred"):
-                self._check_on_device(variant, backend, runner)
+            runner = self.load_runner(variant, backend)
             self._runners[key] = runner
             while len(self._runners) > self.cache_size:
                 self._runners.popitem(last=False)
             return runner
 
-    def _check_on_device(self, variant: dict[str, Any], backend: str, runner: Runner) -> None:
-        """First use here of an artifact the build machine could not run: compare it with the
-        PyTorch answers stored in the bundle, once per process, before it answers anything."""
-        key = (variant["id"], backend)
+    def load_runner(self, variant: Variant, backend: str) -> Runner:
+        """A fresh runner for `variant` on `backend`, outside the cache, ready to answer: an
+        artifact the build machine could not check is first checked here against the PyTorch
+        answers stored in the bundle (once per process and variant), so a library that answers
+        wrongly on this device raises ParityError instead of answering."""
+        runner = self._load_runner(variant, backend)
+        parity = variant.parity.get(backend)
+        if parity is not None and parity.deferred:
+            self._check_on_device(variant, backend, runner)
+        return runner
+
+    def _check_on_device(self, variant: Variant, backend: str, runner: Runner) -> None:
+        key = (variant.id, backend)
         if key in self._checked:
             return
-        rel = variant.get("checks")
-        if not rel:
-            raise BundleError(f"{self.path}: variant {variant['id']} has no stored checks")
-        cases = unpack_checks(fmt.read_tensors(self._verify(rel), rel))
-        what = f"variant {_fmt_cond(variant['cond'])} on {backend}"
-        self._checked[key] = run_checks(runner, cases, float(self.manifest.get("rtol", 1e-4)), what)
+        self._checked[key] = self.run_stored_checks(variant, backend, runner)
 
-    def _load_runner(self, variant: dict[str, Any], backend: str) -> Runner:
-        if backend not in variant["artifacts"]:
-            have = ", ".join(variant["artifacts"])
+    def run_stored_checks(self, variant: Variant, backend: str, runner: Any) -> dict[str, float]:
+        """Compare `runner` (anything with `run(feeds) -> list of arrays`) with the PyTorch
+        answers the bundle stores for `variant`; ParityError past the bundle's tolerance."""
+        rel = variant.checks
+        if not rel:
+            raise BundleError(f"{self.path}: variant {variant.id} has no stored checks")
+        cases = unpack_checks(fmt.read_tensors(self.read(rel), rel))
+        what = f"variant {_fmt_cond(variant.cond)} on {backend}"
+        return run_checks(runner, cases, self.manifest.rtol, what)
+
+    def _load_runner(self, variant: Variant, backend: str) -> Runner:
+        if backend not in variant.artifacts:
+            have = ", ".join(variant.artifacts)
             raise BackendError(
-                f"variant {_fmt_cond(variant['cond'])} has no {backend} artifact ({have})"
+                f"variant {_fmt_cond(variant.cond)} has no {backend} artifact ({have})"
             )
         be = get_backend(backend)
         reason = be.available()
@@ -372,61 +365,56 @@ class Bundle:
                 f"({self.target.arch}); {why_not}: run it on the device, or use "
                 "backend='onnxruntime'"
             )
-        weights = fmt.read_tensors(self._verify(variant["weights"]), variant["weights"])
-        if "program" not in variant:
-            return self._graph_runner(variant["graph"], backend, weights, shared=False)
-        from ..core.ir import Program
+        weights = self.weights(variant)
+        if variant.program is None:
+            return self._graph_runner(variant.graph, backend, weights, shared=False)  # type: ignore[arg-type]
         from .program import ProgramRunner
 
-        program = Program.from_json(self.manifest["programs"][variant["program"]])
-        gids = {b.graph for b in program.blocks.values() if b.graph}
-        runners = {
-            gid: self._graph_runner(gid, backend, weights, shared=True) for gid in sorted(gids)
-        }
-        inputs = {gid: [i["name"] for i in self.manifest["graphs"][gid]["inputs"]] for gid in gids}
-        return ProgramRunner(program, inputs, runners)
+        host = self.manifest.programs[variant.program].host
+        gids = self.manifest.graphs_of(variant)
+        runners = {gid: self._graph_runner(gid, backend, weights, shared=True) for gid in gids}
+        inputs = {gid: self.manifest.graphs[gid].input_names for gid in gids}
+        return ProgramRunner(host, inputs, runners)
 
     def _graph_runner(
         self, gid: str, backend: str, weights: dict[str, np.ndarray], shared: bool
     ) -> Runner:
-        graph = self.manifest["graphs"].get(gid)
-        if graph is None or backend not in graph.get("artifacts", {}):
+        graph = self.manifest.graphs.get(gid)
+        if graph is None or backend not in graph.artifacts:
             raise BundleError(f"{self.path}: graph {gid} has no {backend} artifact")
-        rel = graph["artifacts"][backend]
+        rel = graph.artifacts[backend]
         if rel not in self._graph_bytes:
-            self._graph_bytes[rel] = self._verify(rel)
-        missing = sorted(set(graph["weights"]) - set(weights))
+            self._graph_bytes[rel] = self.read(rel)
+        missing = sorted(set(graph.weights) - set(weights))
         if missing:
             raise BundleError(f"weight file lacks tensor(s) {', '.join(missing[:5])}")
         binding = Binding(
             artifact=self._graph_bytes[rel],
-            weights={n: weights[n] for n in graph["weights"]},
+            weights={n: weights[n] for n in graph.weights},
             target=self.target,
-            inputs=graph["inputs"],
-            outputs=graph["outputs"],
+            inputs=[s.to_json() for s in graph.inputs],
+            outputs=[s.to_json() for s in graph.outputs],
             shared=shared,
         )
         return get_backend(backend).load(binding)
 
     def __repr__(self) -> str:
-        return f"Bundle({str(self.path)!r}, variants={len(self.manifest['variants'])})"
+        return f"Bundle({str(self.path)!r}, variants={len(self.manifest.variants)})"
 
 
 class _Plan:
     """Per-variant facts `run` needs on every call, with a fast input check."""
 
-    def __init__(self, io: dict[str, Any], backend: str):
-        self.specs = io["inputs"]
-        self.output_names = list(io["output_names"])
+    def __init__(self, inputs: list[TensorSpec], outputs: list[TensorSpec], backend: str):
+        self.specs = [s.to_json() for s in inputs]
+        self.output_names = [o.name for o in outputs]
         self.backend = backend
-        self.names = frozenset(s["name"] for s in self.specs)
+        self.names = frozenset(s.name for s in inputs)
         self.items = []
-        for spec in self.specs:
-            fixed = [(i, d) for i, d in enumerate(spec["shape"]) if isinstance(d, int)]
-            batch = [i for i, d in enumerate(spec["shape"]) if d == "batch"]
-            self.items.append(
-                (spec["name"], np.dtype(spec["dtype"]), len(spec["shape"]), fixed, batch)
-            )
+        for spec in inputs:
+            fixed = [(i, d) for i, d in enumerate(spec.shape) if isinstance(d, int)]
+            batch = [i for i, d in enumerate(spec.shape) if d == "batch"]
+            self.items.append((spec.name, np.dtype(spec.dtype), len(spec.shape), fixed, batch))
 
     def fits(self, inputs: Any) -> bool:
         if type(inputs) is not dict or inputs.keys() != self.names:

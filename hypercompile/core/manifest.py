@@ -1,0 +1,541 @@
+"""The bundle manifest: its schema as dataclasses, and the only code that reads or writes it.
+
+A bundle is a folder: `manifest.json` plus the files it lists with their sha256 (graphs,
+compiled artifacts, weight files, stored checks). `Manifest.load` parses and checks the JSON
+(unknown or missing fields, wrong types, references that do not resolve: a one-line BundleError
+naming the field); `Manifest.dump` writes it atomically. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BundleError, TargetError
+from . import ir
+from .fields import Fields
+from .targets import Target, parse_target
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 64 << 20
+_SCALARS = (bool, int, float, str)
+
+
+@dataclass
+class TensorSpec:
+    """An input or output: name, numpy dtype name, shape (ints; "batch" for the dynamic batch
+    dimension; None for a dimension that varies otherwise)."""
+
+    name: str
+    dtype: str
+    shape: list[int | str | None]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @staticmethod
+    def from_json(data: Any, where: str) -> TensorSpec:
+        f = Fields(data, where)
+        spec = TensorSpec(f.str("name"), f.str("dtype"), f.list("shape"))
+        f.done()
+        for d in spec.shape:
+            if not (d is None or d == "batch" or (type(d) is int and d >= 0)):
+                raise BundleError(f"{where}.shape holds {d!r}, not a size, 'batch' or null")
+        return spec
+
+
+def _specs(f: Fields, key: str, default: Any = ...) -> list[TensorSpec]:
+    raw = f.list(key, default)
+    return [TensorSpec.from_json(s, f"{f.where}.{key}[{i}]") for i, s in enumerate(raw)]
+
+
+@dataclass
+class Graph:
+    """One ONNX graph: a whole architecture, or one block of a dynamic program. Its weights are
+    bound per variant; `artifacts` maps a back end to its compiled file."""
+
+    id: str
+    path: str
+    weights: list[str]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    dynamic_batch: bool = False
+    artifacts: dict[str, str] = field(default_factory=dict)
+    export_s: float = 0.0
+    arch: str | None = None  # architecture signature (whole-architecture graphs)
+    digest: str | None = None  # sha256 of the ONNX file (program blocks: dedup)
+    artifact_info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tvm_tuning: dict[str, Any] | None = None
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.outputs]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.inputs]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "path": self.path,
+            "weights": list(self.weights),
+            "inputs": [s.to_json() for s in self.inputs],
+            "outputs": [s.to_json() for s in self.outputs],
+            "output_names": self.output_names,
+            "dynamic_batch": self.dynamic_batch,
+            "export_s": self.export_s,
+            "artifacts": dict(self.artifacts),
+        }
+        for key in ("arch", "digest", "tvm_tuning"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.artifact_info:
+            out["artifact_info"] = self.artifact_info
+        return out
+
+    @staticmethod
+    def from_json(data: Any, where: str) -> Graph:
+        f = Fields(data, where)
+        g = Graph(
+            id=f.str("id"),
+            path=f.str("path"),
+            weights=f.names("weights"),
+            inputs=_specs(f, "inputs"),
+            outputs=_specs(f, "outputs"),
+            dynamic_batch=f.bool("dynamic_batch", False),
+            artifacts=f.str_map("artifacts", {}),
+            export_s=float(f.num("export_s", 0.0)),
+            arch=f.get("arch", (str, type(None)), None),
+            digest=f.get("digest", (str, type(None)), None),
+            artifact_info=f.dict("artifact_info", {}),
+            tvm_tuning=f.get("tvm_tuning", (dict, type(None)), None),
+        )
+        if f.names("output_names", g.output_names) != g.output_names:
+            raise BundleError(f"{where}.output_names disagree with its outputs")
+        f.done()
+        return g
+
+
+@dataclass
+class Parity:
+    """How a variant compared with PyTorch on one back end at build time (or `deferred`: the
+    stored checks run on the device before first use)."""
+
+    inputs: int
+    against: str
+    max_abs: float | None = None
+    max_rel: float | None = None
+    argmax_mismatches: int | None = None
+    deferred: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"inputs": self.inputs, "against": self.against}
+        for key in ("max_abs", "max_rel", "argmax_mismatches", "deferred"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+    @staticmethod
+    def from_json(data: Any, where: str) -> Parity:
+        f = Fields(data, where)
+        p = Parity(
+            inputs=f.int("inputs"),
+            against=f.str("against"),
+            max_abs=f.get("max_abs", (int, float, type(None)), None),
+            max_rel=f.get("max_rel", (int, float, type(None)), None),
+            argmax_mismatches=f.get("argmax_mismatches", (int, type(None)), None),
+            deferred=f.get("deferred", (str, type(None)), None),
+        )
+        f.done()
+        return p
+
+
+@dataclass
+class Variant:
+    """One condition's compiled network: a graph or a program, its weight file, its artifacts
+    per back end (a program's: one per block graph), and its parity record."""
+
+    id: str
+    cond: dict[str, Any]
+    weights: str
+    artifacts: dict[str, str | list[str]]
+    graph: str | None = None
+    program: str | None = None
+    params: int = 0
+    bytes: int = 0
+    quality: float | None = None
+    parity: dict[str, Parity] = field(default_factory=dict)
+    checks: str | None = None  # stored PyTorch answers, for artifacts checked on the device
+
+    def files(self) -> list[str]:
+        """Every bundle file this variant itself names."""
+        rels = [self.weights] + ([self.checks] if self.checks else [])
+        for art in self.artifacts.values():
+            rels += art if isinstance(art, list) else [art]
+        return rels
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "cond": dict(self.cond)}
+        out.update({"graph": self.graph} if self.graph is not None else {"program": self.program})
+        out.update(
+            weights=self.weights, params=self.params, bytes=self.bytes, artifacts=self.artifacts
+        )
+        if self.quality is not None:
+            out["quality"] = self.quality
+        out["parity"] = {be: p.to_json() for be, p in self.parity.items()}
+        if self.checks is not None:
+            out["checks"] = self.checks
+        return out
+
+    @staticmethod
+    def from_json(data: Any, where: str) -> Variant:
+        f = Fields(data, where)
+        cond = f.dict("cond")
+        if not all(isinstance(v, _SCALARS) for v in cond.values()):
+            raise BundleError(f"{where}.cond values must be JSON scalars")
+        artifacts = f.dict("artifacts")
+        for be, art in artifacts.items():
+            ok = isinstance(art, str) or (
+                isinstance(art, list) and all(isinstance(a, str) for a in art)
+            )
+            if not ok:
+                raise BundleError(f"{where}.artifacts.{be} must be a path or a list of paths")
+        v = Variant(
+            id=f.str("id"),
+            cond=dict(cond),
+            weights=f.str("weights"),
+            artifacts=dict(artifacts),
+            graph=f.get("graph", str, None),
+            program=f.get("program", str, None),
+            params=f.int("params", 0),
+            bytes=f.int("bytes", 0),
+            quality=f.get("quality", (int, float, type(None)), None),
+            parity={
+                be: Parity.from_json(p, f"{where}.parity.{be}")
+                for be, p in f.dict("parity", {}).items()
+            },
+            checks=f.get("checks", (str, type(None)), None),
+        )
+        f.done()
+        if (v.graph is None) == (v.program is None):
+            raise BundleError(f"{where} must name exactly one of graph and program")
+        if not v.artifacts:
+            raise BundleError(f"{where}.artifacts is empty")
+        return v
+
+
+@dataclass
+class ProgramEntry:
+    """A dynamic network's host program with its I/O and its build-time branch coverage."""
+
+    host: ir.Program
+    input_specs: list[TensorSpec]
+    output_specs: list[TensorSpec]
+    coverage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.output_specs]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.host.to_json(),
+            "coverage": self.coverage,
+            "input_specs": [s.to_json() for s in self.input_specs],
+            "output_specs": [s.to_json() for s in self.output_specs],
+            "output_names": self.output_names,
+        }
+
+    @staticmethod
+    def from_json(data: Any, where: str) -> ProgramEntry:
+        host = ir.Program.from_json(data, where)
+        f = Fields(data, where)
+        p = ProgramEntry(
+            host, _specs(f, "input_specs"), _specs(f, "output_specs"), f.dict("coverage", {})
+        )
+        if f.names("output_names", p.output_names) != p.output_names:
+            raise BundleError(f"{where}.output_names disagree with its output_specs")
+        n_out = [len(b.term.values) for b in host.blocks.values() if isinstance(b.term, ir.Return)]
+        if any(n != len(p.output_specs) for n in n_out):
+            raise BundleError(f"{where}: a return gives a different number of outputs")
+        return p
+
+
+@dataclass
+class ProfiledVariant:
+    cond: dict[str, Any]
+    params: int | None
+    results: dict[str, dict[str, dict[str, Any]]]  # back end -> batch -> measurements
+    best_backend: str | None = None
+    quality: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"cond": self.cond, "params": self.params, "results": self.results}
+        out["best_backend"] = self.best_backend
+        if self.quality is not None:
+            out["quality"] = self.quality
+        return out
+
+    @staticmethod
+    def from_json(data: Any, where: str) -> ProfiledVariant:
+        f = Fields(data, where)
+        results = f.dict("results")
+        for be, by_batch in results.items():
+            if not isinstance(by_batch, dict) or not all(
+                isinstance(r, dict) and isinstance(r.get("p90_ms"), (int, float))
+                for r in by_batch.values()
+            ):
+                raise BundleError(f"{where}.results.{be} must map batches to measurements")
+            if not all(str(b).isdigit() for b in by_batch):
+                raise BundleError(f"{where}.results.{be} has a batch that is not a number")
+        v = ProfiledVariant(
+            cond=f.dict("cond"),
+            params=f.get("params", (int, type(None)), None),
+            results=results,
+            best_backend=f.get("best_backend", (str, type(None)), None),
+            quality=f.get("quality", (int, float, type(None)), None),
+        )
+        f.done()
+        return v
+
+
+@dataclass
+class Profile:
+    """Timings of every variant on one device, keyed in the manifest by its fingerprint."""
+
+    device: dict[str, Any]
+    source: str
+    created: str
+    settings: dict[str, Any]
+    notes: list[str]
+    variants: dict[str, ProfiledVariant]
+    rpc: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"device": self.device, "source": self.source}
+        if self.rpc is not None:
+            out["rpc"] = self.rpc
+        out.update(
+            created=self.created,
+            settings=self.settings,
+            notes=self.notes,
+            variants={k: v.to_json() for k, v in self.variants.items()},
+        )
+        return out
+
+    @staticmethod
+    def from_json(data: Any, where: str) -> Profile:
+        f = Fields(data, where)
+        p = Profile(
+            device=f.dict("device"),
+            source=f.str("source"),
+            created=f.str("created"),
+            settings=f.dict("settings"),
+            notes=f.names("notes", []),
+            variants={
+                k: ProfiledVariant.from_json(v, f"{where}.variants.{k}")
+                for k, v in f.dict("variants").items()
+            },
+            rpc=f.get("rpc", (dict, type(None)), None),
+        )
+        f.done()
+        return p
+
+
+@dataclass
+class Producer:
+    name: str
+    version: str
+    torch: str | None = None
+    onnx_opset: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @staticmethod
+    def from_json(data: Any, where: str) -> Producer:
+        f = Fields(data, where)
+        p = Producer(
+            f.str("name"),
+            f.str("version"),
+            f.get("torch", (str, type(None)), None),
+            f.get("onnx_opset", (int, type(None)), None),
+        )
+        f.done()
+        return p
+
+
+@dataclass
+class Manifest:
+    """The whole bundle description. `files` maps every bundle file to its sha256."""
+
+    producer: Producer
+    target: Target
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    graphs: dict[str, Graph]
+    variants: list[Variant]
+    programs: dict[str, ProgramEntry] = field(default_factory=dict)
+    profile: dict[str, Profile] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    model: str = ""
+    rtol: float = 1e-4
+    build_s: float | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    # -- reading -----------------------------------------------------------------------------
+    def variant(self, vid: str) -> Variant:
+        for v in self.variants:
+            if v.id == vid:
+                return v
+        raise BundleError(f"no variant {vid!r} in the manifest")
+
+    def io(self, v: Variant) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """A variant's input and output specs."""
+        if v.program is not None:
+            p = self.programs[v.program]
+            return p.input_specs, p.output_specs
+        g = self.graphs[v.graph]  # type: ignore[index]
+        return g.inputs, g.outputs
+
+    def graphs_of(self, v: Variant) -> list[str]:
+        """The graphs a variant runs: its own, or those its program's blocks call."""
+        if v.program is None:
+            return [v.graph]  # type: ignore[list-item]
+        return sorted({b.graph for b in self.programs[v.program].host.blocks.values() if b.graph})
+
+    # -- JSON ----------------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schema_version": self.schema_version,
+            "producer": self.producer.to_json(),
+            "model": self.model,
+            "target": self.target.to_json(),
+            "inputs": [s.to_json() for s in self.inputs],
+            "outputs": [s.to_json() for s in self.outputs],
+            "graphs": {k: g.to_json() for k, g in self.graphs.items()},
+            "variants": [v.to_json() for v in self.variants],
+            "programs": {k: p.to_json() for k, p in self.programs.items()},
+            "profile": {k: p.to_json() for k, p in self.profile.items()},
+            "files": dict(self.files),
+            "rtol": self.rtol,
+        }
+        if self.build_s is not None:
+            out["build_s"] = self.build_s
+        return out
+
+    @staticmethod
+    def from_json(data: Any, where: str = MANIFEST) -> Manifest:
+        f = Fields(data, where)
+        version = f.get("schema_version", int, None)
+        if version != SCHEMA_VERSION:
+            raise BundleError(
+                f"{where}: unsupported schema_version {version!r} (expected {SCHEMA_VERSION})"
+            )
+        try:
+            target = parse_target(f.dict("target"), "bundle target")
+        except TargetError as e:
+            raise BundleError(f"{where}: the manifest's target is invalid: {e}") from None
+        m = Manifest(
+            producer=Producer.from_json(f.dict("producer"), f"{where}.producer"),
+            target=target,
+            inputs=_specs(f, "inputs"),
+            outputs=_specs(f, "outputs"),
+            graphs={k: Graph.from_json(g, f"graphs.{k}") for k, g in f.dict("graphs").items()},
+            variants=[
+                Variant.from_json(v, f"variants[{i}]") for i, v in enumerate(f.list("variants"))
+            ],
+            programs={
+                k: ProgramEntry.from_json(p, f"programs.{k}")
+                for k, p in f.dict("programs", {}).items()
+            },
+            profile={
+                k: Profile.from_json(p, f"profile.{k}") for k, p in f.dict("profile", {}).items()
+            },
+            files=f.str_map("files", {}),
+            model=f.str("model", ""),
+            rtol=float(f.num("rtol", 1e-4)),
+            build_s=f.get("build_s", (int, float, type(None)), None),
+        )
+        f.done()
+        m.validate(where)
+        return m
+
+    def validate(self, where: str = MANIFEST) -> None:
+        """Cross-references: every variant names a graph or program that exists, conditions and
+        weight files are not shared, programs call existing graphs."""
+        if not self.variants:
+            raise BundleError(f"{where}: the manifest lists no variants")
+        if not self.outputs:
+            raise BundleError(f"{where}: the manifest lists no outputs")
+        if not 0 < self.rtol < 1:
+            raise BundleError(f"{where}.rtol {self.rtol} is outside (0, 1)")
+        seen: dict[tuple, str] = {}
+        owner: dict[str, str] = {}
+        for v in self.variants:
+            key = tuple(sorted(v.cond.items()))
+            if key in seen:
+                raise BundleError(f"{where}: variants {seen[key]} and {v.id} have one condition")
+            seen[key] = v.id
+            for rel in (v.weights, v.checks):
+                if rel is not None and owner.setdefault(rel, v.id) != v.id:
+                    raise BundleError(f"{where}: variants {owner[rel]} and {v.id} share {rel}")
+            if v.graph is not None and v.graph not in self.graphs:
+                raise BundleError(f"{where}: variant {v.id} names unknown graph {v.graph}")
+            if v.program is not None and v.program not in self.programs:
+                raise BundleError(f"{where}: variant {v.id} names unknown program {v.program}")
+        for pid, p in self.programs.items():
+            for b in p.host.blocks.values():
+                g = self.graphs.get(b.graph) if b.graph else None
+                if b.graph and g is None:
+                    raise BundleError(f"{where}: program {pid} calls unknown graph {b.graph}")
+                if g is not None and (
+                    len(g.inputs) != len(b.inputs) or len(g.outputs) != len(b.outputs)
+                ):
+                    raise BundleError(
+                        f"{where}: program {pid} block {b.id} does not match graph {g.id}"
+                    )
+
+    # -- files ---------------------------------------------------------------------------------
+    @staticmethod
+    def load(root: Path) -> Manifest:
+        """Read and check `root/manifest.json`."""
+        path = root / MANIFEST
+        if not root.is_dir():
+            raise BundleError(f"{root} is not a bundle directory")
+        if not path.is_file():
+            raise BundleError(f"{root} has no {MANIFEST}: not a hypercompile bundle")
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path} is too large to be a manifest")
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise BundleError(f"{path} is damaged: {first}") from None
+        if not isinstance(data, dict):
+            raise BundleError(f"{path} is damaged: not a JSON object")
+        try:
+            return Manifest.from_json(data, str(path))
+        except RecursionError:
+            raise BundleError(f"{path} is damaged: nested too deeply") from None
+
+    def dump(self, root: Path) -> None:
+        """Replace `root/manifest.json` atomically: a new file under a random name (never
+        following a link planted there), then a rename over the old one."""
+        text = json.dumps(self.to_json(), separators=(",", ":")) + "\n"
+        tmp = root / f".{MANIFEST}.tmp-{uuid.uuid4().hex}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(tmp, flags, 0o644)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, root / MANIFEST)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
