@@ -73,7 +73,7 @@ def run(
                 ref, out=out / "tuned", backends=["tvm"], parity_inputs=20, tune_trials=trials
             )
             tuned = hc.load(tpath)
-            info = [g["tvm_tuning"] for g in tuned.manifest["graphs"].values()]
+            info = [g.tvm_tuning for g in tuned.manifest.graphs.values()]
             tune_s = sum(i["tuning_s"] for i in info)
             n_fun = sum(i["functions"] for i in info)
             n_dyn = sum(i["dynamic_functions"] for i in info)

@@ -121,8 +121,9 @@ class SkipNetRNNCond(_CondModel):
             for i in range(int(g == 0), m.num_layers[g]):
                 ds = getattr(m, f"group{g + 1}_ds{i}")
                 layer = getattr(m, f"group{g + 1}_layer{i}")
-                x = torch.cond(gprob.squeeze() > 0.5, _call(layer),
-                               _copy if ds is None else _call(ds), (x,))
+                x = torch.cond(
+                    gprob.squeeze() > 0.5, _call(layer), _copy if ds is None else _call(ds), (x,)
+                )
                 if not (g == 2 and i == m.num_layers[g] - 1):
                     gprob, hidden = m.control(getattr(m, f"group{g + 1}_gate{i}")(x), hidden)
         x = m.avgpool(x)
@@ -142,8 +143,12 @@ class ShallowDeepCond(_CondModel):
         fwd = m.layers[i](fwd)
         out = m.internal_classifiers[i](fwd)
         conf = torch.max(F.softmax(out[0], dim=0))
-        return torch.cond(conf >= m.confidence_thresholds[i], lambda o, f: o.clone(),
-                          lambda o, f: self._stage(i + 1, f), (out, fwd))
+        return torch.cond(
+            conf >= m.confidence_thresholds[i],
+            lambda o, f: o.clone(),
+            lambda o, f: self._stage(i + 1, f),
+            (out, fwd),
+        )
 
 
 class BlockDropCond(_CondModel):
@@ -158,8 +163,12 @@ class BlockDropCond(_CondModel):
         for segment, num_blocks in enumerate(m.layer_config):
             for b in range(num_blocks):
                 residual = m.ds[segment](x) if b == 0 else x
-                x = torch.cond(policy[:, t].sum() > 0, _residual(m.blocks[segment][b]),
-                               lambda x, r: r.clone(), (x, residual))
+                x = torch.cond(
+                    policy[:, t].sum() > 0,
+                    _residual(m.blocks[segment][b]),
+                    lambda x, r: r.clone(),
+                    (x, residual),
+                )
                 t += 1
         x = m.avgpool(x)
         return m.fc(x.view(x.size(0), -1)), policy
@@ -201,8 +210,7 @@ class TopOneMoECond(_CondModel):
         experts = self.m.experts
         if k == len(experts) - 1:
             return experts[k](x)
-        return torch.cond(idx == k, _call(experts[k]),
-                          lambda x: self._expert(k + 1, idx, x), (x,))
+        return torch.cond(idx == k, _call(experts[k]), lambda x: self._expert(k + 1, idx, x), (x,))
 
 
 class NestedIfLoopIfCond(_CondModel):
@@ -212,16 +220,16 @@ class NestedIfLoopIfCond(_CondModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.m
         x = m.stem(x)
-        return torch.cond(x.mean() > m.t0, lambda x: m.head(self._blocks(0, x)),
-                          lambda x: m.head(m.alt(x)), (x,))
+        return torch.cond(
+            x.mean() > m.t0, lambda x: m.head(self._blocks(0, x)), lambda x: m.head(m.alt(x)), (x,)
+        )
 
     def _blocks(self, k: int, x: torch.Tensor) -> torch.Tensor:
         blocks = self.m.blocks
         x = blocks[k](x)
         if k == len(blocks) - 1:
             return x
-        return torch.cond(x.abs().mean() > self.m.t1, _copy,
-                          lambda x: self._blocks(k + 1, x), (x,))
+        return torch.cond(x.abs().mean() > self.m.t1, _copy, lambda x: self._blocks(k + 1, x), (x,))
 
 
 CONDS: dict[str, type[_CondModel]] = {
@@ -335,8 +343,13 @@ def build_hc(cls: type, out: Path, res: Result) -> hc.Bundle:
     return hc.load(path)
 
 
-def torch_compile(model: nn.Module, pool: list[torch.Tensor], limit_s: float,
-                  ref: list[list[np.ndarray]], res: Result) -> Callable[[torch.Tensor], Any] | None:
+def torch_compile(
+    model: nn.Module,
+    pool: list[torch.Tensor],
+    limit_s: float,
+    ref: list[list[np.ndarray]],
+    res: Result,
+) -> Callable[[torch.Tensor], Any] | None:
     """torch.compile (inductor); the first pass over the pool compiles every path it takes.
     Returns the compiled callable, or None with the reason in res.compile_note."""
     from torch._dynamo.utils import counters
@@ -382,8 +395,9 @@ def warm_up_inductor() -> float:
     return time.perf_counter() - t
 
 
-def cond_session(name: str, model: nn.Module, pool: list[torch.Tensor],
-                 ref: list[list[np.ndarray]], res: Result) -> Callable[[np.ndarray], Any] | None:
+def cond_session(
+    name: str, model: nn.Module, pool: list[torch.Tensor], ref: list[list[np.ndarray]], res: Result
+) -> Callable[[np.ndarray], Any] | None:
     """Export the torch.cond form to ONNX (If) and verify it on the pool; an ORT session runner,
     or None with the reason in res.cond_note."""
     if name not in CONDS:
@@ -475,29 +489,28 @@ class _TimedRunner:
 
 
 def host_share(bundle: hc.Bundle, in_name: str, xs: list[np.ndarray], res: Result) -> None:
-    """Time inside subgraph calls vs whole `Bundle.run`, and subgraph calls per inference."""
-    variant = bundle.manifest["variants"][0]
-    runner = bundle._runner(variant, "onnxruntime")
-    blocks = [blk for blk in runner.blocks.values() if blk.runner is not None]
-    res.subgraph_blocks = len(blocks)
+    """Time inside subgraph calls vs whole `Bundle.run`, and subgraph calls per inference: the
+    same program run by a second interpreter whose block runners are timed."""
+    from hypercompile.runtime.program import ProgramRunner
+
+    variant = bundle.manifest.variants[0]
+    plain = bundle.load_runner(variant, "onnxruntime")
     acc = [0.0, 0]
-    originals = [blk.runner for blk in blocks]
-    for blk in blocks:
-        blk.runner = _TimedRunner(blk.runner, acc)
+    timed = {gid: _TimedRunner(r, acc) for gid, r in plain.runners.items()}
+    runner = ProgramRunner(plain.program, plain.graph_inputs, timed)
+    res.subgraph_blocks = sum(1 for b in plain.program.blocks.values() if b.graph)
     total, calls = 0.0, []
-    try:
-        for x in xs[:5]:
-            bundle.run({in_name: x})  # warm
-        acc[:] = [0.0, 0]
-        for x in xs:
-            before = acc[1]
-            t = time.perf_counter()
-            bundle.run({in_name: x})
-            total += time.perf_counter() - t
-            calls.append(acc[1] - before)
-    finally:
-        for blk, orig in zip(blocks, originals):
-            blk.runner = orig
+    for x in xs[:5]:
+        bundle.run({in_name: x})  # warm
+        runner.run({in_name: x})
+    acc[:] = [0.0, 0]
+    for x in xs:
+        t = time.perf_counter()
+        bundle.run({in_name: x})
+        total += time.perf_counter() - t
+        before = acc[1]
+        runner.run({in_name: x})
+        calls.append(acc[1] - before)
     res.host_share = 1.0 - acc[0] / total
     res.calls = (float(np.mean(calls)), min(calls), max(calls))
 
@@ -577,11 +590,23 @@ def fmt_diff(d: float | None) -> str:
 
 
 def report(results: list[Result], args: argparse.Namespace) -> None:
-    cols = ["model", "eager", "torch.compile (+cold compile)", "torch.cond ONNX",
-            "hypercompile ORT", "eager/hc", "compile/hc", "cond/hc", "host share",
-            "calls per inference", "build"]
-    title = (f"batch-1 latency per inference: mean over a pool of {args.pool} random inputs "
-             f"(the same for all), median of {args.rounds} interleaved rounds")
+    cols = [
+        "model",
+        "eager",
+        "torch.compile (+cold compile)",
+        "torch.cond ONNX",
+        "hypercompile ORT",
+        "eager/hc",
+        "compile/hc",
+        "cond/hc",
+        "host share",
+        "calls per inference",
+        "build",
+    ]
+    title = (
+        f"batch-1 latency per inference: mean over a pool of {args.pool} random inputs "
+        f"(the same for all), median of {args.rounds} interleaved rounds"
+    )
     t = table(title, cols)
     t.columns[0].no_wrap = True
     for c in t.columns[1:]:
@@ -593,32 +618,59 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             comp = r.compile_note
         calls = "-" if r.calls is None else f"{r.calls[0]:.1f} ({r.calls[1]}-{r.calls[2]})"
         t.add_row(
-            r.name, fmt_time(r.eager), comp,
+            r.name,
+            fmt_time(r.eager),
+            comp,
             fmt_time(r.cond) if r.cond is not None else r.cond_note,
-            fmt_time(r.hc), ratio(r.eager, r.hc), ratio(r.compiled, r.hc), ratio(r.cond, r.hc),
-            "-" if r.host_share is None else f"{100 * r.host_share:.0f}%", calls,
+            fmt_time(r.hc),
+            ratio(r.eager, r.hc),
+            ratio(r.compiled, r.hc),
+            ratio(r.cond, r.hc),
+            "-" if r.host_share is None else f"{100 * r.host_share:.0f}%",
+            calls,
             fmt_s(r.build_s),
         )
     console.print(t)
 
-    t = table("compile and export", [
-        "model", "torch.compile: first call", "torch.compile: all paths", "FX graphs",
-        "torch.cond export", "ONNX If nodes", "hc subgraphs"])
+    t = table(
+        "compile and export",
+        [
+            "model",
+            "torch.compile: first call",
+            "torch.compile: all paths",
+            "FX graphs",
+            "torch.cond export",
+            "ONNX If nodes",
+            "hc subgraphs",
+        ],
+    )
     for r in results:
         t.add_row(
-            r.name, fmt_s(r.compile_first_s), fmt_s(r.compile_all_s),
+            r.name,
+            fmt_s(r.compile_first_s),
+            fmt_s(r.compile_all_s),
             "-" if r.compile_graphs is None else str(r.compile_graphs),
-            fmt_s(r.cond_export_s), "-" if r.cond_ifs is None else str(r.cond_ifs),
+            fmt_s(r.cond_export_s),
+            "-" if r.cond_ifs is None else str(r.cond_ifs),
             "-" if r.subgraph_blocks is None else str(r.subgraph_blocks),
         )
     console.print(t)
 
     contenders = ("eager", "compile", "cond", "hc")
-    t = table("checks and noise", ["model", "max|d| compile", "max|d| cond", "max|d| hc",
-                                   *(f"p90/median {k}" for k in contenders)])
+    t = table(
+        "checks and noise",
+        [
+            "model",
+            "max|d| compile",
+            "max|d| cond",
+            "max|d| hc",
+            *(f"p90/median {k}" for k in contenders),
+        ],
+    )
     for r in results:
         t.add_row(
-            r.name, *(fmt_diff(r.diffs.get(k)) for k in contenders[1:]),
+            r.name,
+            *(fmt_diff(r.diffs.get(k)) for k in contenders[1:]),
             *("-" if k not in r.spread else f"{r.spread[k]:.2f}" for k in contenders),
         )
     console.print(t)
@@ -649,16 +701,29 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default=",".join(ZOO),
-                    help=f"comma-separated subset of: {', '.join(ZOO)}")
-    ap.add_argument("--no-compile", dest="compile", action="store_false",
-                    help="skip torch.compile (the slowest part)")
+    ap.add_argument(
+        "--models", default=",".join(ZOO), help=f"comma-separated subset of: {', '.join(ZOO)}"
+    )
+    ap.add_argument(
+        "--no-compile",
+        dest="compile",
+        action="store_false",
+        help="skip torch.compile (the slowest part)",
+    )
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--pool", type=int, default=64, help="random inputs, cycled")
-    ap.add_argument("--compile-timeout", type=float, default=120.0,
-                    help="seconds allowed for torch.compile to warm every path of one model")
-    ap.add_argument("--torch-threads", type=int, default=None,
-                    help="torch intra-op threads for eager and torch.compile (default: torch's)")
+    ap.add_argument(
+        "--compile-timeout",
+        type=float,
+        default=120.0,
+        help="seconds allowed for torch.compile to warm every path of one model",
+    )
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads for eager and torch.compile (default: torch's)",
+    )
     args = ap.parse_args()
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in ZOO]

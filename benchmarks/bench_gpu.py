@@ -33,15 +33,14 @@ from common import console, fmt_time, measure, ratio  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import hypercompile as hc  # noqa: E402
-from hypercompile.core import tensors as fmt  # noqa: E402
 from hypercompile.frontend.loader import resolve_model  # noqa: E402
 from hypercompile.frontend.materialize import materialize  # noqa: E402
 
 
 def torch_target(hm, bundle, variant):
     """The materialized target on the GPU, holding exactly the bundle's weights."""
-    module = materialize(hm, variant["cond"])
-    weights = fmt.read_tensors((bundle.path / variant["weights"]).read_bytes())
+    module = materialize(hm, variant.cond)
+    weights = bundle.weights(variant)
     state = module.state_dict()
     shared = {k: torch.from_numpy(v.copy()) for k, v in weights.items() if k in state}
     module.load_state_dict(shared, strict=False)
@@ -51,7 +50,7 @@ def torch_target(hm, bundle, variant):
 def bench_variant(bundle, hm, variant, batch, rounds):
     import tvm
 
-    cond = variant["cond"]
+    cond = variant.cond
     module, _, _ = torch_target(hm, bundle, variant)
     xs = tuple(hm.example_inputs(cond))
     if batch > 1:
@@ -61,7 +60,7 @@ def bench_variant(bundle, hm, variant, batch, rounds):
     xs_gpu = tuple(x.cuda() for x in xs)
 
     got = bundle.run(feeds, backend="tvm", **cond)  # runs the stored device checks first
-    device_check = bundle._checked.get((variant["id"], "tvm"), {})
+    device_check = bundle.device_checks().get((variant.id, "tvm"), {})
     with torch.no_grad():
         want = module(*xs_gpu)
     want = [want] if isinstance(want, torch.Tensor) else list(want)
@@ -86,13 +85,13 @@ def bench_variant(bundle, hm, variant, batch, rounds):
         "tvm_np": lambda: bundle.run(feeds, backend="tvm", **cond),
         "ort_cpu": lambda: bundle.run(feeds, backend="onnxruntime", **cond),
     }
-    if "program" not in variant:
-        runner = bundle._runner(variant, "tvm")
+    if variant.program is None:
+        runner = bundle.load_runner(variant, "tvm")
         dev = tvm.cuda(0)
         args = [tvm.runtime.tensor(a, device=dev) for a in feeds.values()]
 
         def tvm_gpu():
-            runner._fn(*args, *runner._weights)
+            runner.fn(*args, *runner.weights)
             dev.sync()
 
         fns["tvm_gpu"] = tvm_gpu
@@ -123,16 +122,14 @@ def main() -> None:
     rows = []
     for path in args.bundles:
         bundle = hc.load(path)
-        hm = resolve_model(bundle.manifest["model"])
-        for variant in bundle.manifest["variants"][: args.variants]:
+        hm = resolve_model(bundle.manifest.model)
+        for variant in bundle.manifest.variants[: args.variants]:
             batches = [1]
-            if "program" not in variant and bundle.manifest["graphs"][variant["graph"]].get(
-                "dynamic_batch"
-            ):
+            if variant.program is None and bundle.manifest.graphs[variant.graph].dynamic_batch:
                 batches.append(32)
             for batch in batches:
                 r = bench_variant(bundle, hm, variant, batch, args.rounds)
-                r.update(model=Path(path).name, cond=variant["cond"], batch=batch)
+                r.update(model=Path(path).name, cond=variant.cond, batch=batch)
                 rows.append(r)
                 console.print(f"  {r['model']} {r['cond']} b{batch} done")
     table = Table(title="x86-cuda bundles: TVM CUDA kernels vs torch eager CUDA (medians)")

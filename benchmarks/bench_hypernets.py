@@ -37,7 +37,7 @@ EXAMPLES = {
 SCALING = "examples/continual_hypernet/model.py:make_untrained"
 
 
-def bare_session(bundle: hc.Bundle, variant: dict):
+def bare_session(bundle: hc.Bundle, variant):
     """An ONNX Runtime session on the variant's graph with its weights embedded: the floor that
     `Bundle.run` is compared against (the runtime's own overhead)."""
     import onnx
@@ -46,9 +46,10 @@ def bare_session(bundle: hc.Bundle, variant: dict):
 
     from hypercompile.core.tensors import read_tensors
 
-    g = onnx.load(str(bundle.path / bundle.manifest["graphs"][variant["graph"]]["path"]),
-                  load_external_data=False)
-    weights = read_tensors((bundle.path / variant["weights"]).read_bytes())
+    g = onnx.load(
+        str(bundle.path / bundle.manifest.graphs[variant.graph].path), load_external_data=False
+    )
+    weights = read_tensors(bundle.read(variant.weights))
     for i, t in enumerate(g.graph.initializer):
         if t.name in weights:
             tensor = numpy_helper.from_array(np.array(weights[t.name]), t.name)
@@ -67,10 +68,16 @@ def whole_graph_session(hm, cond, x: torch.Tensor):
             return hm.reference(cond, x)
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        prog = torch.onnx.export(Whole(), (x,), dynamo=True, input_names=["x"],
-                                 dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
-    return ort.InferenceSession(prog.model_proto.SerializeToString(),
-                                providers=["CPUExecutionProvider"])
+        prog = torch.onnx.export(
+            Whole(),
+            (x,),
+            dynamo=True,
+            input_names=["x"],
+            dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
+        )
+    return ort.InferenceSession(
+        prog.model_proto.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
 
 
 def bench_example(name: str, ref: str, out: Path, rounds: int, rows: list) -> None:
@@ -114,8 +121,9 @@ def bench_scaling(rounds_dir: Path, quick: bool) -> tuple[list, list]:
     counts = (1, 10, 50) if not quick else (1, 50)
     for n in counts:
         t = time.perf_counter()
-        path = hc.build(f"{ROOT / SCALING}", out=rounds_dir / f"n{n}",
-                        where={"task": list(range(n))})
+        path = hc.build(
+            f"{ROOT / SCALING}", out=rounds_dir / f"n{n}", where={"task": list(range(n))}
+        )
         times.append((n, time.perf_counter() - t))
         graph = sum(p.stat().st_size for p in (path / "graphs").iterdir())
         one = (path / "weights/v0000.safetensors").stat().st_size
@@ -137,26 +145,45 @@ def main() -> None:
             bench_example(name, str(ROOT / ref), Path(d) / name.split()[0], rounds, rows)
         times, sizes = bench_scaling(Path(d), args.quick)
 
-    cols = ["example", "batch", "(a) eager hyper+target", "(b) eager materialized",
-            "(c) bundle ORT", "(d) bare ORT", "(e) whole-graph ONNX", "a/c", "b/c", "c/d", "e/c"]
+    cols = [
+        "example",
+        "batch",
+        "(a) eager hyper+target",
+        "(b) eager materialized",
+        "(c) bundle ORT",
+        "(d) bare ORT",
+        "(e) whole-graph ONNX",
+        "a/c",
+        "b/c",
+        "c/d",
+        "e/c",
+    ]
     t = table(f"per-call latency, median of {rounds} interleaved rounds", cols)
     for name, batch, med, whole_err in rows:
         c = med["bundle (ORT)"]
         whole = med.get("whole-graph ONNX")
         t.add_row(
-            name, str(batch), fmt_time(med["eager hypernet+target"]),
-            fmt_time(med["eager materialized"]), fmt_time(c), fmt_time(med["bare ORT"]),
+            name,
+            str(batch),
+            fmt_time(med["eager hypernet+target"]),
+            fmt_time(med["eager materialized"]),
+            fmt_time(c),
+            fmt_time(med["bare ORT"]),
             fmt_time(whole) if whole else f"fails ({whole_err})",
-            ratio(med["eager hypernet+target"], c), ratio(med["eager materialized"], c),
-            f"{c / med['bare ORT']:.2f}x", ratio(whole, c),
+            ratio(med["eager hypernet+target"], c),
+            ratio(med["eager materialized"], c),
+            f"{c / med['bare ORT']:.2f}x",
+            ratio(whole, c),
         )
     console.print(t)
     t = table("build time (continual example, same architecture)", ["tasks", "build", "vs 1 task"])
     for n, s in times:
         t.add_row(str(n), fmt_time(s), f"{s / times[0][1]:.2f}x")
     console.print(t)
-    t = table("bundle bytes vs tasks", ["tasks", "bundle", "graph", "one task's weights",
-                                        "bundle / (graph + n x task)"])
+    t = table(
+        "bundle bytes vs tasks",
+        ["tasks", "bundle", "graph", "one task's weights", "bundle / (graph + n x task)"],
+    )
     for n, total, graph, one, r in sizes:
         t.add_row(str(n), f"{total:,}", f"{graph:,}", f"{one:,}", f"{r:.3f}")
     console.print(t)

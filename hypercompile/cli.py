@@ -48,11 +48,10 @@ def _human_bytes(n: float) -> str:
     return str(n)
 
 
-def _arch_text(v: dict[str, Any], m: dict[str, Any]) -> str:
-    if "program" in v:
-        n = len({b["graph"] for b in m["programs"][v["program"]]["blocks"] if b["graph"]})
-        return f"{v['program']} ({n} subgraphs)"
-    return f"{v['graph']} ({m['graphs'][v['graph']]['arch'][:8]})"
+def _arch_text(v: Any, m: Any) -> str:
+    if v.program is not None:
+        return f"{v.program} ({len(m.graphs_of(v))} subgraphs)"
+    return f"{v.graph} ({(m.graphs[v.graph].arch or '')[:8]})"
 
 
 def _cond_text(cond: dict[str, Any]) -> str:
@@ -138,27 +137,24 @@ def build(
             progress=progress,
             tune_trials=tune_trials,
         )
-    manifest = json.loads((path / "manifest.json").read_text())
+    from .core.manifest import Manifest
+
+    manifest = Manifest.load(path)
+    parities = [p for v in manifest.variants for p in v.parity.values()]
     summary = {
         "bundle": str(path),
-        "target": manifest["target"]["name"],
-        "variants": len(manifest["variants"]),
-        "graphs": len(manifest["graphs"]),
-        "build_s": manifest["build_s"],
+        "target": manifest.target.name,
+        "variants": len(manifest.variants),
+        "graphs": len(manifest.graphs),
+        "build_s": manifest.build_s,
         "max_rel": max(
-            (
-                p["max_rel"]
-                for v in manifest["variants"]
-                for p in v["parity"].values()
-                if "max_rel" in p
-            ),
-            default=float("nan"),
+            (p.max_rel for p in parities if p.max_rel is not None), default=float("nan")
         ),
         "deferred": sorted(
-            {b for v in manifest["variants"] for b, p in v["parity"].items() if "deferred" in p}
+            {b for v in manifest.variants for b, p in v.parity.items() if p.deferred}
         ),
     }
-    tuned = [g["tvm_tuning"] for g in manifest["graphs"].values() if "tvm_tuning" in g]
+    tuned = [g.tvm_tuning for g in manifest.graphs.values() if g.tvm_tuning is not None]
     if tuned:
         summary["tuning"] = {
             "trials_run": sum(t["trials_run"] for t in tuned),
@@ -206,7 +202,7 @@ def build(
 def run(bundle, inputs, cond, budget_ms, backend, device, out_file, as_json) -> None:
     """Run a bundle on inputs saved as .npy files."""
     from .runtime import load
-    from .runtime.bundle import _batch_of
+    from .runtime.bundle import batch_of
 
     feeds = {}
     for name, file in _pairs(inputs, "--input"):
@@ -219,9 +215,9 @@ def run(bundle, inputs, cond, budget_ms, backend, device, out_file, as_json) -> 
     selected = None
     if budget_ms is not None:
         choice = b.choose(
-            budget_ms, batch_size=_batch_of(feeds, b.inputs), backend=backend, **conds
+            budget_ms, batch_size=batch_of(feeds, b.inputs), backend=backend, **conds
         )
-        conds, backend = dict(choice.variant["cond"]), choice.backend
+        conds, backend = dict(choice.variant.cond), choice.backend
         selected = {
             "cond": conds,
             "backend": backend,
@@ -266,46 +262,42 @@ def inspect(bundle, as_json) -> None:
     b = load(bundle)
     m = b.manifest
     if as_json:
+        data = m.to_json()
         keep = ("producer", "target", "inputs", "outputs", "graphs", "variants", "programs")
-        extra = {"profile": m.get("profile", {}), "this_device": b.device_key()}
-        click.echo(json.dumps({k: m.get(k) for k in keep} | extra))
+        extra = {"profile": data["profile"], "this_device": b.device_key()}
+        click.echo(json.dumps({k: data[k] for k in keep} | extra))
         return
-    size = sum((b.path / rel).stat().st_size for rel in m["files"])
-    io = escape(", ".join(f"{s['name']}:{s['dtype']}{s['shape']}" for s in m["inputs"]))
-    oo = escape(", ".join(f"{s['name']}:{s['dtype']}{s['shape']}" for s in m["outputs"]))
+    size = sum((b.path / rel).stat().st_size for rel in m.files)
+    io = escape(", ".join(f"{s.name}:{s.dtype}{s.shape}" for s in m.inputs))
+    oo = escape(", ".join(f"{s.name}:{s.dtype}{s.shape}" for s in m.outputs))
     out.print(
-        f"[bold]{b.path}[/]  target {m['target']['name']}, {len(m['variants'])} variant(s), "
-        f"{len(m['graphs'])} graph(s), {_human_bytes(size)}\n  inputs {io}\n  outputs {oo}",
+        f"[bold]{b.path}[/]  target {m.target.name}, {len(m.variants)} variant(s), "
+        f"{len(m.graphs)} graph(s), {_human_bytes(size)}\n  inputs {io}\n  outputs {oo}",
         highlight=False,
     )
     table = Table(title="variants")
     for col in ("condition", "graph", "params", "bytes", "backends", "parity max abs", "max rel"):
         table.add_column(col, justify="right" if col not in ("condition", "backends") else "left")
-    for v in m["variants"]:
-        parity = v.get("parity", {})
-        done = [p for p in parity.values() if "max_abs" in p]
-        worst_abs = max((p["max_abs"] for p in done), default=float("nan"))
-        worst_rel = max((p["max_rel"] for p in done), default=float("nan"))
+    for v in m.variants:
+        done = [p for p in v.parity.values() if p.max_abs is not None]
+        worst_abs = max((p.max_abs for p in done), default=float("nan"))
+        worst_rel = max((p.max_rel for p in done), default=float("nan"))
         table.add_row(
-            _cond_text(v["cond"]),
+            _cond_text(v.cond),
             _arch_text(v, m),
-            f"{v['params']:,}",
-            _human_bytes(v["bytes"]),
+            f"{v.params:,}",
+            _human_bytes(v.bytes),
             ", ".join(
-                b + (" (on device)" if "deferred" in parity.get(b, {}) else "")
-                for b in v["artifacts"]
+                b + (" (on device)" if b in v.parity and v.parity[b].deferred else "")
+                for b in v.artifacts
             ),
             f"{worst_abs:.2e}",
             f"{worst_rel:.2e}",
         )
     out.print(table)
-    native = [
-        (gid, be, i)
-        for gid, g in m["graphs"].items()
-        for be, i in g.get("artifact_info", {}).items()
-    ]
+    native = [(gid, be, i) for gid, g in m.graphs.items() for be, i in g.artifact_info.items()]
     if native:
-        t = Table(title=f"compiled libraries (for {m['target']['name']}, {m['target']['arch']})")
+        t = Table(title=f"compiled libraries (for {m.target.name}, {m.target.arch})")
         for col in ("graph", "back end", "machine code", "device code"):
             t.add_column(col)
         for gid, be, info in native[:50]:
@@ -321,28 +313,27 @@ def inspect(bundle, as_json) -> None:
                 code += f" for {info['sm']}, nvcc {info.get('nvcc', '?')}"
             t.add_row(gid, be, str(info.get("elf")), code)
         out.print(t)
-    programs = m.get("programs") or {}
-    for pid, program in programs.items():
-        users = [_cond_text(v["cond"]) for v in m["variants"] if v.get("program") == pid]
+    for pid, program in m.programs.items():
+        users = [_cond_text(v.cond) for v in m.variants if v.program == pid]
         out.print(program_tree(pid, program, ", ".join(users)))
-    if programs:
-        out.print(coverage_table(programs))
+    if m.programs:
+        out.print(coverage_table(m.programs))
     here = b.device_key()
-    for key, entry in (m.get("profile") or {}).items():
+    for key, entry in m.profile.items():
         out.print(profile_table(m, key, entry, here=key == here))
-    if not m.get("profile"):
+    if not m.profile:
         out.print(f"no profiles (this device: {here}); `hypercompile profile {b.path}` adds one")
 
 
-def program_tree(pid: str, program: dict[str, Any], label: str) -> Any:
+def program_tree(pid: str, entry: Any, label: str) -> Any:
     """The host program as a tree: blocks with their statements, decisions with the line of
     the test and how often each side was taken at build time."""
     from rich.tree import Tree
 
     from .core import ir
 
-    prog = ir.Program.from_json(program)
-    coverage = program.get("coverage", {})
+    prog: ir.Program = entry.host
+    coverage = entry.coverage
     seen: set[int] = set()
     graphs = {b.graph for b in prog.blocks.values() if b.graph}
     root = Tree(
@@ -401,11 +392,12 @@ def program_tree(pid: str, program: dict[str, Any], label: str) -> Any:
 
 
 def coverage_table(programs: dict[str, Any]) -> Any:
+    """Per program, every source-level decision with how often each side was taken."""
     table = Table(title="branch coverage at build time (parity inputs)")
     for col in ("program", "line", "decision", "taken", "never taken"):
         table.add_column(col)
     for pid, program in programs.items():
-        for name, c in program.get("coverage", {}).items():
+        for name, c in program.coverage.items():
             taken = c.get("taken", {})
             never = [k for k, n in taken.items() if n == 0]
             table.add_row(
@@ -480,7 +472,9 @@ def profile(
             timeout=timeout,
             progress=progress,
         )
-    manifest = json.loads((Path(bundle) / "manifest.json").read_text())
+    from .core.manifest import Manifest
+
+    manifest = Manifest.load(Path(bundle))
     plot_path = None
     if plot_file:
         from .devtools.plot import plot_profile
@@ -492,8 +486,8 @@ def profile(
                 {
                     "bundle": str(Path(bundle).resolve()),
                     "device": device,
-                    "description": describe(entry["device"]),
-                    "profile": entry,
+                    "description": describe(entry.device),
+                    "profile": entry.to_json(),
                     "plot": plot_path,
                 }
             )
@@ -502,7 +496,7 @@ def profile(
     out.print(profile_table(manifest, device, entry, here=not rpc))
     for table in program_tables(manifest, entry):
         out.print(table)
-    for note in entry.get("notes", []):
+    for note in entry.notes:
         out.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     where = f"bundle {bundle}, device {device}"
     out.print(f"stored in {escape(where)}" + (f"; plot {plot_path}" if plot_path else ""))
@@ -512,27 +506,27 @@ def _ms(x: Any) -> str:
     return "-" if x is None else f"{x:.4g}"
 
 
-def profile_table(m: dict[str, Any], key: str, entry: dict[str, Any], here: bool) -> Any:
+def profile_table(m: Any, key: str, entry: Any, here: bool) -> Any:
     """One row per variant, back end and batch; the fastest back end of a variant is starred."""
     from .runtime.fingerprint import describe
 
     mark = " [green](this device)[/]" if here else ""
-    title = f"profile {key}{mark}: {escape(describe(entry.get('device') or {}))}"
+    title = f"profile {key}{mark}: {escape(describe(entry.device))}"
     table = Table(title=title, title_justify="left")
     cols = ("condition", "backend", "batch", "median ms", "p90 ms", "p99 ms", "spread ms")
     cols += ("peak MiB", "params", "MFLOP", "GFLOP/s", "quality")
     for col in cols:
         table.add_column(col, justify="left" if col in ("condition", "backend") else "right")
-    for v in m["variants"]:
-        rec = (entry.get("variants") or {}).get(v["id"])
-        if not rec:
+    for v in m.variants:
+        rec = entry.variants.get(v.id)
+        if rec is None:
             continue
-        for be, by_batch in sorted(rec.get("results", {}).items()):
-            star = " *" if be == rec.get("best_backend") and len(rec["results"]) > 1 else ""
+        for be, by_batch in sorted(rec.results.items()):
+            star = " *" if be == rec.best_backend and len(rec.results) > 1 else ""
             for b, r in sorted(by_batch.items(), key=lambda kv: int(kv[0])):
                 flops = r.get("flops")
                 table.add_row(
-                    _cond_text(v["cond"]),
+                    _cond_text(v.cond),
                     be + star,
                     b,
                     _ms(r["median_ms"]),
@@ -540,15 +534,15 @@ def profile_table(m: dict[str, Any], key: str, entry: dict[str, Any], here: bool
                     _ms(r["p99_ms"]),
                     _ms(r["spread_ms"]),
                     _ms(r.get("peak_mem_mb")),
-                    f"{v.get('params', 0):,}",
+                    f"{v.params:,}",
                     "-" if flops is None else f"{flops / 1e6:.3g}",
                     _ms(r.get("gflops_per_s")),
-                    "-" if v.get("quality") is None else f"{v['quality']:.4g}",
+                    "-" if v.quality is None else f"{v.quality:.4g}",
                 )
     return table
 
 
-def program_tables(m: dict[str, Any], entry: dict[str, Any]) -> list[Any]:
+def program_tables(m: Any, entry: Any) -> list[Any]:
     """Per-path latency and branch statistics of DyNN variants."""
     paths = Table(title="DyNN paths (profiled inputs)", title_justify="left")
     for col in ("condition", "backend", "batch", "path", "share", "median ms", "p90 ms", "MFLOP"):
@@ -556,14 +550,14 @@ def program_tables(m: dict[str, Any], entry: dict[str, Any]) -> list[Any]:
     branches = Table(title="DyNN branches (profiled inputs)", title_justify="left")
     for col in ("condition", "backend", "line", "decision", "taken"):
         branches.add_column(col)
-    for v in m["variants"]:
-        rec = (entry.get("variants") or {}).get(v["id"]) or {}
-        for be, by_batch in sorted(rec.get("results", {}).items()):
+    for v in m.variants:
+        rec = entry.variants.get(v.id)
+        for be, by_batch in sorted(rec.results.items() if rec else []):
             for b, r in by_batch.items():
                 for p in r.get("paths", []):
                     flops = p.get("flops")
                     paths.add_row(
-                        _cond_text(v["cond"]),
+                        _cond_text(v.cond),
                         be,
                         b,
                         p["path"],
@@ -574,7 +568,7 @@ def program_tables(m: dict[str, Any], entry: dict[str, Any]) -> list[Any]:
                     )
                 for c in r.get("branches", {}).values():
                     branches.add_row(
-                        _cond_text(v["cond"]),
+                        _cond_text(v.cond),
                         be,
                         str(c.get("line")),
                         escape(str(c.get("source"))),

@@ -1,4 +1,4 @@
-"""The HyperModel protocol: what the front end asks of a model (see DESIGN.md)."""
+"""The HyperModel protocol: what the front end asks of a model (see the README)."""
 
 from __future__ import annotations
 

@@ -31,7 +31,12 @@ def tiny_copy(tiny_bundle, tmp_path) -> Path:
 
 
 def manifest(path: Path) -> dict:
+    """The manifest as raw JSON, for tests that read or edit the file as an attacker would."""
     return json.loads((path / "manifest.json").read_text())
+
+
+def write_manifest(path: Path, data: dict) -> None:
+    (path / "manifest.json").write_text(json.dumps(data))
 
 
 sys.path.insert(0, str(ROOT / "tests"))

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, ref
+from conftest import ROOT, ref, write_manifest
 from dyn_models import Router
 from models import TinyHyper
 
@@ -171,7 +171,7 @@ def _defer_tvm_checks(path, corrupt: bool) -> None:
         m["files"][rel] = fmt.sha256_file(path / rel)
         v["checks"] = rel
         v["parity"]["tvm"] = {"deferred": "test", "inputs": 1, "against": "eager forward"}
-    fmt.write_manifest(path, m)
+    write_manifest(path, m)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,7 @@ def test_device_checks_run_before_first_answer(router_tvm, tmp_path):
     x = np.random.default_rng(4).standard_normal((1, 5)).astype(np.float32)
     b = hc.load(good)
     out = b.run({"x": x}, backend="tvm")
-    assert b._checked[("v0000", "tvm")]["max_abs"] <= 1e-4
+    assert b.device_checks()[("v0000", "tvm")]["max_abs"] <= 1e-4
     want = Router()(torch.from_numpy(x)).detach().numpy()
     assert np.abs(out["output"] - want).max() <= 1e-4
     with pytest.raises(ParityError, match="on this device exceeds tolerance"):
@@ -213,7 +213,7 @@ def test_x86_cuda_bundle_answers_like_pytorch_on_the_gpu(tmp_path):
         got = b.run({"input": x}, backend="tvm", **cond)["output"]
         want = hm.reference(cond, torch.from_numpy(x)).detach().numpy()
         assert np.abs(got - want).max() <= 1e-4
-        assert b._checked[(b.select(**cond)["id"], "tvm")]["max_rel"] <= 1e-4
+        assert b.device_checks()[(b.select(**cond).id, "tvm")]["max_rel"] <= 1e-4
 
 
 def test_tvm_target_tags_expand_and_unknown_tags_are_named(tmp_path):

@@ -92,7 +92,7 @@ def test_budget_picks_the_largest_variant_whose_p90_fits(profiled):
     path, _ = profiled
     b = hc.load(path)
     p90 = _p90s(path)
-    params = {v["id"]: v["params"] for v in b.manifest["variants"]}
+    params = {v.id: v.params for v in b.manifest.variants}
     cuts = sorted(set(p90.values()))
     budgets = [(lo + hi) / 2 for lo, hi in zip(cuts, cuts[1:])] + [cuts[-1] * 2]
     x = np.ones((1, 64), np.float32)
@@ -101,9 +101,9 @@ def test_budget_picks_the_largest_variant_whose_p90_fits(profiled):
         fitting = [vid for vid, t in p90.items() if t <= budget]
         want = max(fitting, key=params.__getitem__)
         got = b.select(budget_ms=budget)
-        assert got["id"] == want, (budget, p90)
+        assert got.id == want, (budget, p90)
         outs = b.run({"x": x}, budget_ms=budget)
-        assert np.array_equal(outs["output"], b.run({"x": x}, **got["cond"])["output"])
+        assert np.array_equal(outs["output"], b.run({"x": x}, **got.cond)["output"])
         if i in (0, len(budgets) - 1):  # the command line agrees
             res = hc_cli(
                 "run",
@@ -133,7 +133,7 @@ def test_a_budget_below_the_fastest_variant_is_refused(profiled, tmp_path):
 
 def test_budget_honours_conditions_and_the_batch(profiled):
     b = hc.load(profiled[0])
-    assert b.select(budget_ms=1e6, width=16)["cond"] == {"width": 16}
+    assert b.select(budget_ms=1e6, width=16).cond == {"width": 16}
     with pytest.raises(hc.ProfileError, match="at batch >= 8"):
         b.select(budget_ms=1e6, batch_size=8)  # profiled at batch 1 only
     with pytest.raises(hc.ConditionError, match="no variant matches"):
@@ -165,7 +165,7 @@ def test_a_profile_from_another_device_is_never_used_silently(profiled, tmp_path
     x = np.ones((1, 64), np.float32)
     assert b.run({"x": x}, width=8)["output"].shape == (1, 10)  # conditions still work
     if rekey:  # asked for by name, it is used
-        assert hc.load(dst, device=key).select(budget_ms=1e6)["cond"] == {"width": 64}
+        assert hc.load(dst, device=key).select(budget_ms=1e6).cond == {"width": 64}
 
 
 def test_without_any_profile_a_budget_asks_for_one(morph, tmp_path):
@@ -180,9 +180,9 @@ def test_repeated_profiles_agree_within_their_spread(morph, tmp_path):
     shutil.copytree(morph, dst)
     _, first = P.profile(dst, warmup=20, repeat=400, store=False)
     _, second = P.profile(dst, warmup=20, repeat=400, store=False)
-    for vid, rec in first["variants"].items():
-        a = rec["results"]["onnxruntime"]["1"]
-        b = second["variants"][vid]["results"]["onnxruntime"]["1"]
+    for vid, rec in first.variants.items():
+        a = rec.results["onnxruntime"]["1"]
+        b = second.variants[vid].results["onnxruntime"]["1"]
         # the noise each profile reports: the middle 80 % of its runs, and how far the
         # medians of its rounds moved
         noise = a["spread_ms"] + b["spread_ms"] + a["drift_ms"] + b["drift_ms"]
@@ -198,7 +198,7 @@ def test_profiling_again_merges_and_inspect_shows_profiles(profiled, tmp_path):
     key = P.fingerprint_key(P.local_fingerprint())
     results = manifest(dst)["profile"][key]["variants"]["v0003"]["results"]["onnxruntime"]
     assert sorted(results, key=int) == ["1", "4"]  # batch 1 kept from the first profile
-    assert hc.load(dst).select(budget_ms=1e6, batch_size=3)["cond"] == {"width": 64}
+    assert hc.load(dst).select(budget_ms=1e6, batch_size=3).cond == {"width": 64}
     res = hc_cli("inspect", dst, "--json")
     info = json.loads(res.stdout)
     assert info["this_device"] == key and key in info["profile"]
@@ -237,9 +237,9 @@ def test_dynamic_program_paths_and_branches(tmp_path):
     xs = np.random.default_rng(3).standard_normal((40, 8)).astype(np.float32)
     np.save(folder / "x.npy", xs)
     _, entry = P.profile(path, warmup=2, repeat=80, inputs=folder)
-    (rec,) = entry["variants"].values()
-    r = rec["results"]["onnxruntime"]["1"]
-    assert entry["settings"]["inputs"] == str(folder)
+    (rec,) = entry.variants.values()
+    r = rec.results["onnxruntime"]["1"]
+    assert entry.settings["inputs"] == str(folder)
     assert sum(p["count"] for p in r["paths"]) == 80
     assert len(r["paths"]) >= 2  # the exits are taken on these inputs
     # a stage is Linear(8, 8) + head Linear(8, 4): 96 MACs; a path runs 1, 2 or 3 stages

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import manifest, ref
+from conftest import manifest, ref, write_manifest
 
 import hypercompile as hc
 
@@ -152,7 +152,7 @@ def test_profile_through_the_tracker_stores_the_boards_profile(tracker, tvm_bund
     # ... unless asked for by name
     b = hc.load(dst, device=key)
     choice = b.choose(1e6)
-    assert choice.backend == "tvm" and choice.variant["id"] in entry["variants"]
+    assert choice.backend == "tvm" and choice.variant.id in entry["variants"]
     out = b.run({"input": np.ones((1, 8), np.float32)}, budget_ms=1e6)
     assert out["output"].shape == (1, 4)
     res = hc_cli("inspect", dst)
@@ -183,7 +183,7 @@ def _store_checks(path, corrupt: bool) -> None:
         fmt.write_tensors(path / rel, pack_checks([{"input": x}], [[want + corrupt]]))
         m["files"][rel] = fmt.sha256_file(path / rel)
         v["checks"] = rel
-    fmt.write_manifest(path, m)
+    write_manifest(path, m)
 
 
 def test_the_board_runs_the_stored_checks_before_it_is_timed(tracker, tvm_bundle, tmp_path):

@@ -274,12 +274,15 @@ class ProfiledVariant:
     results: dict[str, dict[str, dict[str, Any]]]  # back end -> batch -> measurements
     best_backend: str | None = None
     quality: float | None = None
+    device_check: dict[str, Any] | None = None  # the stored checks run on the board (RPC)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"cond": self.cond, "params": self.params, "results": self.results}
         out["best_backend"] = self.best_backend
         if self.quality is not None:
             out["quality"] = self.quality
+        if self.device_check is not None:
+            out["device_check"] = self.device_check
         return out
 
     @staticmethod
@@ -300,6 +303,7 @@ class ProfiledVariant:
             results=results,
             best_backend=f.get("best_backend", (str, type(None)), None),
             quality=f.get("quality", (int, float, type(None)), None),
+            device_check=f.get("device_check", (dict, type(None)), None),
         )
         f.done()
         return v

@@ -6,38 +6,40 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..core.manifest import Manifest
+from ..errors import HypercompileError
 from ..runtime.fingerprint import describe
-from .errors import HypercompileError
 from .profile import pareto_front
 
 
 def profile_points(
-    manifest: dict[str, Any], device: str, x: str = "params", batch: int | None = None
+    manifest: Manifest, device: str, x: str = "params", batch: int | None = None
 ) -> tuple[list[dict[str, Any]], str, int]:
     """Per profiled variant: label, x (parameters or quality), p90 ms of its fastest back end at
     `batch` (default: the smallest batch profiled), that back end, and whether it is on the
     Pareto front (more x and less latency are better). Returns (points, x name, batch)."""
-    entry = (manifest.get("profile") or {}).get(device)
-    if not entry:
+    entry = manifest.profile.get(device)
+    if entry is None:
         raise HypercompileError(f"the bundle has no profile {device}")
-    recs = [(v, entry["variants"].get(v["id"])) for v in manifest["variants"]]
-    recs = [(v, r) for v, r in recs if r and r.get("results")]
+    recs = [(v, entry.variants.get(v.id)) for v in manifest.variants]
+    recs = [(v, r) for v, r in recs if r is not None and r.results]
     if not recs:
         raise HypercompileError(f"profile {device} times no variant")
     if batch is None:
-        batch = min(int(b) for _, r in recs for res in r["results"].values() for b in res)
+        batch = min(int(b) for _, r in recs for res in r.results.values() for b in res)
     if x == "auto":
-        x = "quality" if all(v.get("quality") is not None for v, _ in recs) else "params"
+        x = "quality" if all(v.quality is not None for v, _ in recs) else "params"
     points = []
     for v, r in recs:
         timed = {
-            be: res[str(batch)]["p90_ms"] for be, res in r["results"].items() if str(batch) in res
+            be: res[str(batch)]["p90_ms"] for be, res in r.results.items() if str(batch) in res
         }
-        if not timed or (x == "quality" and v.get("quality") is None):
+        if not timed or (x == "quality" and v.quality is None):
             continue
         be = min(timed, key=timed.__getitem__)
-        label = " ".join(f"{k}={val}" for k, val in v["cond"].items()) or v["id"]
-        points.append({"label": label, "x": float(v[x] or 0), "p90_ms": timed[be], "backend": be})
+        label = " ".join(f"{k}={val}" for k, val in v.cond.items()) or v.id
+        value = v.quality if x == "quality" else v.params
+        points.append({"label": label, "x": float(value or 0), "p90_ms": timed[be], "backend": be})
     front = set(pareto_front([(p["x"], p["p90_ms"]) for p in points]))
     for i, p in enumerate(points):
         p["pareto"] = i in front
@@ -45,7 +47,7 @@ def profile_points(
 
 
 def plot_profile(
-    manifest: dict[str, Any],
+    manifest: Manifest,
     device: str,
     out: str | Path,
     *,
@@ -64,7 +66,7 @@ def plot_profile(
     import matplotlib.pyplot as plt
 
     points, x_name, batch = profile_points(manifest, device, x, batch)
-    entry = manifest["profile"][device]
+    entry = manifest.profile[device]
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
     try:
         ax.scatter(
@@ -108,7 +110,7 @@ def plot_profile(
             ax.set_xscale("log")
         ax.set_xlabel("parameters" if x_name == "params" else "quality (declared by the model)")
         ax.set_ylabel(f"p90 latency (ms), batch {batch}")
-        ax.set_title(f"{device}: {describe(entry.get('device') or {})}"[:110], fontsize=9)
+        ax.set_title(f"{device}: {describe(entry.device)}"[:110], fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
         out = Path(out)

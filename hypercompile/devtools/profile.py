@@ -23,7 +23,7 @@ import numpy as np
 
 from ..backends import get_backend
 from ..core import ir
-from ..core import tensors as fmt
+from ..core.manifest import Manifest, Profile, ProfiledVariant, Variant
 from ..core.targets import host_arch
 from ..errors import InputError, ProfileError
 from ..runtime.fingerprint import fingerprint_key, local_fingerprint, read_text
@@ -212,7 +212,7 @@ def _path_label(trace: list[int]) -> str:
     return label if len(label) <= 200 else label[:190] + f"...({len(trace)} blocks)"
 
 
-class _Flops:
+class Flops:
     """2 x MACs per graph and batch, counted once."""
 
     def __init__(self, bundle: Bundle):
@@ -221,8 +221,8 @@ class _Flops:
 
     def graph(self, gid: str, batch: int) -> int | None:
         if (gid, batch) not in self.cache:
-            graph = self.bundle.manifest["graphs"][gid]
-            macs = graph_macs(self.bundle._verify(graph["path"]), batch)
+            graph = self.bundle.manifest.graphs[gid]
+            macs = graph_macs(self.bundle.read(graph.path), batch)
             self.cache[gid, batch] = None if macs is None else 2 * macs
         return self.cache[gid, batch]
 
@@ -268,20 +268,22 @@ def _time_runner(runner: Any, pool: list[dict], warmup: int, repeat: int, progra
 
 def profile_variant(
     bundle: Bundle,
-    variant: dict[str, Any],
+    variant: Variant,
     backend: str,
     batch: int,
     pool: list[dict],
     warmup: int,
     repeat: int,
-    flops: _Flops,
+    flops: Flops,
 ) -> dict[str, Any]:
     """Load a fresh runner for one variant on one back end, warm it up, time `repeat` runs and
-    measure what loading and running it added to the process's memory."""
+    measure what loading and running it added to the process's memory. An artifact the build
+    machine could not check is checked here first (the bundle's stored PyTorch answers): a
+    library that answers wrongly on this device gets no profile."""
     rss0 = _rss()
     peak_ok = _reset_peak()
-    runner = bundle._load_runner(variant, backend)
-    is_program = "program" in variant
+    runner = bundle.load_runner(variant, backend)
+    is_program = variant.program is not None
     times, traces, medians, counts = _time_runner(runner, pool, warmup, repeat, is_program)
     rec = summarize(times)
     # how far the medians of rounds taken at different moments moved: noise that the spread
@@ -292,10 +294,10 @@ def profile_variant(
     rec["peak_mem_mb"] = round((_peak_rss() - rss0) / 2**20, 3) if peak_ok else None
     rec["rss_growth_mb"] = round((_rss() - rss0) / 2**20, 3)
     if not is_program:
-        rec["flops"] = flops.graph(variant["graph"], batch)
+        rec["flops"] = flops.graph(variant.graph, batch)  # type: ignore[arg-type]
     else:
-        program = bundle.manifest["programs"][variant["program"]]
-        graph_of = {b["id"]: b.get("graph") for b in program["blocks"]}
+        host = bundle.manifest.programs[variant.program].host  # type: ignore[index]
+        graph_of = {b.id: b.graph for b in host.blocks.values()}
         by_path: dict[str, list[float]] = {}
         path_flops: dict[str, int | None] = {}
         for trace, t in zip(traces, times):
@@ -314,7 +316,7 @@ def profile_variant(
             }
             for label, ts in sorted(by_path.items(), key=lambda kv: -len(kv[1]))
         ]
-        rec["branches"] = ir.source_coverage(runner.program, counts)
+        rec["branches"] = ir.source_coverage(host, counts)
         known = [p for p in rec["paths"] if p["flops"] is not None]
         rec["flops"] = (
             int(round(sum(p["flops"] * p["count"] for p in known) / len(times)))
@@ -331,8 +333,9 @@ def profile_variant(
     return rec
 
 
-def _variant_specs(bundle: Bundle, variant: dict[str, Any]) -> list[dict[str, Any]]:
-    return bundle._io(variant)["inputs"]
+def variant_specs(bundle: Bundle, variant: Variant) -> list[dict[str, Any]]:
+    """A variant's input specs, as plain dicts."""
+    return [s.to_json() for s in bundle.manifest.io(variant)[0]]
 
 
 def best_backend(results: dict[str, dict[str, dict]]) -> str | None:
@@ -346,7 +349,7 @@ def best_backend(results: dict[str, dict[str, dict]]) -> str | None:
 
 
 def _backends_for(bundle: Bundle, requested: list[str] | None) -> list[str]:
-    present = sorted({be for v in bundle.manifest["variants"] for be in v["artifacts"]})
+    present = sorted({be for v in bundle.manifest.variants for be in v.artifacts})
     if not requested or requested == ["auto"]:
         return present
     missing = [b for b in requested if b not in present]
@@ -357,21 +360,9 @@ def _backends_for(bundle: Bundle, requested: list[str] | None) -> list[str]:
     return list(requested)
 
 
-def profile_local(
-    bundle: Bundle,
-    *,
-    backends: list[str] | None = None,
-    batches: Sequence[int] | None = None,
-    warmup: int = DEFAULT_WARMUP,
-    repeat: int = DEFAULT_REPEAT,
-    inputs: str | Path | None = None,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Time every variant of `bundle` on every back end present (or `backends`; `["auto"]`
-    means all of them, recording the fastest per variant) at each of `batches` (default: 1 for
-    a dynamic batch, else the inputs' fixed batch). Returns the profile entry for this device."""
-    if warmup < 0 or repeat < 1:
-        raise ProfileError("--warmup must be >= 0 and --repeat >= 1")
+def _runnable_backends(bundle: Bundle, backends: list[str] | None) -> tuple[list[str], list]:
+    """The back ends to time here, and notes on those skipped (not installed, built for
+    another machine); a back end asked for by name that cannot run here is an error."""
     names = _backends_for(bundle, backends)
     notes: list[str] = []
     for name in list(names):
@@ -393,25 +384,44 @@ def profile_local(
                 f"the bundle's artifacts were built for {bundle.target.arch}; this machine is "
                 f"{here}: profile on the device (or through --rpc)"
             )
+    return names, notes
+
+
+def profile_local(
+    bundle: Bundle,
+    *,
+    backends: list[str] | None = None,
+    batches: Sequence[int] | None = None,
+    warmup: int = DEFAULT_WARMUP,
+    repeat: int = DEFAULT_REPEAT,
+    inputs: str | Path | None = None,
+    progress: Progress | None = None,
+) -> Profile:
+    """Time every variant of `bundle` on every back end present (or `backends`; `["auto"]`
+    means all of them, recording the fastest per variant) at each of `batches` (default: 1 for
+    a dynamic batch, else the inputs' fixed batch). Returns the profile entry for this device."""
+    if warmup < 0 or repeat < 1:
+        raise ProfileError("--warmup must be >= 0 and --repeat >= 1")
+    names, notes = _runnable_backends(bundle, backends)
     wanted = sorted(set(batches or [1]))
     if any(b < 1 for b in wanted):
         raise ProfileError("--batch must be >= 1")
     jobs = []
-    for v in bundle.manifest["variants"]:
-        specs = _variant_specs(bundle, v)
+    for v in bundle.manifest.variants:
+        specs = variant_specs(bundle, v)
         for b in sorted({variant_batch(specs, b) for b in wanted}):
             for be in names:
-                if be in v["artifacts"]:
+                if be in v.artifacts:
                     jobs.append((v, be, b, specs))
     report = progress or (lambda stage, done, total: None)
     for be in names:  # one-time process set-up (ONNX Runtime's environment, TVM) is not
         # charged to the first variant's memory
         first = next((v for v, name, _, _ in jobs if name == be), None)
         if first is not None:
-            bundle._load_runner(first, be)
+            bundle.load_runner(first, be)
     gc.collect()
-    flops = _Flops(bundle)
-    variants: dict[str, Any] = {}
+    flops = Flops(bundle)
+    variants: dict[str, ProfiledVariant] = {}
     pools: dict[tuple[str, int], list[dict]] = {}
     for i, (v, be, b, specs) in enumerate(jobs):
         report("profile", i, len(jobs))
@@ -423,66 +433,60 @@ def profile_local(
                 else random_inputs(specs, b, POOL_SIZE)
             )
         rec = profile_variant(bundle, v, be, b, pools[key], warmup, repeat, flops)
-        entry = variants.setdefault(v["id"], _variant_entry(v))
-        entry["results"].setdefault(be, {})[str(b)] = rec
+        entry = variants.setdefault(v.id, profiled_variant(v))
+        entry.results.setdefault(be, {})[str(b)] = rec
     report("profile", len(jobs), len(jobs))
     for entry in variants.values():
-        entry["best_backend"] = best_backend(entry["results"])
-    return {
-        "device": local_fingerprint(),
-        "source": "local",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": {
+        entry.best_backend = best_backend(entry.results)
+    return Profile(
+        device=local_fingerprint(),
+        source="local",
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        settings={
             "warmup": warmup,
             "repeat": repeat,
             "batches": wanted,
             "inputs": str(inputs) if inputs is not None else "random",
             "auto": not backends or backends == ["auto"],
         },
-        "notes": notes,
-        "variants": variants,
-    }
+        notes=notes,
+        variants=variants,
+    )
 
 
-def _variant_entry(v: dict[str, Any]) -> dict[str, Any]:
-    entry: dict[str, Any] = {"cond": dict(v["cond"]), "params": v.get("params"), "results": {}}
-    if "quality" in v:
-        entry["quality"] = v["quality"]
-    return entry
+def profiled_variant(v: Variant) -> ProfiledVariant:
+    """An empty profile record for variant `v`."""
+    return ProfiledVariant(cond=dict(v.cond), params=v.params, results={}, quality=v.quality)
 
 
 # -- storing ---------------------------------------------------------------------------------
 
 
-def merge_profile(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+def merge_profile(old: Profile | None, new: Profile) -> Profile:
     """A new profile of the same device keeps the old one's results for back ends, batches and
     variants it did not time again."""
-    if not old or old.get("device") != new.get("device"):
+    if old is None or old.device != new.device:
         return new
     merged = copy.deepcopy(new)
-    for vid, old_v in old.get("variants", {}).items():
-        if old_v.get("cond") != merged["variants"].get(vid, old_v).get("cond"):
+    for vid, old_v in old.variants.items():
+        if old_v.cond != merged.variants.get(vid, old_v).cond:
             continue
-        v = merged["variants"].setdefault(vid, copy.deepcopy(old_v))
-        for be, by_batch in old_v.get("results", {}).items():
+        v = merged.variants.setdefault(vid, copy.deepcopy(old_v))
+        for be, by_batch in old_v.results.items():
             for b, rec in by_batch.items():
-                v["results"].setdefault(be, {}).setdefault(b, rec)
-        v["best_backend"] = best_backend(v["results"])
+                v.results.setdefault(be, {}).setdefault(b, rec)
+        v.best_backend = best_backend(v.results)
     return merged
 
 
-def store_profile(root: str | Path, entry: dict[str, Any]) -> str:
+def store_profile(root: str | Path, entry: Profile) -> str:
     """Merge `entry` into the manifest's `profile` under its device key and rewrite the manifest
     atomically. Only the manifest changes, so every file hash stays valid."""
     root = Path(root).resolve()
-    manifest = fmt.read_manifest(root)
-    key = fingerprint_key(entry["device"])
-    profiles = manifest.get("profile")
-    if not isinstance(profiles, dict):
-        profiles = {}
-    profiles[key] = merge_profile(profiles.get(key), entry)
-    manifest["profile"] = profiles
-    fmt.write_manifest(root, manifest)
+    manifest = Manifest.load(root)
+    key = fingerprint_key(entry.device)
+    manifest.profile[key] = merge_profile(manifest.profile.get(key), entry)
+    manifest.dump(root)
     return key
 
 
@@ -499,7 +503,7 @@ def profile(
     timeout: float = 60.0,
     progress: Progress | None = None,
     store: bool = True,
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, Profile]:
     """Profile the bundle at `path` here, or on the board a TVM RPC tracker at `rpc`
     (HOST:PORT) lends for `key`; store the result in its manifest. Returns (device key, entry)."""
     from ..runtime.bundle import load
@@ -514,10 +518,10 @@ def profile(
         entry = profile_remote(bundle, rpc, key, backends=backends, timeout=timeout, **common)
     else:
         entry = profile_local(bundle, backends=backends, **common)
-    device = fingerprint_key(entry["device"])
+    device = fingerprint_key(entry.device)
     if store:
         device = store_profile(bundle.path, entry)
-        entry = fmt.read_manifest(bundle.path)["profile"][device]
+        entry = Manifest.load(bundle.path).profile[device]
     return device, entry
 
 

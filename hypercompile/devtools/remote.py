@@ -13,28 +13,29 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..backends import get_backend
-from ..core import tensors as fmt
+from ..core.manifest import Profile, ProfiledVariant
 from ..errors import ProfileError
 from ..runtime.fingerprint import backend_versions
 from .profile import (
     DEFAULT_REPEAT,
     DEFAULT_WARMUP,
+    Flops,
     Progress,
-    _Flops,
-    _variant_entry,
-    _variant_specs,
     best_backend,
     folder_inputs,
+    profiled_variant,
     random_inputs,
     summarize,
     variant_batch,
+    variant_specs,
 )
 
 if TYPE_CHECKING:
     from ..runtime.bundle import Bundle
 
 
-def _first_line(e: BaseException) -> str:
+def _last_line(e: BaseException) -> str:
+    """TVM's RPC errors end with their cause: the last line, cut to 200 characters."""
     text = str(e).strip()
     return text.splitlines()[-1][:200] if text else type(e).__name__
 
@@ -54,7 +55,7 @@ def connect(address: str, key: str, timeout: float = 60.0) -> Any:
         queues = tracker.summary().get("queue_info", {})
     except Exception as e:  # TVM raises RuntimeError/TVMError/socket errors
         raise ProfileError(
-            f"cannot reach the TVM RPC tracker at {address}: {_first_line(e)}"
+            f"cannot reach the TVM RPC tracker at {address}: {_last_line(e)}"
         ) from None
     if key not in queues:
         known = ", ".join(sorted(queues)) or "none"
@@ -66,7 +67,7 @@ def connect(address: str, key: str, timeout: float = 60.0) -> Any:
         return tracker.request(key, priority=1, session_timeout=int(timeout))
     except Exception as e:
         raise ProfileError(
-            f"the tracker at {address} lent no {key!r} device: {_first_line(e)}"
+            f"the tracker at {address} lent no {key!r} device: {_last_line(e)}"
         ) from None
 
 
@@ -122,14 +123,14 @@ def _bind_weights(bundle, vm, dev, variant, graph) -> list[Any]:
         why_not = get_backend("tvm").runs_here(bundle.target)
         if why_not:
             raise ProfileError(
-                f"variant {variant['id']}: its TVM library transforms weights at load, which "
+                f"variant {variant.id}: its TVM library transforms weights at load, which "
                 f"cannot run through TVM RPC, and not here either ({why_not})"
             )
-        runner = bundle._runner(variant, "tvm")  # applies the transform on this machine
-        arrays = [w.numpy() for w in runner._weights]
+        runner = bundle.load_runner(variant, "tvm")  # applies the transform on this machine
+        arrays = [w.numpy() for w in runner.weights]
     else:
-        weights = fmt.read_tensors(bundle._verify(variant["weights"]), variant["weights"])
-        arrays = [weights[n] for n in graph["weights"]]
+        weights = bundle.weights(variant)
+        arrays = [weights[n] for n in graph.weights]
     return [tvm.runtime.tensor(np.require(a, requirements="C"), device=dev) for a in arrays]
 
 
@@ -137,10 +138,8 @@ def _check_on_board(tvm, vm, dev, bundle, variant, graph, bound) -> dict[str, fl
     """Run the bundle's stored PyTorch checks for `variant` on the board before timing it:
     a library that answers wrongly there gets no profile (ProfileError names it)."""
     from ..errors import ParityError
-    from ..runtime.checks import run_checks, unpack_checks
 
-    cases = unpack_checks(fmt.read_tensors(bundle._verify(variant["checks"]), variant["checks"]))
-    names = [s["name"] for s in graph["inputs"]]
+    names = graph.input_names
 
     class _OnBoard:
         def run(self, feeds):
@@ -153,42 +152,44 @@ def _check_on_board(tvm, vm, dev, bundle, variant, graph, bound) -> dict[str, fl
             return [o.numpy() for o in outs]
 
     try:
-        return run_checks(
-            _OnBoard(),
-            cases,
-            float(bundle.manifest.get("rtol", 1e-4)),
-            f"variant {variant['id']} on the board",
-        )
+        return bundle.run_stored_checks(variant, "tvm on the board", _OnBoard())
     except ParityError as e:
         raise ProfileError(str(e)) from None
 
 
-def profile_remote(
-    bundle: Bundle,
-    address: str,
-    key: str,
-    *,
-    backends: list[str] | None = None,
-    batches: Sequence[int] | None = None,
-    warmup: int = DEFAULT_WARMUP,
-    repeat: int = DEFAULT_REPEAT,
-    inputs: str | Path | None = None,
-    progress: Progress | None = None,
-    timeout: float = 60.0,
-) -> dict[str, Any]:
-    """Time every static variant's TVM artifact on the board; returns the profile entry under
-    the board's fingerprint. DyNN programs are skipped (their paths are decided on the host)."""
-    if backends and any(b not in ("tvm", "auto") for b in backends):
-        raise ProfileError("remote profiling times TVM artifacts only (--backend tvm)")
-    if warmup < 0 or repeat < 1:
-        raise ProfileError("--warmup must be >= 0 and --repeat >= 1")
-    manifest = bundle.manifest
-    with_tvm = [v for v in manifest["variants"] if "tvm" in v["artifacts"]]
-    if not with_tvm:
-        raise ProfileError(
-            "the bundle has no TVM artifacts to upload: build it with --backend tvm for the "
-            "board's target"
-        )
+class _Board:
+    """A TVM RPC session on one board: libraries uploaded once, stored checks run once per
+    variant before its first timing."""
+
+    def __init__(self, tvm: Any, relax: Any, remote: Any, dev: Any):
+        self.tvm, self.relax, self.remote, self.dev = tvm, relax, remote, dev
+        self.modules: dict[str, Any] = {}
+        self.checked: dict[str, dict[str, float]] = {}
+
+    def time(self, bundle: Bundle, v: Any, arrays: list[np.ndarray], warmup: int, repeat: int):
+        """`time_evaluator`'s result for `repeat` runs of variant `v` on `arrays`."""
+        tvm, dev = self.tvm, self.dev
+        graph = bundle.manifest.graphs[v.graph]
+        rel = graph.artifacts["tvm"]
+        if rel not in self.modules:
+            name = rel.replace("/", "_")
+            self.remote.upload(bytearray(bundle.read(rel)), target=name)
+            self.modules[rel] = self.remote.load_module(name)
+        vm = self.relax.VirtualMachine(self.modules[rel], dev)
+        bound = _bind_weights(bundle, vm, dev, v, graph)
+        args = [
+            tvm.runtime.tensor(np.require(a, requirements="C"), device=dev) for a in arrays
+        ] + bound
+        if v.checks and v.id not in self.checked:  # built elsewhere: verify here
+            self.checked[v.id] = _check_on_board(tvm, vm, dev, bundle, v, graph, bound)
+        for _ in range(warmup):
+            vm["main"](*args)
+        return vm.time_evaluator("main", dev, number=1, repeat=repeat)(*args)
+
+
+def _open_board(bundle: Bundle, address: str, key: str, timeout: float) -> tuple[_Board, dict]:
+    """A session on the board the tracker lends for `key`, and its fingerprint; refused when
+    the board is not what the bundle's TVM artifacts were built for."""
     from ..backends.tvm_backend import import_tvm
 
     tvm = import_tvm()
@@ -203,51 +204,63 @@ def profile_remote(
         )
     kind = (bundle.target.tvm_target or {}).get("kind", "llvm")
     dev = remote.cpu(0) if kind in ("llvm", "c") else remote.device(kind, 0)
+    return _Board(tvm, relax, remote, dev), fp
+
+
+def profile_remote(
+    bundle: Bundle,
+    address: str,
+    key: str,
+    *,
+    backends: list[str] | None = None,
+    batches: Sequence[int] | None = None,
+    warmup: int = DEFAULT_WARMUP,
+    repeat: int = DEFAULT_REPEAT,
+    inputs: str | Path | None = None,
+    progress: Progress | None = None,
+    timeout: float = 60.0,
+) -> Profile:
+    """Time every static variant's TVM artifact on the board; returns the profile entry under
+    the board's fingerprint. DyNN programs are skipped (their paths are decided on the host)."""
+    if backends and any(b not in ("tvm", "auto") for b in backends):
+        raise ProfileError("remote profiling times TVM artifacts only (--backend tvm)")
+    if warmup < 0 or repeat < 1:
+        raise ProfileError("--warmup must be >= 0 and --repeat >= 1")
+    manifest = bundle.manifest
+    with_tvm = [v for v in manifest.variants if "tvm" in v.artifacts]
+    if not with_tvm:
+        raise ProfileError(
+            "the bundle has no TVM artifacts to upload: build it with --backend tvm for the "
+            "board's target"
+        )
+    board, fp = _open_board(bundle, address, key, timeout)
     wanted = sorted(set(batches or [1]))
     notes: list[str] = []
     jobs = []
     for v in with_tvm:
-        if "program" in v:
-            notes.append(f"variant {v['id']} skipped: DyNN programs are profiled locally only")
+        if v.program is not None:
+            notes.append(f"variant {v.id} skipped: DyNN programs are profiled locally only")
             continue
-        specs = _variant_specs(bundle, v)
+        specs = variant_specs(bundle, v)
         jobs += [(v, b, specs) for b in sorted({variant_batch(specs, b) for b in wanted})]
     report = progress or (lambda stage, done, total: None)
-    flops = _Flops(bundle)
-    modules: dict[str, Any] = {}
-    variants: dict[str, Any] = {}
-    checked: dict[str, dict[str, float]] = {}
+    flops = Flops(bundle)
+    variants: dict[str, ProfiledVariant] = {}
     for i, (v, b, specs) in enumerate(jobs):
         report("profile (rpc)", i, len(jobs))
-        graph = manifest["graphs"][v["graph"]]
-        rel = graph["artifacts"]["tvm"]
+        feeds = (
+            folder_inputs(Path(inputs), specs, b)
+            if inputs is not None
+            else random_inputs(specs, b, 1)
+        )[0]
         try:
-            if rel not in modules:
-                name = rel.replace("/", "_")
-                remote.upload(bytearray(bundle._verify(rel)), target=name)
-                modules[rel] = remote.load_module(name)
-            vm = relax.VirtualMachine(modules[rel], dev)
-            feeds = (
-                folder_inputs(Path(inputs), specs, b)
-                if inputs is not None
-                else random_inputs(specs, b, 1)
-            )[0]
-            bound = _bind_weights(bundle, vm, dev, v, graph)
-            args = [
-                tvm.runtime.tensor(np.require(feeds[s["name"]], requirements="C"), device=dev)
-                for s in specs
-            ] + bound
-            if v.get("checks") and v["id"] not in checked:  # built elsewhere: verify here
-                checked[v["id"]] = _check_on_board(tvm, vm, dev, bundle, v, graph, bound)
-            for _ in range(warmup):
-                vm["main"](*args)
-            result = vm.time_evaluator("main", dev, number=1, repeat=repeat)(*args)
+            result = board.time(bundle, v, [feeds[s["name"]] for s in specs], warmup, repeat)
         except ProfileError:
             raise
         except Exception as e:
-            raise ProfileError(f"variant {v['id']} on {key}: {_first_line(e)}") from None
+            raise ProfileError(f"variant {v.id} on {key}: {_last_line(e)}") from None
         rec = summarize(list(result.results))
-        rec["flops"] = flops.graph(v["graph"], b)
+        rec["flops"] = flops.graph(v.graph, b)  # type: ignore[arg-type]
         rec["gflops_per_s"] = (
             round(rec["flops"] / (rec["median_ms"] * 1e-3) / 1e9, 4)
             if rec["flops"] and rec["median_ms"] > 0
@@ -255,19 +268,19 @@ def profile_remote(
         )
         rec["peak_mem_mb"] = None  # not observable through a plain RPC server
         rec["rss_growth_mb"] = None
-        entry = variants.setdefault(v["id"], _variant_entry(v))
-        entry["results"].setdefault("tvm", {})[str(b)] = rec
-        if v["id"] in checked:
-            entry["device_check"] = checked[v["id"]]
+        entry = variants.setdefault(v.id, profiled_variant(v))
+        entry.results.setdefault("tvm", {})[str(b)] = rec
+        if v.id in board.checked:
+            entry.device_check = board.checked[v.id]
     report("profile (rpc)", len(jobs), len(jobs))
     for entry in variants.values():
-        entry["best_backend"] = best_backend(entry["results"])
-    return {
-        "device": fp,
-        "source": "rpc",
-        "rpc": {"tracker": address, "key": key},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": {
+        entry.best_backend = best_backend(entry.results)
+    return Profile(
+        device=fp,
+        source="rpc",
+        rpc={"tracker": address, "key": key},
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        settings={
             "warmup": warmup,
             "repeat": repeat,
             "batches": wanted,
@@ -275,6 +288,6 @@ def profile_remote(
             "timer": "tvm time_evaluator (number=1), on the board, one input",
             "auto": False,
         },
-        "notes": notes,
-        "variants": variants,
-    }
+        notes=notes,
+        variants=variants,
+    )

@@ -42,7 +42,7 @@ def input_names(module: torch.nn.Module, n: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """The exporter prints progress and warnings; keep the build's output readable."""
     buf = io.StringIO()
     prefixes = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript")
@@ -78,7 +78,7 @@ def _dims(value_info: Any, batch_symbol: str | None) -> list[int | str | None]:
 
 def _torch_export(module, inputs, names, out_names, dynamic: bool):
     dyn = tuple({0: torch.export.Dim.DYNAMIC} if x.dim() else {} for x in inputs)
-    with _quiet():
+    with quiet():
         program = torch.onnx.export(
             module,
             inputs,
@@ -109,7 +109,7 @@ def export_graph(
             proto = _torch_export(module, inputs, names, out_names, dynamic)
             break
         except Exception as e:  # the exporter raises many types; keep the first line
-            errors.append(_first_line(e))
+            errors.append(first_line(e))
     if proto is None:
         raise BuildError(f"variant {label}: torch.onnx.export failed: {errors[-1]}")
     graph = proto.graph
@@ -194,7 +194,7 @@ def simplify(proto: Any, weights: list[str]) -> Any:
     return out
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     """A readable one-line cause: the innermost exception's first line, without ANSI colour."""
     while e.__cause__ is not None:
         e = e.__cause__

@@ -518,7 +518,7 @@ def export_block(
     """Export block `b` to `path`; returns (weight names, input specs, output specs)."""
     import onnx
 
-    from .export import OPSET, _first_line, _quiet, simplify, stub_weights
+    from .export import OPSET, first_line, quiet, simplify, stub_weights
 
     examples = list(prog.examples.get(b.id, {}).values())
     if not examples:
@@ -546,7 +546,7 @@ def export_block(
     in_names = [f"in{i}" for i in range(len(flat))]
     out_names = [f"out{i}" for i in range(len(outs))]
     try:
-        with _quiet():
+        with quiet():
             proto = torch.onnx.export(
                 module,
                 tuple(flat),
@@ -560,7 +560,7 @@ def export_block(
             ).model_proto
     except Exception as e:
         line = _user_line(e, prog.filename) or getattr(b.body[0], "lineno", "?")
-        text = _first_line(e)
+        text = first_line(e)
         if "data-dependent" in text or "DataDependent" in text:
             raise Unsupported(
                 f"{prog.filename}:{line}: a value computed from tensor data is used where the "

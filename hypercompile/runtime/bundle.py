@@ -275,7 +275,7 @@ class Bundle:
         fastest for it, else on the first of the target's back ends it has."""
         if budget_ms is not None:
             choice = self.choose(
-                budget_ms, batch_size=_batch_of(inputs, self.inputs), backend=backend, **cond
+                budget_ms, batch_size=batch_of(inputs, self.inputs), backend=backend, **cond
             )
             variant, backend = choice.variant, choice.backend
         else:
@@ -331,6 +331,10 @@ class Bundle:
         if parity is not None and parity.deferred:
             self._check_on_device(variant, backend, runner)
         return runner
+
+    def device_checks(self) -> dict[tuple[str, str], dict[str, float]]:
+        """The on-device checks passed in this process: (variant id, back end) -> worst error."""
+        return dict(self._checked)
 
     def _check_on_device(self, variant: Variant, backend: str, runner: Runner) -> None:
         key = (variant.id, backend)
@@ -435,7 +439,7 @@ class _Plan:
         return True
 
 
-def _batch_of(inputs: Any, specs: list[dict[str, Any]]) -> int:
+def batch_of(inputs: Any, specs: list[dict[str, Any]]) -> int:
     """The batch size of `inputs`: the size of the first dimension the specs call `batch`, else
     the first input's leading dimension (1 for scalars)."""
     if not isinstance(inputs, dict):

@@ -23,15 +23,15 @@ class ProgramRunner(ir.Interpreter):
         graph_inputs: dict[str, list[str]],
         runners: dict[str, Runner],
     ):
-        self._graph_inputs, self._runners = graph_inputs, runners
+        self.graph_inputs, self.runners = graph_inputs, runners
         self._literal = ir.ArrayLiterals()
         super().__init__(program)
 
     def bind(self, block: ir.Block) -> Callable[[dict[str, Any]], None] | None:
         if block.graph is None:
             return None
-        runner = self._runners.get(block.graph)
-        names = self._graph_inputs.get(block.graph)
+        runner = self.runners.get(block.graph)
+        names = self.graph_inputs.get(block.graph)
         if runner is None or names is None:
             raise BundleError(f"program block {block.id} calls a missing graph {block.graph}")
         if len(names) != len(block.inputs):
