@@ -15,7 +15,7 @@ from dyn_models import Router
 from models import TinyHyper
 
 import hypercompile as hc
-from hypercompile.backends.tvm_device import (
+from hypercompile.compilers.tvm.device import (
     FATBIN_MAGIC,
     elf_machine,
     find_nvcc,
@@ -200,10 +200,10 @@ def test_device_checks_run_before_first_answer(router_tvm, tmp_path):
 @pytest.mark.gpu
 @needs_nvcc
 def test_x86_cuda_bundle_answers_like_pytorch_on_the_gpu(tmp_path):
-    from hypercompile.backends.tvm_backend import BACKEND
     from hypercompile.core.targets import load_target
+    from hypercompile.runtime.runners import get_runner_factory
 
-    reason = BACKEND.runs_here(load_target("x86-cuda"))
+    reason = get_runner_factory("tvm").runs_here(load_target("x86-cuda"))
     if reason:
         pytest.skip(f"x86-cuda TVM artifacts cannot run here: {reason}")
     path = hc.build(ref("TinyHyper"), target="x86-cuda", out=tmp_path / "g", backends=["tvm"])
@@ -217,7 +217,7 @@ def test_x86_cuda_bundle_answers_like_pytorch_on_the_gpu(tmp_path):
 
 
 def test_tvm_target_tags_expand_and_unknown_tags_are_named(tmp_path):
-    from hypercompile.backends.tvm_backend import resolve_target
+    from hypercompile.compilers.tvm.compile import resolve_target
     from hypercompile.core.targets import load_target
 
     spec = resolve_target(load_target("jetson-agx-orin"))  # tvm_tag = nvidia/jetson-agx-orin-32gb

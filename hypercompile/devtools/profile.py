@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..backends import get_backend
 from ..core import ir
 from ..core import tensors as fmt
 from ..core.targets import host_arch
 from ..errors import InputError, ProfileError
 from ..runtime.fingerprint import fingerprint_key, local_fingerprint, read_text
+from ..runtime.runners import get_runner_factory
 
 if TYPE_CHECKING:
     from ..runtime.bundle import Bundle
@@ -375,7 +375,7 @@ def profile_local(
     names = _backends_for(bundle, backends)
     notes: list[str] = []
     for name in list(names):
-        reason = get_backend(name).available()
+        reason = get_runner_factory(name).available()
         if reason:
             if backends and backends != ["auto"]:
                 raise ProfileError(reason)
