@@ -229,3 +229,24 @@ def test_tvm_target_tags_expand_and_unknown_tags_are_named(tmp_path):
     )
     with pytest.raises(BuildError, match="unknown TVM target tag 'acme/npu-9000'"):
         hc.build(ref("TinyHyper"), target=str(target), out=tmp_path / "o", backends=["tvm"])
+
+
+def test_a_cuda_tag_without_nvcc_leaves_tvm_out_by_default(tmp_path, monkeypatch):
+    """A target naming only a TVM tag is judged as the tag expands (a CUDA GPU): without nvcc,
+    the default back ends leave TVM out and the build goes on; asking for TVM says why not."""
+    from hypercompile.compilers.tvm import device
+    from hypercompile.core.targets import host_arch
+
+    monkeypatch.setattr(device, "find_nvcc", lambda: None)
+    target = tmp_path / "gpu.toml"
+    target.write_text(
+        f'name = "gpu"\narch = "{host_arch()}"\nbackends = ["tvm", "onnxruntime"]\n'
+        'tvm_tag = "nvidia/geforce-rtx-3080"\n'
+    )
+    path = hc.build(ref("TinyHyper"), target=str(target), out=tmp_path / "d", where={"task": [0]})
+    m = json.loads((path / "manifest.json").read_text())
+    assert [list(v["artifacts"]) for v in m["variants"]] == [["onnxruntime"]]
+    assert m["target"]["tvm_tag"] == "nvidia/geforce-rtx-3080"  # as given: TVM compiled nothing
+    with pytest.raises(BackendError, match="back end tvm: the target has a CUDA GPU but no nvcc"):
+        hc.build(ref("TinyHyper"), target=str(target), out=tmp_path / "t", backends=["tvm"])
+    assert not (tmp_path / "t").exists()
