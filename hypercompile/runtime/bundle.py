@@ -56,7 +56,8 @@ class Bundle:
     only be made before the process's first ONNX Runtime session, and once it exists ONNX
     Runtime refuses per-session pools: where it cannot be had, "shared" sessions get their own
     pools with spinning off; where it exists, None uses it for static graphs too, and
-    "per-session" is refused (BackendError). Other bundles' sessions are never changed."""
+    "per-session" is refused (BackendError) rather than silently put on it. No session that
+    exists is ever moved onto the pool, since it is only made before the first."""
 
     def __init__(
         self,
