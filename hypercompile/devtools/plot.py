@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..errors import HypercompileError
 from ..runtime.fingerprint import describe
-from .errors import HypercompileError
 from .profile import pareto_front
 
 

@@ -302,8 +302,8 @@ def profile_variant(
             label = _path_label(trace)
             by_path.setdefault(label, []).append(t)
             if label not in path_flops:
-                counts = [flops.graph(graph_of[b], batch) for b in trace if graph_of.get(b)]
-                path_flops[label] = None if None in counts else int(sum(counts))  # type: ignore[arg-type]
+                per_block = [flops.graph(graph_of[b], batch) for b in trace if graph_of.get(b)]
+                path_flops[label] = None if None in per_block else int(sum(per_block))  # type: ignore[arg-type]
         rec["paths"] = [
             {
                 "path": label,
