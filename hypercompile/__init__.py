@@ -1,10 +1,11 @@
 """hypercompile: compile hypernetworks and dynamic neural networks for edge devices.
 
 The front end (`frontend/`) materializes one static target network per condition of a
-HyperModel and exports one ONNX graph per distinct architecture; back ends (`backends/`) compile
-those graphs; `build` writes everything into a bundle checked against PyTorch. The runtime
-(`runtime/`, torch-free) loads a bundle and runs the variant a condition, or a latency
-budget checked against the profile taken on this device, selects.
+HyperModel and exports one ONNX graph per distinct architecture; back ends compile those graphs
+(`compilers/`, build machine only); `build` writes everything into a bundle checked against
+PyTorch. The runtime (`runtime/`, torch-free, with the back ends' run halves in
+`runtime/runners/`) loads a bundle and runs the variant a condition, or a latency budget checked
+against the profile taken on this device, selects.
 """
 
 from __future__ import annotations

@@ -214,9 +214,7 @@ def run(bundle, inputs, cond, budget_ms, backend, device, out_file, as_json) -> 
     b = load(bundle, device=device)
     selected = None
     if budget_ms is not None:
-        choice = b.choose(
-            budget_ms, batch_size=batch_of(feeds, b.inputs), backend=backend, **conds
-        )
+        choice = b.choose(budget_ms, batch_size=batch_of(feeds, b.inputs), backend=backend, **conds)
         conds, backend = dict(choice.variant.cond), choice.backend
         selected = {
             "cond": conds,

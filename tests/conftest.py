@@ -20,6 +20,17 @@ def tiny_bundle(tmp_path_factory) -> Path:
     return hc.build(ref("TinyHyper"), out=tmp_path_factory.mktemp("b") / "tiny")
 
 
+@pytest.fixture(scope="session")
+def router_bundle(tmp_path_factory) -> Path:
+    """A DyNN program bundle (top-1 routing between three experts), built once for the session
+    (tests must not modify it)."""
+    from dyn_models import Router
+
+    import hypercompile as hc
+
+    return hc.build(Router(), out=tmp_path_factory.mktemp("r") / "router", parity_inputs=5)
+
+
 @pytest.fixture
 def tiny_copy(tiny_bundle, tmp_path) -> Path:
     """A private copy of the tiny bundle that a test may damage."""

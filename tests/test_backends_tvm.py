@@ -49,9 +49,13 @@ def test_runtime_imports_tvm_only_when_asked(tvm_bundle):
         "first = 'tvm' in sys.modules\n"
         "b.run({'input': np.ones((1, 8), np.float32)}, task=1, backend='tvm')\n"
         "print('TVM', first, 'tvm' in sys.modules, 'torch' in sys.modules)\n"
+        "build_side = ('hypercompile.compilers', 'hypercompile.builder', 'onnx')\n"
+        "print('BUILD', sorted(m for m in sys.modules if m.split('.')[0] == 'onnx'\n"
+        "    or any(m.startswith(p + '.') or m == p for p in build_side)))\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "TVM False True False" in res.stdout
+    assert "BUILD []" in res.stdout  # the run half of TVM needs none of its compile half
 
 
 def test_dynamic_program_on_tvm(tmp_path):

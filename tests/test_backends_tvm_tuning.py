@@ -100,13 +100,12 @@ def test_tuning_is_refused_where_it_cannot_measure(tmp_path):
 def test_weight_transforms_run_once_at_load_not_per_call(tmp_path):
     """Gemm's weight transpose is lifted into `main_transform_params`, which the runner calls
     once when it binds a variant's weights; the per-call function takes the result."""
-    from hypercompile.backends import tvm_tuning
-    from hypercompile.backends.tvm_backend import import_tvm
+    from hypercompile.runtime.runners.tvm import TRANSFORM_PARAMS, import_tvm, transform_weights
 
     path = hc.build(ref("TinyHyper"), out=tmp_path / "b", backends=["tvm"])
     tvm = import_tvm()
     vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(str(path / "tvm" / "g0.so")), tvm.cpu())
-    assert vm.module.implements_function(tvm_tuning.TRANSFORM_PARAMS)
+    assert vm.module.implements_function(TRANSFORM_PARAMS)
     w = [tvm.runtime.tensor(np.ones(s, np.float32)) for s in [(16, 8), (16,), (4, 16), (4,)]]
-    lifted, seconds = tvm_tuning.transform_weights(vm, w)
+    lifted, seconds = transform_weights(vm, w)
     assert [tuple(t.shape) for t in lifted] != [tuple(t.shape) for t in w] and seconds >= 0

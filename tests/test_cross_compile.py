@@ -15,7 +15,7 @@ from dyn_models import Router
 from models import TinyHyper
 
 import hypercompile as hc
-from hypercompile.backends.tvm_device import (
+from hypercompile.compilers.tvm.device import (
     FATBIN_MAGIC,
     elf_machine,
     find_nvcc,
@@ -200,10 +200,10 @@ def test_device_checks_run_before_first_answer(router_tvm, tmp_path):
 @pytest.mark.gpu
 @needs_nvcc
 def test_x86_cuda_bundle_answers_like_pytorch_on_the_gpu(tmp_path):
-    from hypercompile.backends.tvm_backend import BACKEND
     from hypercompile.core.targets import load_target
+    from hypercompile.runtime.runners import get_runner_factory
 
-    reason = BACKEND.runs_here(load_target("x86-cuda"))
+    reason = get_runner_factory("tvm").runs_here(load_target("x86-cuda"))
     if reason:
         pytest.skip(f"x86-cuda TVM artifacts cannot run here: {reason}")
     path = hc.build(ref("TinyHyper"), target="x86-cuda", out=tmp_path / "g", backends=["tvm"])
@@ -217,7 +217,7 @@ def test_x86_cuda_bundle_answers_like_pytorch_on_the_gpu(tmp_path):
 
 
 def test_tvm_target_tags_expand_and_unknown_tags_are_named(tmp_path):
-    from hypercompile.backends.tvm_backend import resolve_target
+    from hypercompile.compilers.tvm.compile import resolve_target
     from hypercompile.core.targets import load_target
 
     spec = resolve_target(load_target("jetson-agx-orin"))  # tvm_tag = nvidia/jetson-agx-orin-32gb
@@ -229,3 +229,24 @@ def test_tvm_target_tags_expand_and_unknown_tags_are_named(tmp_path):
     )
     with pytest.raises(BuildError, match="unknown TVM target tag 'acme/npu-9000'"):
         hc.build(ref("TinyHyper"), target=str(target), out=tmp_path / "o", backends=["tvm"])
+
+
+def test_a_cuda_tag_without_nvcc_leaves_tvm_out_by_default(tmp_path, monkeypatch):
+    """A target naming only a TVM tag is judged as the tag expands (a CUDA GPU): without nvcc,
+    the default back ends leave TVM out and the build goes on; asking for TVM says why not."""
+    from hypercompile.compilers.tvm import device
+    from hypercompile.core.targets import host_arch
+
+    monkeypatch.setattr(device, "find_nvcc", lambda: None)
+    target = tmp_path / "gpu.toml"
+    target.write_text(
+        f'name = "gpu"\narch = "{host_arch()}"\nbackends = ["tvm", "onnxruntime"]\n'
+        'tvm_tag = "nvidia/geforce-rtx-3080"\n'
+    )
+    path = hc.build(ref("TinyHyper"), target=str(target), out=tmp_path / "d", where={"task": [0]})
+    m = json.loads((path / "manifest.json").read_text())
+    assert [list(v["artifacts"]) for v in m["variants"]] == [["onnxruntime"]]
+    assert m["target"]["tvm_tag"] == "nvidia/geforce-rtx-3080"  # as given: TVM compiled nothing
+    with pytest.raises(BackendError, match="back end tvm: the target has a CUDA GPU but no nvcc"):
+        hc.build(ref("TinyHyper"), target=str(target), out=tmp_path / "t", backends=["tvm"])
+    assert not (tmp_path / "t").exists()

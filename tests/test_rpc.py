@@ -65,7 +65,7 @@ def _registered(port: int) -> bool:
 def tracker():
     """`python -m tvm.exec.rpc_tracker` and `python -m tvm.exec.rpc_server --tracker ... --key
     test-cpu` on loopback; yields HOST:PORT once the tracker lists the key."""
-    from hypercompile.backends.tvm_backend import import_tvm
+    from hypercompile.runtime.runners.tvm import import_tvm
 
     import_tvm()
     port, server_port = _free_port(), _free_port()

@@ -166,3 +166,83 @@ def test_run_from_many_threads(tiny_bundle):
     for th in threads:
         th.join()
     assert errors == []
+
+
+def _in_fresh_process(code: str) -> str:
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+_POOLS = (
+    "import numpy as np, hypercompile as hc\n"
+    "def static(b):\n"
+    "    r = b._runner(b.select(task=0), 'onnxruntime')\n"
+    "    o = r.session.get_session_options()\n"
+    "    return r.pool, o.use_per_session_threads\n"
+    "def spinning(o):\n"
+    "    try:\n"
+    "        return o.get_session_config_entry('session.intra_op.allow_spinning')\n"
+    "    except RuntimeError:\n"
+    "        return 'default'\n"
+    "def blocks(b):\n"
+    "    r = b._runner(b.select(), 'onnxruntime')\n"
+    "    opts = [(g.pool, g.session.get_session_options()) for g in r._runners.values()]\n"
+    "    return sorted({(p, o.use_per_session_threads, spinning(o)) for p, o in opts})\n"
+)
+
+
+def test_ort_threads_are_chosen_per_bundle_static_first(tiny_bundle, router_bundle):
+    """A static bundle's sessions come first: the shared pool can no longer be made, so the
+    program's blocks get pools of their own with spinning off, and the static bundle keeps its
+    per-session pools."""
+    out = _in_fresh_process(
+        _POOLS + f"s = hc.load({str(tiny_bundle)!r})\n"
+        "print('S1', static(s))\n"
+        f"p = hc.load({str(router_bundle)!r})\n"
+        "print('P', blocks(p))\n"
+        "s2 = hc.load(" + repr(str(tiny_bundle)) + ")\n"
+        "print('S2', static(s2))\n"
+    )
+    assert "S1 ('per-session', True)" in out
+    assert "P [('per-session', True, '0')]" in out
+    assert "S2 ('per-session', True)" in out
+
+
+def test_ort_threads_are_chosen_per_bundle_program_first(tiny_bundle, router_bundle):
+    """A DyNN bundle first makes the shared pool for its blocks; ONNX Runtime then allows no
+    per-session pools: a default bundle uses the shared pool too, an explicit per-session one
+    is refused with the reason, an explicit shared one gets it."""
+    out = _in_fresh_process(
+        _POOLS + f"p = hc.load({str(router_bundle)!r})\n"
+        "print('P', blocks(p))\n"
+        f"print('S', static(hc.load({str(tiny_bundle)!r})))\n"
+        f"print('X', static(hc.load({str(tiny_bundle)!r}, ort_pool='shared')))\n"
+        "try:\n"
+        f"    static(hc.load({str(tiny_bundle)!r}, ort_pool='per-session'))\n"
+        "except hc.BackendError as e:\n"
+        "    print('REFUSED', e)\n"
+    )
+    assert "P [('shared', False, 'default')]" in out
+    assert "S ('shared', False)" in out
+    assert "X ('shared', False)" in out
+    assert "REFUSED ONNX Runtime's shared thread pool exists in this process" in out
+
+
+def test_ort_pool_choices_of_a_bundle(tiny_bundle, router_bundle):
+    """Explicit choices: a static bundle on the shared pool (made for it: no session came
+    first), a program on per-session pools (spinning off)."""
+    out = _in_fresh_process(
+        _POOLS + f"s = hc.load({str(tiny_bundle)!r}, ort_pool='shared')\n"
+        "print('S', static(s))\n"
+        "x = np.ones((1, 8), np.float32)\n"
+        "print('RUN', s.run({'input': x}, task=1)['output'].shape)\n"
+    )
+    assert "S ('shared', False)" in out and "RUN (1, 4)" in out
+    out = _in_fresh_process(
+        _POOLS + f"p = hc.load({str(router_bundle)!r}, ort_pool='per-session')\n"
+        "print('P', blocks(p))\n"
+    )
+    assert "P [('per-session', True, '0')]" in out
+    with pytest.raises(hc.BackendError, match="ort_pool must be 'shared', 'per-session' or None"):
+        hc.load(tiny_bundle, ort_pool="global")

@@ -70,7 +70,7 @@ def test_build_for_a_jetson_keeps_the_back_ends_that_build_here(tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["target"]["name"] == "jetson-orin-nano"
     # TVM (cross-compiled, with CUDA kernels) where the toolchain is here, and ONNX graphs
-    from hypercompile.backends.tvm_device import toolchain_missing
+    from hypercompile.compilers.tvm.device import toolchain_missing
     from hypercompile.core.targets import load_target
 
     tvm_here = toolchain_missing(load_target("jetson-orin-nano")) is None

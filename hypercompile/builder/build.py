@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import ast
-import dataclasses
 import json
 import os
 import shutil
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..backends import backend_names, get_backend
+from ..compilers import CompileOptions, TuneRequest, compiler_names, get_compiler
 from ..core import tensors as fmt
 from ..core.manifest import (
     MANIFEST,
@@ -80,43 +79,49 @@ def select_conditions(conds: Iterable[dict], where: dict[str, list[Any]] | None)
 
 
 def _why_not(name: str, tgt: Target) -> str | None:
-    """Why back end `name` cannot build for `tgt` on this machine, or None."""
-    if name not in backend_names():
+    """Why back end `name` cannot build for `tgt` on this machine, or None. The target is
+    judged as the compiler compiles for it (a TVM tag expanded: a CUDA tag needs nvcc); an
+    unknown TVM tag is a BuildError, not a reason to leave TVM out."""
+    if name not in compiler_names():
         return (
             f"back end {name} is not implemented yet"
             if name == "tensorrt"
-            else (f"unknown back end {name!r} (known: {', '.join(backend_names())})")
+            else (f"unknown back end {name!r} (known: {', '.join(compiler_names())})")
         )
-    backend = get_backend(name)
-    reason = backend.available() or backend.can_build(tgt)
+    compiler = get_compiler(name)
+    reason = compiler.available() or compiler.can_build(compiler.compile_target(tgt))
     if reason:
         return f"back end {name}: {reason}"
     return None
 
 
-def _choose_backends(requested: list[str] | None, tgt: Target) -> list[str]:
+def _choose_backends(requested: list[str] | None, tgt: Target) -> tuple[list[str], Target]:
     """Requested back ends must all build here; by default, the target's list, keeping those
     that can build on this machine; `["auto"]`: every back end that can build here (the
-    target's first), to be profiled after the build."""
+    target's first), to be profiled after the build. Returns them with the target as their
+    compilers compile for it (TVM: its tag expanded, the host CPU filled in), which the
+    manifest records."""
     if requested == ["auto"]:
-        order = list(tgt.backends) + [n for n in backend_names() if n not in tgt.backends]
+        order = list(tgt.backends) + [n for n in compiler_names() if n not in tgt.backends]
         names = [n for n in order if _why_not(n, tgt) is None]
         if not names:
             raise BackendError(f"no back end can build for {tgt.name} here")
-        return names
-    if requested and "auto" in requested:
+    elif requested and "auto" in requested:
         raise BackendError("--backend auto cannot be combined with other back ends")
-    if requested:
+    elif requested:
         for name in requested:
             reason = _why_not(name, tgt)
             if reason:
                 raise BackendError(reason)
-        return list(requested)
-    names = [n for n in tgt.backends if _why_not(n, tgt) is None]
-    if not names:
-        reasons = "; ".join(_why_not(n, tgt) or "" for n in tgt.backends)
-        raise BackendError(f"no back end of target {tgt.name} can build here: {reasons}")
-    return names
+        names = list(requested)
+    else:
+        names = [n for n in tgt.backends if _why_not(n, tgt) is None]
+        if not names:
+            reasons = "; ".join(_why_not(n, tgt) or "" for n in tgt.backends)
+            raise BackendError(f"no back end of target {tgt.name} can build here: {reasons}")
+    for name in names:
+        tgt = get_compiler(name).compile_target(tgt)
+    return names, tgt
 
 
 def _prepare_out(out: Path) -> None:
@@ -154,11 +159,7 @@ def build(
     on this machine (see README)."""
     t0 = time.perf_counter()
     tgt = load_target(target)
-    names = _choose_backends(backends, tgt)
-    if "tvm" in names:  # record the TVM target as compiled for (the host CPU's mcpu, say)
-        from ..backends.tvm_backend import resolve_target
-
-        tgt = dataclasses.replace(tgt, tvm_target=resolve_target(tgt), tvm_host={}, tvm_tag="")
+    names, tgt = _choose_backends(backends, tgt)  # tgt: as compiled for (TVM: host CPU's mcpu)
     out = Path(out).resolve()
     _prepare_out(out)
     tune = _tune_request(tune_trials, tgt, names, out)
@@ -194,8 +195,11 @@ def build(
     return out
 
 
-def _tune_request(trials: int | None, tgt: Target, names: list[str], out: Path):
-    """What `--tune-trials` asks of the TVM back end, or None; refused where it cannot run."""
+def _tune_request(
+    trials: int | None, tgt: Target, names: list[str], out: Path
+) -> CompileOptions | None:
+    """The compile options `--tune-trials` asks for, or None; refused where it cannot run. A
+    rebuild over an existing bundle hands its TVM tuning databases on, to start from them."""
     if not trials:
         return None
     if trials < 0:
@@ -208,10 +212,16 @@ def _tune_request(trials: int | None, tgt: Target, names: list[str], out: Path):
             f"--tune-trials measures on this machine's CPU; target {tgt.name} ({kind}, "
             f"{tgt.arch}) is not it: build without --tune-trials"
         )
-    from ..backends.tvm_tuning import TUNING_DIR, TuneRequest
+    from ..compilers.tvm.tuning import TUNING_DIR
 
-    previous = out / TUNING_DIR if (out / MANIFEST).is_file() else None
-    return TuneRequest(int(trials), previous)
+    previous: list[bytes] = []
+    if (out / MANIFEST).is_file():
+        for db in sorted((out / TUNING_DIR).glob("*/records.json")):
+            try:
+                previous.append(db.read_bytes())
+            except OSError:
+                continue
+    return CompileOptions(tune=TuneRequest(int(trials), tuple(previous)))
 
 
 def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random, report, tune=None):
@@ -317,25 +327,46 @@ def _forward_has_control(module: torch.nn.Module) -> bool:
     return has_control_flow(body)
 
 
-def _compile_graph(g: Graph, tmp: Path, tgt: Target, backend_names: list[str], tune=None) -> None:
+def _compile_graph(
+    g: Graph, tmp: Path, tgt: Target, backend_names: list[str], tune: CompileOptions | None = None
+) -> None:
+    """Compile graph `g` with every back end and write what each returns into the bundle: the
+    artifact at `<back end>/<graph id><suffix>` (the graph's own path when the artifact is the
+    graph), its extra files where they say."""
+    onnx = (tmp / g.path).read_bytes()
     for name in backend_names:
-        be = get_backend(name)
-        extra = {"tune": tune} if name == "tvm" and tune is not None else {}
-        rel = be.compile(tmp / g.path, tmp, g.id, tgt, **extra)
+        art = get_compiler(name).compile(onnx, tgt, graph_id=g.id, options=tune)
+        if art.is_graph:
+            rel = g.path
+        else:
+            rel = f"{name}/{g.id}{art.suffix}"
+            _write(tmp, rel, art.data)
+        for path, data in art.files.items():
+            _write(tmp, path, data)
         g.artifacts[name] = rel
-        info = be.artifact_info(tmp / rel)
-        if info:
-            g.artifact_info[name] = info
-        if extra:
-            g.tvm_tuning = _tuning_entry(tmp, g.id)
+        if art.info:
+            g.artifact_info[name] = dict(art.info)
+        if name == "tvm":
+            tuning = _tuning_entry(art.files, g.id)
+            if tuning is not None:
+                g.tvm_tuning = tuning
 
 
-def _tuning_entry(tmp: Path, gid: str) -> dict[str, Any]:
-    """The manifest's record of a graph's TVM tuning, from what `tvm_tuning.tune` wrote."""
-    from ..backends.tvm_tuning import TUNING_DIR
+def _write(root: Path, rel: str, data: bytes) -> None:
+    path = fmt.safe_path(root, rel)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
-    folder = tmp / TUNING_DIR / gid
-    info = json.loads((folder / "tuning.json").read_text())
+
+def _tuning_entry(files: dict[str, bytes], gid: str) -> dict[str, Any] | None:
+    """The manifest's record of a graph's TVM tuning, from the database the TVM compiler
+    returned with its artifact (None when it did not tune)."""
+    from ..compilers.tvm.tuning import TUNING_DIR
+
+    meta = files.get(f"{TUNING_DIR}/{gid}/tuning.json")
+    if meta is None:
+        return None
+    info = json.loads(meta)
     info.pop("key", None)
     return {"database": f"{TUNING_DIR}/{gid}/records.json", **info}
 

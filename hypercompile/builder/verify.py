@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends import get_backend
 from ..core import ir
 from ..core import tensors as fmt
 from ..core.manifest import MANIFEST, Manifest, Parity, Variant
@@ -17,6 +16,7 @@ from ..errors import BuildError, HypercompileError, ParityError
 from ..frontend.materialize import cond_label
 from ..runtime.bundle import Bundle
 from ..runtime.checks import pack_checks, parity
+from ..runtime.runners import get_runner_factory
 
 
 @dataclass
@@ -50,7 +50,7 @@ def verify_bundle(
     bundle, and the runtime runs them on the device before first use."""
     manifest.rtol = rtol
     used = sorted({b for v in manifest.variants for b in v.artifacts})
-    here = {b: get_backend(b).runs_here(manifest.target) for b in used}
+    here = {b: get_runner_factory(b).runs_here(manifest.target) for b in used}
     for variant, check in zip(manifest.variants, checks):
         variant.parity = {}
         if any(here.get(b) for b in variant.artifacts):

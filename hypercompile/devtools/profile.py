@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..backends import get_backend
 from ..core import ir
 from ..core.manifest import Manifest, Profile, ProfiledVariant, Variant
 from ..core.targets import host_arch
 from ..errors import InputError, ProfileError
 from ..runtime.fingerprint import fingerprint_key, local_fingerprint, read_text
+from ..runtime.runners import get_runner_factory
 
 if TYPE_CHECKING:
     from ..runtime.bundle import Bundle
@@ -304,8 +304,8 @@ def profile_variant(
             label = _path_label(trace)
             by_path.setdefault(label, []).append(t)
             if label not in path_flops:
-                counts = [flops.graph(graph_of[b], batch) for b in trace if graph_of.get(b)]
-                path_flops[label] = None if None in counts else int(sum(counts))  # type: ignore[arg-type]
+                per_block = [flops.graph(graph_of[b], batch) for b in trace if graph_of.get(b)]
+                path_flops[label] = None if None in per_block else int(sum(per_block))  # type: ignore[arg-type]
         rec["paths"] = [
             {
                 "path": label,
@@ -366,7 +366,7 @@ def _runnable_backends(bundle: Bundle, backends: list[str] | None) -> tuple[list
     names = _backends_for(bundle, backends)
     notes: list[str] = []
     for name in list(names):
-        reason = get_backend(name).available()
+        reason = get_runner_factory(name).available()
         if reason:
             if backends and backends != ["auto"]:
                 raise ProfileError(reason)

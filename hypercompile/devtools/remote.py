@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..backends import get_backend
 from ..core.manifest import Profile, ProfiledVariant
 from ..errors import ProfileError
 from ..runtime.fingerprint import backend_versions
+from ..runtime.runners import get_runner_factory
+from ..runtime.runners.tvm import TRANSFORM_PARAMS, import_tvm
 from .profile import (
     DEFAULT_REPEAT,
     DEFAULT_WARMUP,
@@ -42,8 +43,6 @@ def _last_line(e: BaseException) -> str:
 
 def connect(address: str, key: str, timeout: float = 60.0) -> Any:
     """A session on a board the tracker at `address` (HOST:PORT) lends for `key`."""
-    from ..backends.tvm_backend import import_tvm
-
     import_tvm()
     from tvm import rpc
 
@@ -112,15 +111,13 @@ def _bind_weights(bundle, vm, dev, variant, graph) -> list[Any]:
     when this machine can run the library, else profiling says so."""
     import tvm
 
-    from ..backends.tvm_tuning import TRANSFORM_PARAMS
-
     try:
         vm[TRANSFORM_PARAMS]
         lifted = True
     except Exception:  # no such function: main takes the weights as they are
         lifted = False
     if lifted:
-        why_not = get_backend("tvm").runs_here(bundle.target)
+        why_not = get_runner_factory("tvm").runs_here(bundle.target)
         if why_not:
             raise ProfileError(
                 f"variant {variant.id}: its TVM library transforms weights at load, which "
@@ -190,7 +187,6 @@ class _Board:
 def _open_board(bundle: Bundle, address: str, key: str, timeout: float) -> tuple[_Board, dict]:
     """A session on the board the tracker lends for `key`, and its fingerprint; refused when
     the board is not what the bundle's TVM artifacts were built for."""
-    from ..backends.tvm_backend import import_tvm
 
     tvm = import_tvm()
     from tvm import relax

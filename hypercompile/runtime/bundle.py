@@ -10,8 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import Runner, get_backend
-from ..backends.base import Binding
 from ..core import tensors as fmt
 from ..core.manifest import Manifest, Profile, TensorSpec, Variant
 from ..core.targets import Target
@@ -24,6 +22,7 @@ from ..errors import (
     ProfileError,
 )
 from .checks import run_checks, unpack_checks
+from .runners import ORT_POOLS, Binding, OrtPool, Runner, get_runner_factory
 
 DEFAULT_CACHE_SIZE = 8
 # Budget selection: quality scores within this fraction of the best count as equal (a score
@@ -48,7 +47,18 @@ class Choice:
 
 
 class Bundle:
-    """A loaded bundle. `run` is safe to call from several threads at once."""
+    """A loaded bundle. `run` is safe to call from several threads at once.
+
+    `ort_pool` chooses ONNX Runtime's intra-op threads for this bundle's sessions, recorded on
+    each runner's `Binding`: "per-session" (every session its own pool of `threads`, or the
+    target's `ort_threads`), "shared" (ONNX Runtime's one process-wide pool), or None: the
+    shared pool for DyNN programs (one session per block; the target's `ort_shared_pool`,
+    without `ort_threads`) and per-session pools for static graphs. The process-wide pool can
+    only be made before the process's first ONNX Runtime session, and once it exists ONNX
+    Runtime refuses per-session pools: where it cannot be had, "shared" sessions get their own
+    pools with spinning off; where it exists, None uses it for static graphs too, and
+    "per-session" is refused (BackendError) rather than silently put on it. No session that
+    exists is ever moved onto the pool, since it is only made before the first."""
 
     def __init__(
         self,
@@ -59,7 +69,13 @@ class Bundle:
         threads: int | None = None,
         providers: list[str] | None = None,
         device: str | None = None,
+        ort_pool: OrtPool | None = None,
     ):
+        if ort_pool is not None and ort_pool not in ORT_POOLS:
+            raise BackendError(
+                f"ort_pool must be 'shared', 'per-session' or None, not {ort_pool!r}"
+            )
+        self.ort_pool = ort_pool
         self.path = Path(path).resolve()
         self.device = device  # a profile's device key to use instead of this machine's
         self.manifest: Manifest = Manifest.load(self.path)
@@ -358,11 +374,11 @@ class Bundle:
             raise BackendError(
                 f"variant {_fmt_cond(variant.cond)} has no {backend} artifact ({have})"
             )
-        be = get_backend(backend)
-        reason = be.available()
+        factory = get_runner_factory(backend)
+        reason = factory.available()
         if reason:
             raise BackendError(reason)
-        why_not = be.runs_here(self.target)
+        why_not = factory.runs_here(self.target)
         if why_not:
             raise BackendError(
                 f"the {backend} artifacts of this bundle were built for {self.target.name} "
@@ -371,17 +387,17 @@ class Bundle:
             )
         weights = self.weights(variant)
         if variant.program is None:
-            return self._graph_runner(variant.graph, backend, weights, shared=False)  # type: ignore[arg-type]
+            return self._graph_runner(variant.graph, backend, weights, in_program=False)  # type: ignore[arg-type]
         from .program import ProgramRunner
 
         host = self.manifest.programs[variant.program].host
         gids = self.manifest.graphs_of(variant)
-        runners = {gid: self._graph_runner(gid, backend, weights, shared=True) for gid in gids}
+        runners = {gid: self._graph_runner(gid, backend, weights, in_program=True) for gid in gids}
         inputs = {gid: self.manifest.graphs[gid].input_names for gid in gids}
         return ProgramRunner(host, inputs, runners)
 
     def _graph_runner(
-        self, gid: str, backend: str, weights: dict[str, np.ndarray], shared: bool
+        self, gid: str, backend: str, weights: dict[str, np.ndarray], in_program: bool
     ) -> Runner:
         graph = self.manifest.graphs.get(gid)
         if graph is None or backend not in graph.artifacts:
@@ -398,9 +414,21 @@ class Bundle:
             target=self.target,
             inputs=[s.to_json() for s in graph.inputs],
             outputs=[s.to_json() for s in graph.outputs],
-            shared=shared,
+            in_program=in_program,
+            ort_pool=self._ort_pool(in_program) if backend == "onnxruntime" else "per-session",
         )
-        return get_backend(backend).load(binding)
+        return get_runner_factory(backend).load(binding)
+
+    def _ort_pool(self, in_program: bool) -> OrtPool:
+        """ONNX Runtime's threads for one of this bundle's sessions (see the class docstring)."""
+        if self.ort_pool is not None:
+            return self.ort_pool
+        t = self.target
+        if in_program and t.ort_shared_pool and not t.ort_threads:
+            return "shared"
+        from .runners.onnxruntime import pool_exists
+
+        return "shared" if pool_exists() else "per-session"  # ORT allows nothing else then
 
     def __repr__(self) -> str:
         return f"Bundle({str(self.path)!r}, variants={len(self.manifest.variants)})"
@@ -504,9 +532,26 @@ def load(
     verify: bool = True,
     threads: int | None = None,
     device: str | None = None,
+    ort_pool: OrtPool | None = None,
 ) -> Bundle:
     """Open a bundle directory; checks every file's sha256 unless `verify=False`.
     `threads` overrides the target's intra-op thread count (0: the back end's default);
     `device` names the stored profile to use (a key `inspect` shows) instead of the one whose
-    fingerprint matches this machine."""
-    return Bundle(Path(path), cache_size=cache_size, verify=verify, threads=threads, device=device)
+    fingerprint matches this machine.
+
+    `ort_pool` chooses, for this bundle only, how its ONNX Runtime sessions get intra-op
+    threads: "per-session" (each session its own pool), "shared" (ONNX Runtime's process-wide
+    pool: one set of threads for all of them), or None (the default): the shared pool for DyNN
+    programs, whose many block sessions would otherwise each keep a pool, and per-session
+    pools for static graphs. ONNX Runtime can only make the shared pool before the process's
+    first session and then refuses per-session pools, so: a bundle asking for the pool after
+    another session came first gets per-session pools with spinning off; once the pool exists,
+    None uses it for static graphs too, and "per-session" raises BackendError."""
+    return Bundle(
+        Path(path),
+        cache_size=cache_size,
+        verify=verify,
+        threads=threads,
+        device=device,
+        ort_pool=ort_pool,
+    )

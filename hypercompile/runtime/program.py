@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import Runner
 from ..core import ir
 from ..errors import BundleError
+from .runners import Runner
 
 
 class ProgramRunner(ir.Interpreter):

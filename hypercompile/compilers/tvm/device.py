@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..core.targets import host_arch
-from ..errors import BuildError
+from ...core.targets import host_arch
+from ...errors import BuildError
 
 NVCC_ENV = "HYPERCOMPILE_NVCC"
 FATBIN_MAGIC = struct.pack("<I", 0xBA55ED50)

@@ -1,6 +1,7 @@
 """CPU code generation for the TVM back end: the Relax pipeline, default loop schedules without
-tuning, weight transforms lifted out of the per-call function, and optional MetaSchedule tuning
-whose database is kept in the bundle so that a rebuild starts from it.
+tuning, weight transforms lifted out of the per-call function (the runner applies them:
+`runtime.runners.tvm.transform_weights`), and optional MetaSchedule tuning whose database is
+returned for the bundle so that a rebuild starts from it.
 
 TVM 0.27's default CPU pipeline (`relax.backend.cpu_generic`) legalizes every operator to a naive
 serial loop nest; dlight ships only GEMV and softmax-style rules for CPUs. `cpu_pipeline` adds:
@@ -19,11 +20,10 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-TRANSFORM_PARAMS = "main_transform_params"
+from ..base import TuneRequest
+
 PARALLEL_MIN_WORK = 1 << 18  # multiply-adds (or elements) below which a loop nest stays serial
 TUNING_DIR = "tvm/tuning"
 
@@ -193,35 +193,24 @@ def lower_to_tir(mod: Any) -> Any:
     )(mod)
 
 
-def transform_weights(vm: Any, weights: list[Any]) -> tuple[list[Any], float]:
-    """The weights `main` takes, from the variant's weights: `main_transform_params` applied
-    once (transposes, folded batch norm), or the weights themselves for a library without one
-    (built before the transform was lifted, or for another target). Returns them with the
-    seconds it took."""
-    if not vm.module.implements_function(TRANSFORM_PARAMS):
-        return weights, 0.0
-    t = time.perf_counter()
-    out = list(vm[TRANSFORM_PARAMS](weights))
-    return out, time.perf_counter() - t
-
-
 def compile_module(
-    mod: Any, target: Any, tuning_dir: Path, request: TuneRequest | None
-) -> tuple[Any, dict[str, Any] | None]:
+    mod: Any, target: Any, request: TuneRequest | None
+) -> tuple[Any, dict[str, bytes]]:
     """`tvm.compile` for `target`: an `llvm` target gets `cpu_pipeline` (tuned first when
-    `request` asks, the database going to `tuning_dir`); other targets keep TVM's default
-    pipeline. Returns the executable and the tuning summary (None when not tuned)."""
+    `request` asks); other targets keep TVM's default pipeline. Returns the executable and the
+    tuning database's files (`records.json`, `tuning.json`; none when not tuned)."""
     import tvm
 
     if target.kind.name != "llvm":
-        return tvm.compile(mod, target=target), None
-    records, info = None, None
+        return tvm.compile(mod, target=target), {}
+    records, files = None, {}
     if request is not None and request.trials > 0:
         spec = dict(target.export())
         spec.setdefault("num-cores", _physical_cores())
         target = tvm.target.Target({k: v for k, v in spec.items() if k in _TARGET_KEYS})
-        records, info = tune(mod, target, tuning_dir, request)
-    return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, records)), info
+        records, info = tune(mod, target, request)
+        files = database_files(records, info)
+    return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, records)), files
 
 
 _TARGET_KEYS = ("kind", "mcpu", "mtriple", "mattr", "num-cores", "host")
@@ -234,15 +223,6 @@ def _physical_cores() -> int:
 
 
 # -- MetaSchedule ------------------------------------------------------------------------------
-
-
-@dataclass
-class TuneRequest:
-    """Tune each TVM graph for `trials` MetaSchedule trials; `previous` is the `tvm/tuning/`
-    folder of the bundle being rebuilt, whose databases are reused where they match."""
-
-    trials: int
-    previous: Path | None = None
 
 
 def _key(mod: Any, target: Any) -> str:
@@ -404,43 +384,47 @@ def _context(mod: Any, target: Any, rand: int) -> Any:
     )
 
 
-def _find_previous(previous: Path | None, key: str) -> Path | None:
-    """The folder of the previous bundle's database tuned for the same lowered module and
-    target, if any."""
-    if previous is None or not previous.is_dir():
-        return None
-    for meta in sorted(previous.glob("*/tuning.json")):
+def _find_previous(previous: tuple[bytes, ...], key: str) -> dict[str, Any] | None:
+    """The records of the previous bundle's database tuned for the same lowered module and
+    target, if any (`previous`: the contents of its `records.json` files)."""
+    for data in previous:
         try:
-            if json.loads(meta.read_text()).get("key") == key:
-                return meta.parent
-        except (OSError, ValueError):
+            db = json.loads(data)
+            if isinstance(db, dict) and db.get("key") == key:
+                records = db["records"]
+                if isinstance(records, dict):
+                    return records
+        except (ValueError, KeyError, TypeError):
             continue
     return None
 
 
-def tune(mod: Any, target: Any, folder: Path, request: TuneRequest) -> tuple[Any, dict[str, Any]]:
+def tune(mod: Any, target: Any, request: TuneRequest) -> tuple[Any, dict[str, Any]]:
     """Tune the per-call TIR functions of `mod` for `request.trials` trials in all (spread over
-    the functions) into `folder/records.json`, which goes into the bundle. A matching database
-    of the previous bundle (same lowered module, same TVM target) is the starting point: its
-    records are kept, and functions it already tuned for as many trials are not searched again.
-    Returns the records to compile with and what happened (also `folder/tuning.json`)."""
+    the functions). A matching database of the previous bundle (same lowered module, same TVM
+    target) is the starting point: its records are kept, and functions it already tuned for as
+    many trials are not searched again. Returns the records to compile with (the bundle's
+    `records.json`, see `database_files`) and what happened (its `tuning.json`)."""
     with target:
         lowered = lower_to_tir(mod)
     with _without_tensor_intrinsics():
-        return _tune(lowered, target, folder, request)
+        return _tune(lowered, target, request)
 
 
-def _tune(lowered: Any, target: Any, folder: Path, request: TuneRequest) -> tuple[Any, Any]:
+def database_files(records: dict[str, Any], info: dict[str, Any]) -> dict[str, bytes]:
+    """A tuning database as the bundle keeps it: `records.json` (what `tune` found, under its
+    key) and `tuning.json` (what happened)."""
+    return {
+        "records.json": (json.dumps({"key": info["key"], "records": records}) + "\n").encode(),
+        "tuning.json": (json.dumps(info, indent=1) + "\n").encode(),
+    }
+
+
+def _tune(lowered: Any, target: Any, request: TuneRequest) -> tuple[Any, Any]:
     key = _key(lowered, target)
-    folder.mkdir(parents=True, exist_ok=True)
     works, dynamic = _workloads(lowered)
     old = _find_previous(request.previous, key)
-    records: dict[str, dict[str, Any]] = {}
-    if old is not None:
-        try:
-            records = json.loads((old / "records.json").read_text())["records"]
-        except (OSError, ValueError, KeyError, TypeError):
-            records = {}
+    records: dict[str, dict[str, Any]] = dict(old) if old is not None else {}
     t = time.perf_counter()
     run = 0
     left = request.trials - sum(r.get("trials", 0) for r in records.values())
@@ -467,7 +451,6 @@ def _tune(lowered: Any, target: Any, folder: Path, request: TuneRequest) -> tupl
                 entry["script"], entry["seconds"] = script, best_s
             records[h] = entry
     seconds = time.perf_counter() - t
-    (folder / "records.json").write_text(json.dumps({"key": key, "records": records}) + "\n")
     info = {
         "key": key,
         "functions": len(works),
@@ -479,7 +462,6 @@ def _tune(lowered: Any, target: Any, folder: Path, request: TuneRequest) -> tupl
         "tuning_s": round(seconds, 3),
         "reused": old is not None,
     }
-    (folder / "tuning.json").write_text(json.dumps(info, indent=1) + "\n")
     return records, info
 
 

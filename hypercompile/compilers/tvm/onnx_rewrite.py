@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BuildError
+from ...errors import BuildError
 
 
 def lstm_to_cells(model: Any) -> int:

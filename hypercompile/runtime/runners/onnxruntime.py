@@ -1,0 +1,147 @@
+"""ONNX Runtime: the ONNX graph is the artifact; weights bind as external initializers.
+
+Intra-op threads: every session gets a pool of its own (`per-session`), or all use ONNX
+Runtime's process-wide pool (`shared`), as the bundle chose for the binding (see `hc.load`). The
+process-wide pool is a fact of the process, not a setting: once it exists ONNX Runtime refuses
+sessions a pool of their own, so it is made only before the first session hypercompile makes in
+this process. Made later, it would change how every other bundle's next sessions must run."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from ...errors import BackendError
+from .base import Binding, OrtPool, RunnerFactory
+
+# "pool": None until decided, then whether this process has ONNX Runtime's shared pool;
+# "sessions": sessions made here so far (the pool can only come before the first)
+_state: dict[str, Any] = {"pool": None, "sessions": 0}
+_lock = threading.RLock()  # decisions about the pool and the sessions they apply to
+
+
+def pool_exists() -> bool:
+    """Whether this process has ONNX Runtime's shared intra-op pool (then every session must
+    use it)."""
+    return _state["pool"] is True
+
+
+def shared_pool() -> bool:
+    """ONNX Runtime's process-wide intra-op pool: True when this process has it, made now if no
+    session came before it; False when it cannot have it."""
+    with _lock:
+        if _state["pool"] is None:
+            if _state["sessions"]:
+                _state["pool"] = False  # sessions with pools of their own exist
+            else:
+                _state["pool"] = _make_pool()
+        return bool(_state["pool"])
+
+
+def _make_pool() -> bool:
+    import onnxruntime as ort
+    from onnxruntime.capi import _pybind_state
+
+    try:
+        _pybind_state.set_global_thread_pool_sizes(0, 1)
+        so = ort.SessionOptions()
+        so.use_per_session_threads = False
+        _probe_session(so)  # fails if the environment existed already without the pool
+        return True
+    except Exception:
+        return False
+
+
+def _probe_session(so: Any) -> None:
+    import onnxruntime as ort
+
+    # the smallest valid model (Identity on a float[1]), serialized by onnx.helper
+    model = bytes.fromhex(
+        "080812003a370a100a017812017922084964656e746974791201675a0f0a0178120a0a0808011204"
+        "0a020801620f0a0179120a0a08080112040a02080142040a00100d"
+    )
+    ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+class OrtRunner:
+    def __init__(self, session: Any, keepalive: list[Any], pool: OrtPool):
+        self.session = session
+        self.pool = pool  # the threads this session got ("shared" or "per-session")
+        self._keepalive = keepalive  # ORT reads bound initializers in place: keep them alive
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, feeds)
+
+
+class OnnxRuntimeRunners(RunnerFactory):
+    name = "onnxruntime"
+
+    def available(self) -> str | None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "onnxruntime is not installed (pip install onnxruntime)"
+        return None
+
+    def session_options(self, binding: Binding) -> tuple[Any, OrtPool]:
+        """Options for a session of `binding`, with the pool it gets. `shared` falls back to a
+        pool of the session's own when the process cannot have the shared one, with spinning
+        off (as for any DyNN program block: many sessions whose idle pools would spin and
+        starve the one that runs; DyCL measured 6-12x slowdowns). `target.ort_threads` sizes
+        pools of a session's own only."""
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        if binding.ort_pool == "shared" and shared_pool():
+            so.use_per_session_threads = False
+            return so, "shared"
+        if pool_exists():
+            raise BackendError(
+                "ONNX Runtime's shared thread pool exists in this process (a bundle loaded "
+                "with ort_pool='shared', or a DyNN bundle loaded first), and ONNX Runtime then "
+                "refuses sessions threads of their own: load this bundle with "
+                "ort_pool='shared' or None"
+            )
+        threads = int(getattr(binding.target, "ort_threads", 0) or 0)
+        if threads:
+            so.intra_op_num_threads = threads
+        if binding.in_program or binding.ort_pool == "shared":
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return so, "per-session"
+
+    def load(self, binding: Binding) -> OrtRunner:
+        import onnxruntime as ort
+
+        target, weights = binding.target, binding.weights
+        # the target's providers in preference order, those this ONNX Runtime has (a Jetson
+        # bundle's graphs run on an x86 box's CPU provider; the CUDA one where it exists)
+        wanted = list(getattr(target, "ort_providers", ()) or ["CPUExecutionProvider"])
+        providers = [p for p in wanted if p in ort.get_available_providers()]
+        if not providers:
+            raise BackendError(
+                f"ONNX Runtime here lacks provider(s) {', '.join(wanted)} "
+                f"(available: {', '.join(ort.get_available_providers())})"
+            )
+        names = list(weights)
+        values = [
+            ort.OrtValue.ortvalue_from_numpy(np.require(weights[n], requirements="C"))
+            for n in names
+        ]
+        with _lock:  # the pool cannot appear between the choice and the session
+            so, pool = self.session_options(binding)
+            if names:
+                so.add_external_initializers(names, values)
+            try:
+                session = ort.InferenceSession(binding.artifact, so, providers=providers)
+            except Exception as e:  # ORT raises its own exception types
+                first = f"ONNX Runtime cannot load the graph: {e}".splitlines()[0]
+                raise BackendError(first) from None
+            _state["sessions"] += 1
+        return OrtRunner(session, [values, weights], pool)
+
+
+FACTORY = OnnxRuntimeRunners()

@@ -1,0 +1,194 @@
+"""Apache TVM (Relax): a graph's shared library, built once per architecture, with the variant's
+weights bound as run-time arguments. Needs TVM's runtime only (never its compiler, torch or
+onnx)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...core.targets import host_arch
+from ...errors import BackendError
+from .base import Binding, RunnerFactory
+
+# the function TVM's LiftTransformParams makes of the weight-only work of `main` (transposes,
+# folded batch norm): the runner calls it once per weight set, not per call
+TRANSFORM_PARAMS = "main_transform_params"
+
+
+def import_tvm() -> Any:
+    """Import TVM without torch: tvm_ffi imports torch eagerly when it is installed, and the
+    runtime must stay torch-free (torch stays importable for whoever asks for it later)."""
+    if "tvm.runtime.vm" in sys.modules:
+        return sys.modules["tvm"]
+    block = "torch" not in sys.modules
+    if block:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` fail
+    try:
+        import tvm
+        from tvm.runtime import vm  # noqa: F401  (the runtime needs no compiler)
+    finally:
+        if block and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return tvm
+
+
+def transform_weights(vm: Any, weights: list[Any]) -> tuple[list[Any], float]:
+    """The weights `main` takes, from the variant's weights: `main_transform_params` applied
+    once (transposes, folded batch norm), or the weights themselves for a library without one
+    (built before the transform was lifted, or for another target). Returns them with the
+    seconds it took."""
+    if not vm.module.implements_function(TRANSFORM_PARAMS):
+        return weights, 0.0
+    t = time.perf_counter()
+    out = list(vm[TRANSFORM_PARAMS](weights))
+    return out, time.perf_counter() - t
+
+
+def load_cuda_runtime(tvm: Any) -> str | None:
+    """Load TVM's CUDA runtime plugin unless TVM did (a runtime-only TVM does not); None when
+    it is ready, else why not."""
+    import ctypes
+
+    import tvm_ffi
+
+    if tvm_ffi.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True):
+        return None
+    lib = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
+    try:
+        ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    except OSError as e:
+        return str(e).splitlines()[0] if str(e) else "libtvm_runtime_cuda.so does not load"
+    return None
+
+
+def device_kind(target: Any) -> str:
+    """The TVM device kind a target's libraries run on (`llvm`: the CPU, `cuda`, ...). A built
+    bundle records its full TVM target; a bare tag is expanded where TVM can."""
+    spec = getattr(target, "tvm_target", None) or {}
+    if not spec and getattr(target, "tvm_tag", ""):
+        try:
+            return str(import_tvm().target.Target(target.tvm_tag).kind.name)
+        except Exception:  # noqa: BLE001  # a runtime-only TVM, or an unknown tag
+            return "llvm"
+    return str(spec.get("kind", "llvm"))
+
+
+def _aligned_copy(a: np.ndarray) -> np.ndarray:
+    """A private copy of `a` on a 64-byte boundary, which TVM requires to borrow memory."""
+    buf = np.empty(a.nbytes + 64, np.uint8)
+    start = (-buf.ctypes.data) % 64
+    out = buf[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def _to_numpy(t: Any) -> np.ndarray:
+    """A CPU result without a copy (numpy keeps TVM's buffer alive), else copied to the host."""
+    if t.device.dlpack_device_type() == 1:
+        try:
+            return np.from_dlpack(t)
+        except (TypeError, BufferError, RuntimeError):
+            pass
+    return t.numpy()
+
+
+class TvmRunner:
+    """A TVM library's `main` with one variant's weights bound (`fn(*inputs, *weights)`)."""
+
+    def __init__(
+        self,
+        fn: Any,
+        input_names: list[str],
+        weights: list[Any],
+        keepalive: Any,
+        shapes: list[tuple[int, ...] | None],
+        device: Any,
+    ):
+        self.fn, self._inputs, self.weights = fn, input_names, weights
+        self._keepalive, self._shapes, self._dev = keepalive, shapes, device
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        tvm = sys.modules["tvm"]
+        if (
+            self._dev.dlpack_device_type() == 1
+        ):  # CPU: share memory with numpy instead of copying twice
+            args = [tvm.runtime.from_dlpack(_aligned_copy(feeds[n])) for n in self._inputs]
+        else:
+            args = [
+                tvm.runtime.tensor(np.require(feeds[n], requirements="C"), device=self._dev)
+                for n in self._inputs
+            ]
+        out = self.fn(*args, *self.weights)
+        outs = [out] if hasattr(out, "numpy") else list(out)
+        arrays = [_to_numpy(o) for o in outs]
+        # TVM's ONNX import turns some 0-d results into shape (1,): keep the graph's shapes
+        return [
+            a.reshape(s) if s is not None and a.shape != s and a.size == int(np.prod(s)) else a
+            for a, s in zip(arrays, self._shapes)
+        ]
+
+
+class TvmRunners(RunnerFactory):
+    name = "tvm"
+
+    def available(self) -> str | None:
+        try:
+            import_tvm()
+        except ImportError:
+            return "Apache TVM is not installed (pip install 'hypercompile[tvm]')"
+        return None
+
+    def runs_here(self, target: Any) -> str | None:
+        """None when this machine can run the target's TVM libraries, else why not."""
+        if getattr(target, "arch", host_arch()) != host_arch():
+            return f"this machine is {host_arch()}"
+        if device_kind(target) == "cuda":
+            tvm = import_tvm()
+            reason = load_cuda_runtime(tvm)
+            if reason:
+                return f"TVM's CUDA runtime does not load here ({reason})"
+            if not tvm.cuda(0).exist:
+                return "this machine has no CUDA GPU visible to TVM"
+        return None
+
+    def load(self, binding: Binding) -> TvmRunner:
+        tvm = import_tvm()
+
+        reason = self.runs_here(binding.target)
+        if reason:
+            raise BackendError(f"TVM artifact cannot run here: {reason}")
+        dev = tvm.cuda(0) if device_kind(binding.target) == "cuda" else tvm.cpu()
+
+        # load the verified bytes, not the path: the file cannot change after its hash check
+        fd, path = tempfile.mkstemp(suffix=".so")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(binding.artifact)
+            lib = tvm.runtime.load_module(path)
+        except Exception as e:
+            raise BackendError(f"TVM cannot load the library: {e}".splitlines()[0]) from None
+        finally:
+            os.unlink(path)
+        vm = tvm.runtime.vm.VirtualMachine(lib, dev)
+        bound = [
+            tvm.runtime.tensor(np.require(w, requirements="C"), device=dev)
+            for w in binding.weights.values()
+        ]
+        # weight-only work (transposes, folded batch norm) once per weight set, not per call
+        bound, _ = transform_weights(vm, bound)
+        shapes = [
+            tuple(o["shape"]) if all(isinstance(d, int) for d in o["shape"]) else None
+            for o in binding.outputs
+        ]
+        inputs = [i["name"] for i in binding.inputs]
+        return TvmRunner(vm["main"], inputs, bound, (vm, lib), shapes, dev)
+
+
+FACTORY = TvmRunners()
