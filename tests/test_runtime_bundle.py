@@ -138,7 +138,7 @@ def test_session_cache_is_bounded_and_reused(tiny_bundle, monkeypatch):
     b = hc.load(tiny_bundle, cache_size=2)
     loads = []
     real = b._load_runner
-    monkeypatch.setattr(b, "_load_runner", lambda v, be: loads.append(v["id"]) or real(v, be))
+    monkeypatch.setattr(b, "_load_runner", lambda v, be: loads.append(v.id) or real(v, be))
     for t in (0, 1, 0, 1, 0, 2, 0, 1):
         b.run({"input": _x()}, task=t)
     assert loads == ["v0000", "v0001", "v0002", "v0001"]
@@ -177,7 +177,7 @@ def _in_fresh_process(code: str) -> str:
 _POOLS = (
     "import numpy as np, hypercompile as hc\n"
     "def static(b):\n"
-    "    r = b._runner(b.select(task=0), 'onnxruntime')\n"
+    "    r = b.load_runner(b.select(task=0), 'onnxruntime')\n"
     "    o = r.session.get_session_options()\n"
     "    return r.pool, o.use_per_session_threads\n"
     "def spinning(o):\n"
@@ -186,8 +186,8 @@ _POOLS = (
     "    except RuntimeError:\n"
     "        return 'default'\n"
     "def blocks(b):\n"
-    "    r = b._runner(b.select(), 'onnxruntime')\n"
-    "    opts = [(g.pool, g.session.get_session_options()) for g in r._runners.values()]\n"
+    "    r = b.load_runner(b.select(), 'onnxruntime')\n"
+    "    opts = [(g.pool, g.session.get_session_options()) for g in r.runners.values()]\n"
     "    return sorted({(p, o.use_per_session_threads, spinning(o)) for p, o in opts})\n"
 )
 
