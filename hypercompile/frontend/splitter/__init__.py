@@ -27,6 +27,7 @@ from .state import (
     Loop,
     Poisoned,
     St,
+    StaticLookupError,
     SymList,
     Unsupported,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "Lowerer",
     "Poisoned",
     "St",
+    "StaticLookupError",
     "SymList",
     "Unsupported",
     "function_ast",

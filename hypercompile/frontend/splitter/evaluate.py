@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import copy
 import types
 from typing import Any
 
@@ -19,11 +20,14 @@ from .state import (
     Frame,
     Poisoned,
     St,
+    StaticLookupError,
     SymList,
     Unsupported,
     loc,
     symitem,
 )
+
+_LOOKUP_ERRORS = (AttributeError, KeyError, IndexError)
 
 
 class EvaluateMixin:
@@ -43,9 +47,14 @@ class EvaluateMixin:
         env: Env,
         frame: Frame,
         allow_list: bool = False,
+        speculative: bool = False,
     ) -> tuple[bool, Any]:
         """(True, value) when `node` depends only on build-time values, else (False, None).
-        A tensor that is not module state counts as run-time (it is recomputed in the graph)."""
+        A tensor that is not module state counts as run-time (it is recomputed in the graph).
+
+        A missing attribute, key or index of a build-time object (`self.typo`) raises
+        `StaticLookupError`, because forward fails there too; unless `speculative` (a probe of
+        a subexpression that need not run) or the lowering is a trial."""
         if isinstance(node, ast.List) and not node.elts and allow_list:
             return True, SymList()
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and allow_list:
@@ -58,6 +67,10 @@ class EvaluateMixin:
             expr = ast.fix_missing_locations(ast.Expression(body=node))
             code = compile(expr, frame.filename, "eval")
             value = eval(code, frame.globals, scope)  # noqa: S307 - the user's own forward
+        except _LOOKUP_ERRORS as e:
+            if not speculative:
+                self._lookup_failed(e, node, frame)
+            return False, None
         except Exception:
             return False, None
         if isinstance(value, torch.Tensor) and id(value) not in self.tensor_paths:
@@ -65,6 +78,19 @@ class EvaluateMixin:
         if isinstance(value, types.GeneratorType):
             return False, None
         return True, value
+
+    def _lookup_failed(self, e: Exception, node: ast.expr, frame: Frame) -> None:
+        """Raise `StaticLookupError` for a failed lookup in `node`, except in a trial and where
+        `node` names an attribute that forward assigns (a state cell: outside the statements
+        that `state_cells` rewrites, the module object does not have it yet)."""
+        if self.speculative:
+            return
+        state_attrs = {attr for _, attr in self.cells}
+        if any(isinstance(n, ast.Attribute) and n.attr in state_attrs for n in ast.walk(node)):
+            return
+        src = ast.unparse(node)
+        src = src if len(src) <= 80 else src[:77] + "..."
+        raise StaticLookupError(f"{loc(frame, node)}: `{src}` raises {type(e).__name__}: {e}")
 
     def embed(self, value: Any, frame: Frame, node: ast.AST) -> ast.expr:
         """An expression that yields `value` inside a block function."""
@@ -181,10 +207,20 @@ class _Rewriter(CopyTransformer):
     """Substitute static subexpressions and program names; map Python truthiness and
     `.item()` / `int()` / `float()` / `bool()` on tensors to graph operations.
 
-    `bound`: the names that enclosing comprehensions and lambdas bind."""
+    `bound`: the names that enclosing comprehensions and lambdas bind. `lazy`: the node need
+    not run when the statement does (inside a lambda or comprehension, a later operand of
+    `and` / `or`, the body of a loop over a run-time iterable), so static evaluation in it is
+    speculative: a failing lookup leaves the expression to run time instead of failing."""
 
-    def __init__(self, lw: Any, env: Env, frame: Frame, bound: frozenset = frozenset()):
-        self.lw, self.env, self.frame, self.bound = lw, env, frame, bound
+    def __init__(
+        self, lw: Any, env: Env, frame: Frame, bound: frozenset = frozenset(), lazy: bool = False
+    ):
+        self.lw, self.env, self.frame, self.bound, self.lazy = lw, env, frame, bound, lazy
+
+    def _inner(self, bound: frozenset | None = None) -> _Rewriter:
+        """A lazy rewriter for a part that need not run, with `bound` names if given."""
+        bound = self.bound if bound is None else bound
+        return _Rewriter(self.lw, self.env, self.frame, bound, lazy=True)
 
     def _dynamic(self, node: ast.AST) -> bool:
         return bool(free_names(node) & self.env.dynamic)
@@ -193,7 +229,7 @@ class _Rewriter(CopyTransformer):
         if isinstance(node, ast.expr) and not isinstance(node, (ast.Starred, ast.Name)):
             names = free_names(node)
             if names & set(self.env.static) and not names & (self.bound | self.env.dynamic):
-                ok, value = self.lw.static_eval(node, self.env, self.frame)
+                ok, value = self.lw.static_eval(node, self.env, self.frame, speculative=self.lazy)
                 if ok and not _is_plain_container(value):
                     return ast.copy_location(self.lw.embed(value, self.frame, node), node)
         return super().visit(node)
@@ -217,19 +253,22 @@ class _Rewriter(CopyTransformer):
         raise Unsupported(f"{loc(frame, node)}: name `{node.id}` is not defined here")
 
     def _own_scope(self, node: ast.AST) -> ast.AST:
-        inner = self.bound | frozenset(bound_names(node))
-        return _Rewriter(self.lw, self.env, self.frame, inner).generic_visit(node)
+        return self._inner(self.bound | frozenset(bound_names(node))).generic_visit(node)
 
     visit_ListComp = visit_SetComp = visit_GeneratorExp = visit_DictComp = _own_scope
     visit_Lambda = _own_scope
 
     def visit_BoolOp(self, node: ast.BoolOp) -> ast.expr:
+        first, later = self.visit(node.values[0]), self._inner()
+        rest = [later.visit(v) for v in node.values[1:]]
         if not self._dynamic(node):
-            return self.generic_visit(node)
+            clone = copy.copy(node)
+            clone.op = self.visit(node.op)
+            clone.values = [first, *rest]
+            return clone
         helper = "_hc_and" if isinstance(node.op, ast.And) else "_hc_or"
-        values = [self.visit(v) for v in node.values]
-        out = values[0]
-        for v in values[1:]:
+        out = first
+        for v in rest:
             out = ast.Call(ast.Name(helper, ast.Load()), [out, v], [])
         return ast.copy_location(out, node)
 
@@ -249,7 +288,7 @@ class _Rewriter(CopyTransformer):
         return self.generic_visit(node)
 
     def visit_IfExp(self, node: ast.IfExp) -> ast.expr:
-        ok, value = self.lw.static_eval(node.test, self.env, self.frame)
+        ok, value = self.lw.static_eval(node.test, self.env, self.frame, speculative=self.lazy)
         if ok:
             return self.visit(node.body if value else node.orelse)
         raise Unsupported(
@@ -270,6 +309,16 @@ class _Rewriter(CopyTransformer):
             ):
                 return self._helper(f"_hc_{f.id}", node.args, node)
         return self.generic_visit(node)
+
+    def visit_For(self, node: ast.For) -> ast.For:
+        """A loop over a run-time iterable, emitted whole: its body may run zero times."""
+        clone = copy.copy(node)
+        clone.target = self.visit(node.target)
+        clone.iter = self.visit(node.iter)
+        body = self._inner()
+        clone.body = [body.visit(s) for s in node.body]
+        clone.orelse = [self.visit(s) for s in node.orelse]
+        return clone
 
     def _helper(self, name: str, args: list[ast.expr], node: ast.AST) -> ast.expr:
         new = ast.Call(ast.Name(name, ast.Load()), [self.visit(a) for a in args], [])

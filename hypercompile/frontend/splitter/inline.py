@@ -36,11 +36,11 @@ class InlineMixin:
             try:
                 if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
                     if free_names(node.slice) & env.dynamic:
-                        ok, container = self.static_eval(node.value, env, frame)
+                        ok, container = self.static_eval(node.value, env, frame, speculative=True)
                         if ok and _is_dispatch_container(container):
                             return ("switch", node, container)
                 if isinstance(node, ast.Call):
-                    ok, fn = self.static_eval(node.func, env, frame)
+                    ok, fn = self.static_eval(node.func, env, frame, speculative=True)
                     if ok and self.needs_inline(fn):
                         return ("inline", node, fn)
             except Unsupported:
@@ -77,6 +77,7 @@ class InlineMixin:
         """Lower the body of `fn` on its own, its parameters dynamic: does it branch?"""
         trial = type(self)(self.root)
         trial._inline_cache = self._inline_cache  # shared: guards against recursion
+        trial.speculative = True  # its arguments are stand-ins: lookups may fail
         params = [a.arg for a in node.args.args]
         env = Env()
         if isinstance(fn, torch.nn.Module) or inspect.ismethod(fn):

@@ -100,7 +100,7 @@ class _StateCells(CopyTransformer):
             and not (free_names(attr_node.value) & self.env.dynamic)
         ):
             return None
-        ok, obj = self.lw.static_eval(attr_node.value, self.env, self.frame)
+        ok, obj = self.lw.static_eval(attr_node.value, self.env, self.frame, speculative=True)
         if not ok or not isinstance(obj, torch.nn.Module):
             return None
         attr = attr_node.attr

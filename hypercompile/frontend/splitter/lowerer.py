@@ -32,6 +32,7 @@ class Lowerer(StatementsMixin, LoopsMixin, JoinsMixin, InlineMixin, EvaluateMixi
         self.globals: dict[str, Any] = {}  # global names the blocks use, shared by all blocks
         self.decisions: dict[str, tuple[int, str]] = {}  # predicate/index name -> (line, source)
         self.cells: dict[tuple[int, str], str] = {}  # (module id, attribute) -> program name
+        self.speculative = False  # a trial lowering: failed lookups are no errors
 
     def new_block(self) -> Block:
         b = Block(len(self.blocks))

@@ -32,6 +32,11 @@ class HardUnsupported(Unsupported):
     hard = True
 
 
+class StaticLookupError(HardUnsupported):
+    """Forward reads a missing attribute, key or index of a build-time object (`self.typo`):
+    the user's code raises there too, and so would the whole-graph exporter tracing it."""
+
+
 class SymList:
     """A list built at build time whose items are static values or dynamic program names."""
 
