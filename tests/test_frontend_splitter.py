@@ -1,6 +1,7 @@
 """The splitter on small dynamic models: which decisions reach the host, what stays static,
 and which constructs it refuses (with file and line)."""
 
+import inspect
 import re
 
 import pytest
@@ -131,3 +132,61 @@ def test_data_dependent_loop_count_fails_the_build_and_leaves_nothing(tmp_path):
     ):
         hc.build(LoopCountFromData(), out=out, parity_inputs=20)
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+class Typo(torch.nn.Module):
+    """Reads a missing attribute, key or index of a build-time object under a data-dependent
+    branch (the static `which` picks one)."""
+
+    def __init__(self, which):
+        super().__init__()
+        self.which = which
+        self.scales = {"a": [1.0, 2.0]}
+
+    def forward(self, x):
+        if x.sum() > 0:
+            if self.which == "attribute":
+                x = x * self.nonexistent
+            elif self.which == "key":
+                x = x * self.scales["b"]
+            else:
+                x = x * self.scales["a"][2]
+        return x
+
+
+@pytest.mark.parametrize(
+    "which, expr, error",
+    [
+        ("attribute", "self.nonexistent", "AttributeError: 'Typo' object has no attribute"),
+        ("key", "self.scales['b']", "KeyError: 'b'"),
+        ("index", "self.scales['a'][2]", "IndexError: list index out of range"),
+    ],
+)
+def test_missing_attribute_key_or_index_names_file_and_line(which, expr, error):
+    lines, start = inspect.getsourcelines(Typo.forward)
+    src = expr.replace("'", '"')
+    line = start + next(i for i, text in enumerate(lines) if src in text)
+    with pytest.raises(UnsupportedModelError) as e:
+        split_module(Typo(which))
+    assert f"test_frontend_splitter.py:{line}: `{expr}` raises {error}" in str(e.value)
+
+
+def test_lookups_that_need_not_run_are_left_to_run_time():
+    class Guarded(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+        def example_inputs(self):
+            return (torch.randn(1, 4),)
+
+        def forward(self, x):
+            y = self.nope(x) if hasattr(self, "nope") else self.fc(x)
+            for _ in x[:0]:  # a loop over a run-time iterable, here always empty
+                y = y * self.nope
+            if y.sum() > 0:
+                y = y + len([self.nope for _ in range(0)]) + getattr(self, "nope", 1.0)
+            return y
+
+    prog, _ = _run_probe(Guarded(), n=10)
+    assert len([b for b in prog.blocks.values() if isinstance(b.term, Branch)]) == 1
