@@ -232,23 +232,6 @@ def _key(mod: Any, target: Any) -> str:
     return f"{structural_hash(mod) & 0xFFFFFFFFFFFFFFFF:016x} {spec}"
 
 
-def _plain(x: Any) -> Any:
-    """A TVM FFI value (arrays, maps, strings, IntImm/FloatImm) as plain JSON data."""
-    import tvm
-
-    if isinstance(x, (bool, int, float, str)) or x is None:
-        return x
-    if isinstance(x, tvm.tirx.IntImm):
-        return int(x.value)
-    if isinstance(x, tvm.tirx.FloatImm):
-        return float(x.value)
-    if hasattr(x, "items"):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)) or hasattr(x, "__len__"):
-        return [_plain(v) for v in x]
-    return str(x)
-
-
 def _static(func: Any) -> bool:
     import tvm
 
