@@ -116,7 +116,7 @@ def test_budget_picks_the_largest_variant_whose_p90_fits(profiled):
             )
             assert res.returncode == 0, res.stderr
             sel = json.loads(res.stdout)["selected"]
-            assert sel["cond"] == got["cond"] and sel["p90_ms"] == p90[want] <= budget
+            assert sel["cond"] == got.cond and sel["p90_ms"] == p90[want] <= budget
 
 
 def test_a_budget_below_the_fastest_variant_is_refused(profiled, tmp_path):
@@ -215,6 +215,7 @@ def test_pareto_front_on_a_hand_checked_example():
 
 
 def test_plot_shows_every_variant_and_the_pareto_front(profiled):
+    from hypercompile.core.manifest import Manifest
     from hypercompile.devtools.plot import profile_points
 
     path, printed = profiled
@@ -222,7 +223,7 @@ def test_plot_shows_every_variant_and_the_pareto_front(profiled):
     assert printed["plot"] == str(png)
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
-    points, x, batch = profile_points(manifest(path), printed["device"])
+    points, x, batch = profile_points(Manifest.load(path), printed["device"])
     assert x == "params" and batch == 1
     assert sorted(p["label"] for p in points) == [f"width={w}" for w in (16, 32, 64, 8)]
     front = P.pareto_front([(p["x"], p["p90_ms"]) for p in points])
