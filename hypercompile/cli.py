@@ -108,6 +108,17 @@ def _progress_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
     "--parity-inputs", type=int, default=None, help="Random parity inputs [3; 200 for dynamic]."
 )
 @click.option(
+    "--parity-data",
+    default=None,
+    help="Folder with NAME.npy per input (first axis: samples): real inputs for the parity check.",
+)
+@click.option(
+    "--allow-untested",
+    is_flag=True,
+    help="Build even when the parity check cannot fail (constant outputs, a branch side never "
+    "taken); recorded in the bundle.",
+)
+@click.option(
     "--tune-trials",
     type=int,
     default=None,
@@ -116,7 +127,17 @@ def _progress_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def build(
-    model_ref, target, backends, where, out_dir, rtol, parity_inputs, tune_trials, as_json
+    model_ref,
+    target,
+    backends,
+    where,
+    out_dir,
+    rtol,
+    parity_inputs,
+    parity_data,
+    allow_untested,
+    tune_trials,
+    as_json,
 ) -> None:
     """Build a bundle from MODEL_REF (path/file.py:NAME or package.module:NAME)."""
     from .builder import build as do_build
@@ -134,6 +155,8 @@ def build(
             where=where_map or None,
             rtol=rtol,
             parity_inputs=parity_inputs,
+            parity_data=parity_data,
+            allow_untested=allow_untested,
             progress=progress,
             tune_trials=tune_trials,
         )
@@ -293,6 +316,12 @@ def inspect(bundle, as_json) -> None:
             f"{worst_rel:.2e}",
         )
     out.print(table)
+    for v in m.variants:
+        for problem in v.untested:
+            out.print(
+                f"[yellow]untested[/] {escape(_cond_text(v.cond))}: {escape(problem)}",
+                highlight=False,
+            )
     native = [(gid, be, i) for gid, g in m.graphs.items() for be, i in g.artifact_info.items()]
     if native:
         t = Table(title=f"compiled libraries (for {m.target.name}, {m.target.arch})")

@@ -19,6 +19,7 @@ import torch
 
 from .. import __version__
 from ..compilers import CompileOptions, TuneRequest, compiler_names, get_compiler
+from ..core import ir
 from ..core import tensors as fmt
 from ..core.manifest import (
     MANIFEST,
@@ -42,9 +43,17 @@ from ..frontend.materialize import (
     cond_label,
     flatten_outputs,
     materialize,
-    random_like,
 )
+from ..frontend.state import check_stateless
 from ..runtime.checks import parity
+from .inputs import (
+    ParityOptions,
+    constant_outputs,
+    parity_sets,
+    random_like,
+    source_of,
+    untested_message,
+)
 from .verify import Check, verify_bundle
 
 Progress = Callable[[str, int, int], None]
@@ -149,6 +158,8 @@ def build(
     where: dict[str, list[Any]] | None = None,
     rtol: float = 1e-4,
     parity_inputs: int | None = None,
+    parity_data: str | Path | None = None,
+    allow_untested: bool = False,
     example_inputs: tuple[torch.Tensor, ...] | None = None,
     progress: Progress | None = None,
     tune_trials: int | None = None,
@@ -177,7 +188,10 @@ def build(
     try:
         (tmp / "graphs").mkdir(parents=True)
         (tmp / "weights").mkdir()
-        manifest, checks = _materialize_all(hm, conds, tmp, tgt, names, parity_inputs, report, tune)
+        opts = ParityOptions(
+            parity_inputs, Path(parity_data) if parity_data else None, allow_untested
+        )
+        manifest, checks = _materialize_all(hm, conds, tmp, tgt, names, opts, report, tune)
         manifest.model = model if isinstance(model, str) else type(hm).__name__
         verify_bundle(tmp, manifest, checks, rtol, report)
         manifest.build_s = round(time.perf_counter() - t0, 3)
@@ -224,7 +238,9 @@ def _tune_request(
     return CompileOptions(tune=TuneRequest(int(trials), tuple(previous)))
 
 
-def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random, report, tune=None):
+def _materialize_all(
+    hm, conds, tmp: Path, tgt: Target, backend_names, opts: ParityOptions, report, tune=None
+):
     graphs: dict[str, Graph] = {}
     programs: dict[str, ProgramEntry] = {}
     by_arch: dict[str, str] = {}
@@ -240,6 +256,8 @@ def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random,
         if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
             raise BuildError(f"variant {label}: example_inputs() must return a tuple of tensors")
         vid = f"v{i:04d}"
+        later = torch.Generator().manual_seed(1)
+        check_stateless(target, [inputs] + [tuple(random_like(x, later) for x in inputs)], label)
         prog = _split(target, label)
         v = Variant(id=vid, cond=cond, weights=f"weights/{vid}.safetensors", artifacts={})
         if prog is None:
@@ -254,12 +272,15 @@ def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random,
             g = graphs[by_arch[arch]]
             v.graph, v.artifacts = g.id, dict(g.artifacts)
             weight_names = g.weights
-            check = _expected(hm, cond, target, inputs, g, gen, 3 if n_random is None else n_random)
+            n = 3 if opts.n_random is None else opts.n_random
+            sets = parity_sets(hm, cond, inputs, g.input_names, gen, n, opts.data)
+            check = _expected(hm, cond, target, sets, g, gen)
         else:
             pid = f"p{len(programs)}"
-            n_dyn = n_random if n_random is not None else DYNAMIC_PARITY_INPUTS
+            n = opts.n_random if opts.n_random is not None else DYNAMIC_PARITY_INPUTS
+            sets = parity_sets(hm, cond, inputs, list(prog.inputs), gen, n, opts.data)
             ctx = _Ctx(tmp, tgt, backend_names, graphs, block_cache, tune)
-            check, programs[pid] = _build_program(prog, target, inputs, ctx, gen, n_dyn)
+            check, programs[pid] = _build_program(prog, target, sets, ctx)
             used = sorted({b.graph for b in programs[pid].host.blocks.values() if b.graph})
             weight_names = sorted({w for g in used for w in graphs[g].weights})
             v.program = pid
@@ -273,6 +294,7 @@ def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random,
         quality = getattr(hm, "quality", None)
         if callable(quality):
             v.quality = float(quality(cond))
+        _refuse_untested(check, v, target, opts.allow_untested)
         variants.append(v)
         checks.append(check)
     report("materialize", len(conds), len(conds))
@@ -288,6 +310,18 @@ def _materialize_all(hm, conds, tmp: Path, tgt: Target, backend_names, n_random,
         programs=programs,
     )
     return manifest, checks
+
+
+def _refuse_untested(check: Check, v: Variant, target, allow: bool) -> None:
+    """A check that cannot fail (outputs constant over every parity input, a decision side
+    never taken) fails the build, unless `allow`: then it is recorded in the variant."""
+    names = [f"#{k}" for k in range(len(check.expected[0]))] if check.expected else []
+    problems = [f"{source_of(target)}: {p}" for p in constant_outputs(names, check.expected)]
+    problems += check.untested
+    if problems and not allow:
+        where = f"variant {cond_label(v.cond)}: " if v.cond else ""
+        raise BuildError(where + untested_message(problems))
+    v.untested = problems
 
 
 def _io(v: Variant, graphs: dict[str, Graph], programs: dict[str, ProgramEntry]):
@@ -384,15 +418,15 @@ class _Ctx:
     tune: Any = None
 
 
-def _build_program(prog, target, inputs, ctx: _Ctx, gen, n_random) -> tuple[Check, ProgramEntry]:
-    """Probe the program against eager forward, export every block, and return the parity
-    check and the program's manifest entry."""
+def _build_program(prog, target, sets, ctx: _Ctx) -> tuple[Check, ProgramEntry]:
+    """Probe the program against eager forward on every parity input set (the example first),
+    export every block, and return the parity check and the program's manifest entry."""
     from ..frontend import program as P
 
     names = list(prog.inputs)
+    inputs = sets[0]
     if len(names) != len(inputs):
         raise BuildError(f"forward takes {len(names)} inputs, example_inputs() gave {len(inputs)}")
-    sets = [inputs] + [tuple(random_like(x, gen) for x in inputs) for _ in range(n_random)]
     probe = P.Probe(prog, target)
     check = Check(against="eager forward")
     out_names = None
@@ -410,6 +444,11 @@ def _build_program(prog, target, inputs, ctx: _Ctx, gen, n_random) -> tuple[Chec
                 )
             check.inputs.append({n: _np(x) for n, x in zip(names, xs)})
             check.expected.append([_np(t) for t in want])
+        check.untested = [
+            f"{prog.filename}:{prog.decisions[name].line}: the {_side(side)} of "
+            f"`{prog.decisions[name].source}` was never taken"
+            for name, side in ir.untaken_sides(prog, probe.counts)
+        ]
         probe.explore()
     graph_of = {
         k: _block_graph(prog, b, target, ctx) for k, b in prog.blocks.items() if k in prog.fns
@@ -426,6 +465,10 @@ def _build_program(prog, target, inputs, ctx: _Ctx, gen, n_random) -> tuple[Chec
         ],
     )
     return check, entry
+
+
+def _side(side: str) -> str:
+    return f"{side} side" if side in ("then", "else") else f"case {side}"
 
 
 def _block_graph(prog, b, target, ctx: _Ctx) -> str:
@@ -492,14 +535,13 @@ def _merge_specs(spec_lists: list[list[TensorSpec]]) -> list[TensorSpec]:
     return merged
 
 
-def _expected(hm, cond, target, inputs, graph: Graph, gen, n_random) -> Check:
-    """Check inputs (example + random, + one batch of 3 when batch is dynamic) and the answers
+def _expected(hm, cond, target, sets, graph: Graph, gen) -> Check:
+    """Check inputs (the parity sets, + one batch of 3 when batch is dynamic) and the answers
     of the reference path (hypernet + target) when the model has one, else of the target."""
     reference = getattr(hm, "reference", None)
     check = Check(against="reference" if callable(reference) else "target")
-    sets = [inputs] + [tuple(random_like(x, gen) for x in inputs) for _ in range(n_random)]
     if graph.dynamic_batch:
-        sets.append(tuple(random_like(x, gen, batch=3) for x in inputs))
+        sets = sets + [tuple(random_like(x, gen, batch=3) for x in sets[0])]
     names = graph.input_names
     with torch.no_grad():
         for xs in sets:

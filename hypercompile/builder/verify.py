@@ -26,6 +26,7 @@ class Check:
     inputs: list[dict[str, np.ndarray]] = field(default_factory=list)
     expected: list[list[np.ndarray]] = field(default_factory=list)
     against: str = "target"
+    untested: list[str] = field(default_factory=list)  # what the inputs never exercised
 
 
 def _argmax_differs(got: list[np.ndarray], want: list[np.ndarray]) -> bool:

@@ -471,6 +471,25 @@ def source_coverage(program: Program, counts: dict[int, dict[str, int]]) -> dict
     return out
 
 
+def untaken_sides(program: Program, counts: dict[int, dict[str, int]]) -> list[tuple[str, str]]:
+    """(decision, side) pairs no run took: `then`/`else` of a branch, case `i` of a switch."""
+    out = []
+    for name in program.decisions:
+        blocks = [
+            b
+            for b in program.blocks.values()
+            if (isinstance(b.term, Branch) and b.term.cond == name)
+            or (isinstance(b.term, Switch) and b.term.index == name)
+        ]
+        if not blocks:
+            continue
+        t = blocks[0].term
+        sides = ("then", "else") if isinstance(t, Branch) else tuple(map(str, range(len(t.cases))))
+        seen = {side for b in blocks for side, n in counts.get(b.id, {}).items() if n}
+        out += [(name, side) for side in sides if side not in seen]
+    return out
+
+
 class ArrayLiterals:
     """Host literals as read-only numpy arrays, made once (the run-time `literal` hook)."""
 

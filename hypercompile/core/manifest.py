@@ -172,6 +172,7 @@ class Variant:
     quality: float | None = None
     parity: dict[str, Parity] = field(default_factory=dict)
     checks: str | None = None  # stored PyTorch answers, for artifacts checked on the device
+    untested: list[str] = field(default_factory=list)  # built with --allow-untested despite
 
     def files(self) -> list[str]:
         """Every bundle file this variant itself names."""
@@ -191,6 +192,8 @@ class Variant:
         out["parity"] = {be: p.to_json() for be, p in self.parity.items()}
         if self.checks is not None:
             out["checks"] = self.checks
+        if self.untested:
+            out["untested"] = list(self.untested)
         return out
 
     @staticmethod
@@ -221,6 +224,7 @@ class Variant:
                 for be, p in f.dict("parity", {}).items()
             },
             checks=f.get("checks", (str, type(None)), None),
+            untested=f.names("untested", []),
         )
         f.done()
         if (v.graph is None) == (v.program is None):

@@ -96,16 +96,3 @@ def flatten_outputs(out: Any) -> tuple[list[str], list[torch.Tensor]]:
             tensors += flatten_outputs(v)[1]
         return [f"output_{i}" for i in range(len(tensors))], tensors
     raise BuildError(f"model output of type {type(out).__name__} is not a tensor, tuple or dict")
-
-
-def random_like(x: torch.Tensor, gen: torch.Generator, batch: int | None = None) -> torch.Tensor:
-    """A fresh random input of x's dtype and shape (batch replaced when given)."""
-    shape = list(x.shape)
-    if batch is not None and shape:
-        shape[0] = batch
-    if x.dtype.is_floating_point:
-        return torch.randn(shape, generator=gen, dtype=x.dtype)
-    if x.dtype == torch.bool:
-        return torch.rand(shape, generator=gen) < 0.5
-    lo, hi = (int(x.min()), int(x.max())) if x.numel() else (0, 1)
-    return torch.randint(lo, hi + 1, shape, generator=gen, dtype=x.dtype)
