@@ -1,11 +1,14 @@
 """hypercompile: compile hypernetworks and dynamic neural networks for edge devices.
 
-The front end (`frontend/`) materializes one static target network per condition of a
-HyperModel and exports one ONNX graph per distinct architecture; back ends compile those graphs
-(`compilers/`, build machine only); `build` writes everything into a bundle checked against
-PyTorch. The runtime (`runtime/`, torch-free, with the back ends' run halves in
-`runtime/runners/`) loads a bundle and runs the variant a condition, or a latency budget checked
-against the profile taken on this device, selects.
+The build pipeline (`frontend/`, `builder/`; needs torch) materializes one static target per
+condition of a HyperModel, splits data-dependent control flow into static blocks and a host
+program (`core/ir.py`), exports ONNX graphs and compiles them (`compilers/`) into a bundle that
+`core/manifest.py` describes and that is checked against PyTorch through the runtime. The
+runtime (`runtime/`, torch-free, with the back ends' run halves in `runtime/runners/`) is all a
+device imports: it loads a bundle and runs the variant a condition or a latency budget selects,
+interpreting host programs with the same interpreter the build used for its proof.
+Development tools (`devtools/`: profiling here or through TVM RPC, plots) and the CLI sit on
+top.
 """
 
 from __future__ import annotations
