@@ -15,9 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
-from .errors import (  # noqa: E402
+from .errors import (
     BackendError,
     BudgetError,
     BuildError,
@@ -31,8 +29,9 @@ from .errors import (  # noqa: E402
     TargetError,
     UnsupportedModelError,
 )
-from .protocol import HyperModel  # noqa: E402
-from .runtime import Bundle, load  # noqa: E402
+from .protocol import HyperModel
+from .runtime import Bundle, load
+from .version import __version__
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -46,6 +45,7 @@ def build(model: Any, target: Any = None, out: Any = "build/bundle", **kwargs: A
 
 
 __all__ = [
+    "__version__",
     "build",
     "load",
     "Bundle",

@@ -81,3 +81,92 @@ def test_runtime_sources_import_nothing_from_the_build_side(path):
         n for n in _imported(path) if any(n == p or n.startswith(p + ".") for p in FORBIDDEN)
     )
     assert bad == [], f"{path.relative_to(RUNTIME.parent)} imports {bad}"
+
+
+PACKAGE = RUNTIME.parent
+_SOURCES = sorted(PACKAGE.rglob("*.py"))
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[tuple[str, list[str], int]]:
+    """(module, names, line) of every import in `path`, at any depth, resolved to absolute
+    module names inside hypercompile."""
+    me = _module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            out.append((mod, [a.name for a in node.names], node.lineno))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, [], node.lineno) for a in node.names]
+    return [(m, n, line) for m, n, line in out if m.split(".")[0] == "hypercompile"]
+
+
+def _known() -> dict[str, Path]:
+    return {_module_name(p): p for p in _SOURCES}
+
+
+def test_no_module_imports_another_modules_private_names():
+    known = _known()
+    bad = []
+    for path in _SOURCES:
+        for mod, names, line in _imports(path):
+            for name in names:
+                target = f"{mod}.{name}"
+                private = name.startswith("_") and not name.startswith("__")
+                if private and target not in known:  # a private submodule is a module, fine
+                    bad.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}")
+    assert bad == []
+
+
+def test_the_package_has_no_import_cycle():
+    """Module-level and lazy imports alike: `from a import b` depends on `a.b` when that is a
+    module, else on `a`."""
+    known = _known()
+    graph: dict[str, set[str]] = {m: set() for m in known}
+    for path in _SOURCES:
+        me = _module_name(path)
+        for mod, names, _ in _imports(path):
+            targets = [f"{mod}.{n}" for n in names if f"{mod}.{n}" in known] or [mod]
+            graph[me] |= {t for t in targets if t in known and t != me}
+    # a package's __init__ importing its own submodules is how packages work, not a cycle
+    for m in graph:
+        graph[m] = {t for t in graph[m] if not (known[m].name == "__init__.py" and t.startswith(m))}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        for t in sorted(graph[m]):
+            if state.get(t) == 1:
+                cycles.append(stack[stack.index(t) :] + [t])
+            elif t not in state:
+                visit(t, stack + [t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert cycles == []
+
+
+def test_functions_and_classes_stay_readable_in_size():
+    """No function over 120 lines, no class over 500."""
+    big = []
+    for path in _SOURCES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                size = node.end_lineno - node.lineno + 1
+                limit = 500 if isinstance(node, ast.ClassDef) else 120
+                if size > limit:
+                    big.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}")
+    assert big == []

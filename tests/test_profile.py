@@ -13,6 +13,7 @@ from dyn_models import EarlyExit
 
 import hypercompile as hc
 from hypercompile.devtools import profile as P
+from hypercompile.devtools.measure import graph_macs
 
 MORPH = f"{ROOT / 'examples' / 'morph_hypernet' / 'model.py'}:make"
 
@@ -84,8 +85,8 @@ def test_flops_scale_with_the_batch(morph):
     m = manifest(morph)
     g = m["graphs"][m["variants"][2]["graph"]]  # width 32
     model = (morph / g["path"]).read_bytes()
-    assert P.graph_macs(model, 1) == _width_macs(32)
-    assert P.graph_macs(model, 7) == _width_macs(32, 7)
+    assert graph_macs(model, 1) == _width_macs(32)
+    assert graph_macs(model, 7) == _width_macs(32, 7)
 
 
 def test_budget_picks_the_largest_variant_whose_p90_fits(profiled):

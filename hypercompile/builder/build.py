@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
 from ..compilers import CompileOptions, TuneRequest, compiler_names, get_compiler
 from ..core import ir
 from ..core import tensors as fmt
@@ -46,6 +45,7 @@ from ..frontend.materialize import (
 )
 from ..frontend.state import check_stateless
 from ..runtime.checks import parity
+from ..version import __version__
 from .inputs import (
     ParityOptions,
     constant_outputs,

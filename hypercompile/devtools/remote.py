@@ -17,7 +17,7 @@ from ..errors import ProfileError
 from ..runtime.fingerprint import backend_versions
 from ..runtime.runners import get_runner_factory
 from ..runtime.runners.tvm import TRANSFORM_PARAMS, import_tvm
-from .profile import (
+from .measure import (
     DEFAULT_REPEAT,
     DEFAULT_WARMUP,
     Flops,
