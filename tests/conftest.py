@@ -28,7 +28,7 @@ def router_bundle(tmp_path_factory) -> Path:
 
     import hypercompile as hc
 
-    return hc.build(Router(), out=tmp_path_factory.mktemp("r") / "router", parity_inputs=5)
+    return hc.build(Router(), out=tmp_path_factory.mktemp("r") / "router", parity_inputs=30)
 
 
 @pytest.fixture

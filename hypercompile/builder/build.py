@@ -445,7 +445,7 @@ def _build_program(prog, target, sets, ctx: _Ctx) -> tuple[Check, ProgramEntry]:
             check.inputs.append({n: _np(x) for n, x in zip(names, xs)})
             check.expected.append([_np(t) for t in want])
         check.untested = [
-            f"{prog.filename}:{prog.decisions[name].line}: the {_side(side)} of "
+            f"{prog.filename}:{prog.decisions[name].line}: {_side(side)} of "
             f"`{prog.decisions[name].source}` was never taken"
             for name, side in ir.untaken_sides(prog, probe.counts)
         ]
@@ -468,7 +468,7 @@ def _build_program(prog, target, sets, ctx: _Ctx) -> tuple[Check, ProgramEntry]:
 
 
 def _side(side: str) -> str:
-    return f"{side} side" if side in ("then", "else") else f"case {side}"
+    return f"the {side} side" if side in ("then", "else") else f"case {side}"
 
 
 def _block_graph(prog, b, target, ctx: _Ctx) -> str:
