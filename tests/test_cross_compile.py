@@ -177,7 +177,7 @@ def _defer_tvm_checks(path, corrupt: bool) -> None:
 @pytest.fixture(scope="module")
 def router_tvm(tmp_path_factory):
     return hc.build(
-        Router(), out=tmp_path_factory.mktemp("r") / "r", backends=["tvm"], parity_inputs=5
+        Router(), out=tmp_path_factory.mktemp("r") / "r", backends=["tvm"], parity_inputs=30
     )
 
 
