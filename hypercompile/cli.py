@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import HypercompileError, InputError
+from .errors import HypercompileError, InputError, ModelRefError
 
 out = Console() if sys.stdout.isatty() else Console(width=140)
 err = Console(stderr=True)
@@ -38,6 +39,97 @@ def _pairs(items: tuple[str, ...], what: str) -> list[tuple[str, str]]:
             raise HypercompileError(f"{what} {item!r} must look like KEY=VALUE")
         pairs.append((key, value))
     return pairs
+
+
+# -- arguments: parsed and checked while click reads the command line, before any command imports
+# the builder (and torch) or loads a bundle; a bad value is one line on stderr and exit 1
+def _option(param: click.Parameter | None) -> str:
+    return param.opts[0] if param is not None and param.opts else "value"
+
+
+class _Number(click.ParamType):
+    """An int or float option that must be finite and >= `low` (> `low` unless `inclusive`)."""
+
+    def __init__(self, kind: type, low: float, *, inclusive: bool = True) -> None:
+        self.kind, self.low, self.inclusive = kind, low, inclusive
+        self.name = "integer" if kind is int else "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: Any) -> Any:
+        what = "an integer" if self.kind is int else "a number"
+        want = f"{what} {'>=' if self.inclusive else '>'} {self.low:g}"
+        try:
+            number = self.kind(value)  # int("2.5") fails too
+        except (TypeError, ValueError):
+            raise HypercompileError(f"{_option(param)} must be {want}, not {value!r}") from None
+        if not math.isfinite(number) or not (
+            number >= self.low if self.inclusive else number > self.low
+        ):
+            raise HypercompileError(f"{_option(param)} must be {want}, not {value}")
+        return number
+
+
+def _pairs_arg(ctx: Any, param: click.Parameter, values: tuple[str, ...]) -> list[tuple[str, str]]:
+    """NAME=VALUE options (repeatable) -> [(NAME, VALUE), ...]."""
+    return _pairs(values, _option(param))
+
+
+def _cond_arg(ctx: Any, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    """--cond KEY=VALUE (repeatable) -> {KEY: scalar}."""
+    return {k: _scalar(v) for k, v in _pairs(values, _option(param))}
+
+
+def _where_arg(ctx: Any, param: click.Parameter, values: tuple[str, ...]) -> dict[str, list[Any]]:
+    """--where KEY=V1,V2,... (repeatable) -> {KEY: [V1, V2, ...]}."""
+    where: dict[str, list[Any]] = {}
+    for key, value in _pairs(values, "--where"):
+        items = value.split(",")
+        if not all(items):
+            raise HypercompileError(f"--where {key}={value!r} has an empty value: use KEY=V1,V2")
+        where.setdefault(key, []).extend(_scalar(v) for v in items)
+    return where
+
+
+def _model_ref_arg(ctx: Any, param: click.Parameter, ref: str) -> str:
+    """The form of a model reference (the loader imports it later, with torch)."""
+    where, sep, name = ref.rpartition(":")
+    if not sep or not where:
+        raise ModelRefError(
+            f"model reference {ref!r} must look like path/file.py:NAME or module:NAME"
+        )
+    if not name:
+        raise ModelRefError(f"model reference {ref!r} names no object after ':'")
+    if where.endswith(".py") and not Path(where).is_file():
+        raise ModelRefError(f"model file {where} does not exist")
+    return ref
+
+
+def _target_arg(ctx: Any, param: click.Parameter, target: str | None) -> str | None:
+    """A target name or TOML file that loads (targets are torch-free)."""
+    if target is not None:
+        from .core.targets import load_target
+
+        load_target(target)
+    return target
+
+
+def _backends_arg(ctx: Any, param: click.Parameter, names: tuple[str, ...]) -> list[str]:
+    from .compilers import compiler_names
+
+    known = compiler_names()
+    for name in names:
+        if name != "auto" and name not in known:
+            raise HypercompileError(
+                f"unknown back end {name!r} (known: {', '.join(known)}, or auto)"
+            )
+    return list(names)
+
+
+def _rpc_arg(ctx: Any, param: click.Parameter, address: str | None) -> str | None:
+    if address is not None:
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise HypercompileError(f"--rpc {address!r} must look like HOST:PORT")
+    return address
 
 
 def _human_bytes(n: float) -> str:
@@ -93,22 +185,44 @@ def _progress_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
 
 
 @main.command()
-@click.argument("model_ref")
-@click.option("--target", "target", default=None, help="Target name or TOML path [x86-cpu].")
+@click.argument("model_ref", callback=_model_ref_arg)
+@click.option(
+    "--target",
+    "target",
+    default=None,
+    callback=_target_arg,
+    help="Target name or TOML path [x86-cpu].",
+)
 @click.option(
     "--backend",
     "backends",
     multiple=True,
+    callback=_backends_arg,
     help="Back end(s); default: the target's; auto: all that build here, profiled briefly.",
 )
-@click.option("--where", multiple=True, help="Keep conditions with KEY in V1,V2,... (repeatable).")
-@click.option("--out", "out_dir", default=None, help="Bundle directory [build/<model name>].")
-@click.option("--rtol", default=1e-4, show_default=True, help="Parity tolerance (relative).")
 @click.option(
-    "--parity-inputs", type=int, default=None, help="Random parity inputs [3; 200 for dynamic]."
+    "--where",
+    multiple=True,
+    callback=_where_arg,
+    help="Keep conditions with KEY in V1,V2,... (repeatable).",
+)
+@click.option("--out", "out_dir", default=None, help="Bundle directory [build/<model name>].")
+@click.option(
+    "--rtol",
+    type=_Number(float, 0, inclusive=False),
+    default=1e-4,
+    show_default=True,
+    help="Parity tolerance (relative).",
+)
+@click.option(
+    "--parity-inputs",
+    type=_Number(int, 0),
+    default=None,
+    help="Random parity inputs [3; 200 for dynamic].",
 )
 @click.option(
     "--parity-data",
+    type=click.Path(exists=True, file_okay=False),
     default=None,
     help="Folder with NAME.npy per input (first axis: samples): real inputs for the parity check.",
 )
@@ -120,7 +234,7 @@ def _progress_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
 )
 @click.option(
     "--tune-trials",
-    type=int,
+    type=_Number(int, 1),
     default=None,
     help="TVM: MetaSchedule trials per graph, measured on this CPU; the database stays in the "
     "bundle and a rebuild into the same --out reuses it.",
@@ -140,19 +254,16 @@ def build(
     as_json,
 ) -> None:
     """Build a bundle from MODEL_REF (path/file.py:NAME or package.module:NAME)."""
-    from .builder import build as do_build
+    from .builder import build as do_build  # imports torch: every argument is checked by now
 
-    where_map: dict[str, list[Any]] = {}
-    for key, values in _pairs(where, "--where"):
-        where_map.setdefault(key, []).extend(_scalar(v) for v in values.split(","))
     out_path = Path(out_dir or Path("build") / model_ref.rsplit(":", 1)[-1].lower())
     with _progress_bar(quiet=as_json) as progress:
         path = do_build(
             model_ref,
             target,
             out_path,
-            backends=list(backends) or None,
-            where=where_map or None,
+            backends=backends or None,
+            where=where or None,
             rtol=rtol,
             parity_inputs=parity_inputs,
             parity_data=parity_data,
@@ -210,11 +321,18 @@ def build(
 
 @main.command()
 @click.argument("bundle", type=click.Path())
-@click.option("--input", "inputs", multiple=True, help="NAME=FILE.npy (repeatable).")
-@click.option("--cond", multiple=True, help="KEY=VALUE selecting the variant (repeatable).")
+@click.option(
+    "--input", "inputs", multiple=True, callback=_pairs_arg, help="NAME=FILE.npy (repeatable)."
+)
+@click.option(
+    "--cond",
+    multiple=True,
+    callback=_cond_arg,
+    help="KEY=VALUE selecting the variant (repeatable).",
+)
 @click.option(
     "--budget-ms",
-    type=float,
+    type=_Number(float, 0, inclusive=False),
     default=None,
     help="Latency budget: run the best matching variant whose profiled p90 here fits.",
 )
@@ -228,12 +346,12 @@ def run(bundle, inputs, cond, budget_ms, backend, device, out_file, as_json) -> 
     from .runtime.bundle import batch_of
 
     feeds = {}
-    for name, file in _pairs(inputs, "--input"):
+    for name, file in inputs:
         try:
             feeds[name] = np.load(file, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise InputError(f"--input {name}: cannot read {file}: {e}") from None
-    conds = {k: _scalar(v) for k, v in _pairs(cond, "--cond")}
+    conds = dict(cond)
     b = load(bundle, device=device)
     selected = None
     if budget_ms is not None:
@@ -445,9 +563,17 @@ def coverage_table(programs: dict[str, Any]) -> Any:
     multiple=True,
     help="Back end(s) to time, or auto: every one present, recording the fastest [auto].",
 )
-@click.option("--batch", "batches", type=int, multiple=True, help="Batch size(s) [1].")
-@click.option("--warmup", default=10, show_default=True, help="Untimed runs first.")
-@click.option("--repeat", default=100, show_default=True, help="Timed runs per measurement.")
+@click.option("--batch", "batches", type=_Number(int, 1), multiple=True, help="Batch size(s) [1].")
+@click.option(
+    "--warmup", type=_Number(int, 0), default=10, show_default=True, help="Untimed runs first."
+)
+@click.option(
+    "--repeat",
+    type=_Number(int, 1),
+    default=100,
+    show_default=True,
+    help="Timed runs per measurement.",
+)
 @click.option(
     "--inputs",
     "inputs_dir",
@@ -462,9 +588,20 @@ def coverage_table(programs: dict[str, Any]) -> Any:
     show_default=True,
     help="x axis of the plot: parameters, the model's quality score, or auto.",
 )
-@click.option("--rpc", default=None, help="HOST:PORT of a TVM RPC tracker: time on a board.")
+@click.option(
+    "--rpc",
+    default=None,
+    callback=_rpc_arg,
+    help="HOST:PORT of a TVM RPC tracker: time on a board.",
+)
 @click.option("--key", default=None, help="The board's device key at the tracker (with --rpc).")
-@click.option("--timeout", default=60.0, show_default=True, help="RPC session timeout (s).")
+@click.option(
+    "--timeout",
+    type=_Number(float, 0, inclusive=False),
+    default=60.0,
+    show_default=True,
+    help="RPC session timeout (s).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the stored profile as JSON.")
 def profile(
     bundle,
@@ -482,7 +619,8 @@ def profile(
 ) -> None:
     """Time every variant on every back end here (or on a board through --rpc), and store the
     profile in the manifest under this device's fingerprint."""
-
+    if rpc and not key:
+        raise HypercompileError("--rpc needs --key (the device key the board registered with)")
     from .devtools.profile import profile as do_profile
     from .runtime.fingerprint import describe
 

@@ -280,3 +280,23 @@ class LstmHead(nn.Module):
     def forward(self, x):
         y, (h, c) = self.lstm(x)
         return self.head(y[:, -1] + h[0] + c[0])
+
+
+class SharedLayer(nn.Module):
+    """ALBERT-style weight sharing: one gated layer applied three times; the unrolled loop
+    calls the same code with the same weights and shapes from several blocks."""
+
+    def __init__(self):
+        super().__init__()
+        _seeded(8)
+        self.layer = GatedBlock(6)
+        self.out = nn.Linear(6, 2)
+        self.eval()
+
+    def example_inputs(self):
+        return (torch.randn(1, 6),)
+
+    def forward(self, x):
+        for _ in range(3):
+            x = self.layer(x)
+        return self.out(x)

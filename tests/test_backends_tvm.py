@@ -17,11 +17,9 @@ import hypercompile as hc
 pytest.importorskip("tvm", reason="apache-tvm is an optional back end")
 
 
-@pytest.fixture(scope="module")
-def tvm_bundle(tmp_path_factory):
-    return hc.build(
-        ref("TinyHyper"), out=tmp_path_factory.mktemp("t") / "b", backends=["onnxruntime", "tvm"]
-    )
+@pytest.fixture
+def tvm_bundle(tiny_tvm_bundle):
+    return tiny_tvm_bundle  # built once for the session (conftest)
 
 
 def test_every_task_shares_one_compiled_library(tvm_bundle):
@@ -58,10 +56,9 @@ def test_runtime_imports_tvm_only_when_asked(tvm_bundle):
     assert "BUILD []" in res.stdout  # the run half of TVM needs none of its compile half
 
 
-def test_dynamic_program_on_tvm(tmp_path):
+def test_dynamic_program_on_tvm(router_tvm):
     model = Router()
-    path = hc.build(model, out=tmp_path / "r", backends=["tvm"], parity_inputs=30)
-    b = hc.load(path)
+    b = hc.load(router_tvm)
     gen = torch.Generator().manual_seed(3)
     for _ in range(30):
         x = torch.randn(1, 5, generator=gen)

@@ -97,12 +97,12 @@ def test_tuning_is_refused_where_it_cannot_measure(tmp_path):
     assert len(res.output.strip().splitlines()) == 1
 
 
-def test_weight_transforms_run_once_at_load_not_per_call(tmp_path):
+def test_weight_transforms_run_once_at_load_not_per_call(tiny_tvm_bundle):
     """Gemm's weight transpose is lifted into `main_transform_params`, which the runner calls
     once when it binds a variant's weights; the per-call function takes the result."""
     from hypercompile.runtime.runners.tvm import TRANSFORM_PARAMS, import_tvm, transform_weights
 
-    path = hc.build(ref("TinyHyper"), out=tmp_path / "b", backends=["tvm"])
+    path = tiny_tvm_bundle
     tvm = import_tvm()
     vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(str(path / "tvm" / "g0.so")), tvm.cpu())
     assert vm.module.implements_function(TRANSFORM_PARAMS)

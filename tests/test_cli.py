@@ -1,10 +1,14 @@
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from conftest import ref
+
+from hypercompile.cli import main
 
 
 def hc_cli(*args, cwd=None):
@@ -87,3 +91,62 @@ def test_run_errors(tiny_bundle, tmp_path):
     res = hc_cli("run", tiny_bundle, "--input", f"input={tmp_path / 'ok.npy'}", "--cond", "task=12")
     assert res.returncode == 1 and "no variant matches {task=12}" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+TINY = ref("TinyHyper")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["build", TINY, "--where", "task"], "--where 'task' must look like KEY=VALUE"),
+        (["build", TINY, "--where", "=1"], "--where '=1' must look like KEY=VALUE"),
+        (["build", TINY, "--where", "task=1,,2"], "--where task='1,,2' has an empty value"),
+        (["build", TINY, "--rtol", "0"], "--rtol must be a number > 0, not 0"),
+        (["build", TINY, "--rtol", "nan"], "--rtol must be a number > 0, not nan"),
+        (["build", TINY, "--rtol", "tight"], "--rtol must be a number > 0, not 'tight'"),
+        (["build", TINY, "--parity-inputs", "-1"], "--parity-inputs must be an integer >= 0"),
+        (["build", TINY, "--parity-inputs", "2.5"], "--parity-inputs must be an integer >= 0"),
+        (["build", TINY, "--tune-trials", "0"], "--tune-trials must be an integer >= 1, not 0"),
+        (["build", TINY, "--backend", "tensorrtx"], "unknown back end 'tensorrtx'"),
+        (["build", TINY, "--target", "mars"], "unknown target 'mars'"),
+        (["build", "models.TinyHyper"], "must look like path/file.py:NAME or module:NAME"),
+        (["build", f"{TINY.rsplit(':')[0]}:"], "names no object after ':'"),
+        (["build", "nowhere.py:X"], "model file nowhere.py does not exist"),
+        (["run", "b", "--input", "x.npy"], "--input 'x.npy' must look like KEY=VALUE"),
+        (["run", "b", "--cond", "task"], "--cond 'task' must look like KEY=VALUE"),
+        (["run", "b", "--budget-ms", "-5"], "--budget-ms must be a number > 0, not -5"),
+        (["profile", "b", "--batch", "0"], "--batch must be an integer >= 1, not 0"),
+        (["profile", "b", "--warmup", "-1"], "--warmup must be an integer >= 0, not -1"),
+        (["profile", "b", "--repeat", "many"], "--repeat must be an integer >= 1, not 'many'"),
+        (["profile", "b", "--timeout", "0"], "--timeout must be a number > 0, not 0"),
+        (["profile", "b", "--rpc", "localhost"], "--rpc 'localhost' must look like HOST:PORT"),
+        (["profile", "b", "--rpc", "127.0.0.1:9190"], "--rpc needs --key"),
+    ],
+)
+def test_bad_arguments_are_refused_while_parsing_in_one_line(args, message):
+    # nothing is built, loaded or profiled: the arguments are refused first
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1, res.output
+    assert message in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+
+
+def test_malformed_where_fails_fast_without_importing_torch():
+    # `python -m hypercompile.cli`, reporting at exit whether torch was imported
+    code = (
+        "import atexit, runpy, sys\n"
+        "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules))\n"
+        "runpy.run_module('hypercompile.cli', run_name='__main__', alter_sys=True)\n"
+    )
+    start = time.perf_counter()
+    res = subprocess.run(
+        [sys.executable, "-c", code, "build", TINY, "--where", "task"],
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - start
+    assert res.returncode == 1
+    assert res.stderr.strip() == "error: --where 'task' must look like KEY=VALUE"
+    assert res.stdout.strip() == "torch imported: False"
+    assert elapsed < 3, f"a malformed --where took {elapsed:.1f} s to refuse"

@@ -4,13 +4,11 @@ of time), x86-cuda; checks that only the device can run travel in the bundle and
 import json
 import shutil
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, ref, write_manifest
+from conftest import ref, write_manifest
 from dyn_models import Router
 from models import TinyHyper
 
@@ -46,18 +44,6 @@ def cubins(data: bytes) -> list[tuple[int, int]]:
             found.append((machine, (flags >> 8) & 0xFF))
         start = data.find(FATBIN_MAGIC, pos)
     return found
-
-
-@pytest.fixture(scope="module")
-def jetson_bundle(tmp_path_factory):
-    if find_nvcc() is None or shutil.which("aarch64-linux-gnu-g++") is None:
-        pytest.skip("needs nvcc and the aarch64 cross compiler")
-    out = tmp_path_factory.mktemp("j") / "jetson"
-    cmd = [sys.executable, "-m", "hypercompile.cli", "build", ref("TinyHyper")]
-    cmd += ["--target", "jetson-orin-nano", "--out", str(out)]
-    cmd += ["--backend", "tvm", "--backend", "onnxruntime"]
-    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
-    return out
 
 
 @needs_nvcc
@@ -99,10 +85,18 @@ def test_wrong_machine_says_so_and_onnx_still_runs(jetson_bundle):
     assert np.abs(got - want).max() <= 1e-4
 
 
+@pytest.fixture(scope="module")
+def x86_cuda_bundle(tmp_path_factory):
+    """TinyHyper's 5 tasks for x86-cuda on TVM (tests must not modify it)."""
+    if find_nvcc() is None:
+        pytest.skip("no nvcc (CUDA toolkit) here")
+    out = tmp_path_factory.mktemp("c") / "c"
+    return hc.build(ref("TinyHyper"), target="x86-cuda", out=out, backends=["tvm"])
+
+
 @needs_nvcc
-def test_x86_cuda_kernels_are_compiled_for_sm90(tmp_path):
-    path = hc.build(ref("TinyHyper"), target="x86-cuda", out=tmp_path / "c", backends=["tvm"])
-    data = (path / "tvm" / "g0.so").read_bytes()
+def test_x86_cuda_kernels_are_compiled_for_sm90(x86_cuda_bundle):
+    data = (x86_cuda_bundle / "tvm" / "g0.so").read_bytes()
     assert elf_machine(data) == "x86_64"
     assert {sm for _, sm in cubins(data)} == {90}
 
@@ -153,32 +147,34 @@ def test_blob_patch_replaces_source_and_rejects_unknown_layouts():
         patch_cuda_modules(blob[:-5], [source], [b"x"])
 
 
-def _defer_tvm_checks(path, corrupt: bool) -> None:
-    """Turn a local TVM bundle into one whose TVM parity must be checked on the device: move
-    the build's check cases into the bundle (optionally wrong) and mark TVM's parity deferred."""
+def _router_case(cond):
+    x = np.random.default_rng(3).standard_normal((1, 5)).astype(np.float32)
+    return {"x": x}, Router()(torch.from_numpy(x)).detach().numpy()
+
+
+def _tiny_case(cond):
+    x = np.random.default_rng(3).standard_normal((4, 8)).astype(np.float32)
+    return {"input": x}, TinyHyper().reference(cond, torch.from_numpy(x)).detach().numpy()
+
+
+def _defer_tvm_checks(path, corrupt: bool, case=_router_case) -> None:
+    """Turn a TVM bundle whose parity the build measured into one whose TVM parity must be
+    checked on the device, as a bundle built on another machine: store PyTorch's answers
+    (`case(cond)` -> feeds, answer; optionally wrong) and mark TVM's parity deferred."""
     from hypercompile.runtime.checks import pack_checks
 
     m = json.loads((path / "manifest.json").read_text())
-    hm = Router()
     (path / "checks").mkdir(exist_ok=True)
     for v in m["variants"]:
-        x = np.random.default_rng(3).standard_normal((1, 5)).astype(np.float32)
-        want = hm(torch.from_numpy(x)).detach().numpy()
+        feeds, want = case(v["cond"])
         if corrupt:
             want = want + 1.0
         rel = f"checks/{v['id']}.safetensors"
-        fmt.write_tensors(path / rel, pack_checks([{"x": x}], [[want]]))
+        fmt.write_tensors(path / rel, pack_checks([feeds], [[want]]))
         m["files"][rel] = fmt.sha256_file(path / rel)
         v["checks"] = rel
         v["parity"]["tvm"] = {"deferred": "test", "inputs": 1, "against": "eager forward"}
     write_manifest(path, m)
-
-
-@pytest.fixture(scope="module")
-def router_tvm(tmp_path_factory):
-    return hc.build(
-        Router(), out=tmp_path_factory.mktemp("r") / "r", backends=["tvm"], parity_inputs=30
-    )
 
 
 def test_device_checks_run_before_first_answer(router_tvm, tmp_path):
@@ -199,21 +195,41 @@ def test_device_checks_run_before_first_answer(router_tvm, tmp_path):
 
 @pytest.mark.gpu
 @needs_nvcc
-def test_x86_cuda_bundle_answers_like_pytorch_on_the_gpu(tmp_path):
+def test_x86_cuda_bundle_answers_like_pytorch_on_the_gpu(x86_cuda_bundle, tmp_path):
     from hypercompile.core.targets import load_target
     from hypercompile.runtime.runners import get_runner_factory
 
     reason = get_runner_factory("tvm").runs_here(load_target("x86-cuda"))
     if reason:
         pytest.skip(f"x86-cuda TVM artifacts cannot run here: {reason}")
-    path = hc.build(ref("TinyHyper"), target="x86-cuda", out=tmp_path / "g", backends=["tvm"])
-    b, hm = hc.load(path), TinyHyper()
+    # built on this machine, which has the GPU: the build ran every variant on it and
+    # recorded parity; nothing is left for the runtime to check
+    m = json.loads((x86_cuda_bundle / "manifest.json").read_text())
+    for v in m["variants"]:
+        p = v["parity"]["tvm"]
+        assert "deferred" not in p and p["max_rel"] <= 1e-4 and p["inputs"] >= 1, p
+        assert "checks" not in v
+    b, hm = hc.load(x86_cuda_bundle), TinyHyper()
     x = np.random.default_rng(5).standard_normal((32, 8)).astype(np.float32)
     for cond in b.variants:
         got = b.run({"input": x}, backend="tvm", **cond)["output"]
         want = hm.reference(cond, torch.from_numpy(x)).detach().numpy()
         assert np.abs(got - want).max() <= 1e-4
+    assert b.device_checks() == {}
+    # the same libraries as a bundle built elsewhere: the runtime runs the stored checks on
+    # this GPU before a variant's first answer, and refuses wrong ones
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for dst, corrupt in ((good, False), (bad, True)):
+        shutil.copytree(x86_cuda_bundle, dst)
+        _defer_tvm_checks(dst, corrupt, case=_tiny_case)
+    b = hc.load(good)
+    for cond in b.variants:
+        got = b.run({"input": x}, backend="tvm", **cond)["output"]
+        want = hm.reference(cond, torch.from_numpy(x)).detach().numpy()
+        assert np.abs(got - want).max() <= 1e-4
         assert b.device_checks()[(b.select(**cond).id, "tvm")]["max_rel"] <= 1e-4
+    with pytest.raises(ParityError, match="on this device exceeds tolerance"):
+        hc.load(bad).run({"input": x}, backend="tvm", task=0)
 
 
 def test_tvm_target_tags_expand_and_unknown_tags_are_named(tmp_path):

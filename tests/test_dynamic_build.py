@@ -1,18 +1,30 @@
 """Dynamic models end to end: split, export every block, verify through the runtime, and
 agree with eager PyTorch on fresh random inputs."""
 
+import importlib.util
 import json
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 from conftest import ROOT
-from dyn_models import EarlyExit, Halving, RecurrentSkip, Refine, Router, Stack, TwoInputs
+from dyn_models import (
+    EarlyExit,
+    Halving,
+    RecurrentSkip,
+    Refine,
+    Router,
+    SharedLayer,
+    Stack,
+    TwoInputs,
+)
 
 import hypercompile as hc
 from hypercompile import HypercompileError
+from hypercompile.core.tensors import read_tensors
 
 
 def _agree(model, bundle, n=100, seed=1, backend=None):
@@ -35,9 +47,9 @@ def _agree(model, bundle, n=100, seed=1, backend=None):
 
 
 @pytest.mark.parametrize("model_cls", [EarlyExit, Refine, Router, Stack, TwoInputs, RecurrentSkip])
-def test_small_dynamic_models_build_and_agree(model_cls, tmp_path):
+def test_small_dynamic_models_build_and_agree(model_cls, dyn_bundle):
     model = model_cls()
-    path = hc.build(model, out=tmp_path / "b", parity_inputs=60)
+    path = dyn_bundle(model_cls.__name__)  # built with 60 random parity inputs
     m = json.loads((path / "manifest.json").read_text())
     (variant,) = m["variants"]
     assert "program" in variant and variant["parity"]["onnxruntime"]["argmax_mismatches"] == 0
@@ -47,14 +59,31 @@ def test_small_dynamic_models_build_and_agree(model_cls, tmp_path):
     _agree(model, hc.load(path))
 
 
-def test_identical_subgraphs_are_stored_once_and_weights_bind_per_file(tmp_path):
-    path = hc.build(Stack(), out=tmp_path / "b", parity_inputs=30)
+def test_identical_subgraphs_are_stored_once_and_weights_bind_per_file(dyn_bundle):
+    model = SharedLayer()  # one gated layer applied three times: identical blocks
+    path = dyn_bundle("SharedLayer")
     m = json.loads((path / "manifest.json").read_text())
-    digests = [g["digest"] for g in m["graphs"].values()]
-    assert len(digests) == len(set(digests))
     program = m["programs"]["p0"]
     used = [b["graph"] for b in program["blocks"] if b["graph"]]
-    assert set(used) == set(m["graphs"])
+    assert set(used) == set(m["graphs"])  # every stored graph is called
+    for c in program["coverage"].values():  # both sides of every gate were checked
+        assert all(n > 0 for n in c["taken"].values()), c
+    # every application of the layer calls the same graphs, so the bundle stores fewer graphs
+    # than there are blocks calling graphs
+    assert len(m["graphs"]) < len(used)
+    calls = Counter(used)
+    shared = [g for g in calls if any(w.startswith("layer.") for w in m["graphs"][g]["weights"])]
+    assert shared and all(calls[g] == 3 for g in shared), calls
+    digests = [g["digest"] for g in m["graphs"].values()]
+    assert len(digests) == len(set(digests))
+    assert len(list((path / "graphs").iterdir())) == len(m["graphs"])
+    # the shared graphs name the layer's weights, bound from the variant's one weight file
+    weights = {w for g in m["graphs"].values() for w in g["weights"]}
+    assert weights == set(model.state_dict())
+    (variant,) = m["variants"]
+    stored = read_tensors((path / variant["weights"]).read_bytes())
+    assert set(stored) == weights
+    _agree(model, hc.load(path))
 
 
 def test_loop_bound_from_the_manifest(tmp_path):
@@ -69,8 +98,8 @@ def test_loop_bound_from_the_manifest(tmp_path):
         hc.load(path).run({"x": x})
 
 
-def test_program_runs_without_torch(tmp_path):
-    path = hc.build(Router(), out=tmp_path / "b", parity_inputs=20)
+def test_program_runs_without_torch(dyn_bundle):
+    path = dyn_bundle("Router")
     code = (
         "import sys, numpy as np, hypercompile as hc\n"
         f"b = hc.load({str(path)!r})\n"
@@ -82,8 +111,8 @@ def test_program_runs_without_torch(tmp_path):
     assert "IMPORTED []" in res.stdout
 
 
-def test_inspect_shows_program_tree_and_coverage(tmp_path):
-    path = hc.build(EarlyExit(), out=tmp_path / "b", parity_inputs=30)
+def test_inspect_shows_program_tree_and_coverage(dyn_bundle):
+    path = dyn_bundle("EarlyExit")
     res = subprocess.run(
         [sys.executable, "-m", "hypercompile.cli", "inspect", str(path)],
         capture_output=True,
@@ -157,35 +186,53 @@ ZOO = [
 ]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ZOO)
-def test_zoo_model_builds_every_branch_taken_and_agrees(name, tmp_path):
+def _zoo_model(name):
     sys.path.insert(0, str(ROOT / "examples" / "dynamic"))
     import zoo
 
-    model = getattr(zoo, name)()
-    path = hc.build(f"{ROOT}/examples/dynamic/zoo.py:{name}", out=tmp_path / name)
+    return getattr(zoo, name)()
+
+
+@pytest.fixture(scope="module")
+def zoo_bundle(tmp_path_factory):
+    """`zoo_bundle(name)` -> (model, bundle path): a model of examples/dynamic/zoo.py and its
+    bundle, built once for both zoo tests (constructing SkipNetRNN calibrates its gates, and
+    exporting the blocks is most of a build): on ONNX Runtime and, where apache-tvm is
+    installed, TVM, both checked on the default 200 random parity inputs. Read-only."""
+    built = {}
+
+    def get(name):
+        if name not in built:
+            model = _zoo_model(name)
+            backends = ["onnxruntime"] + (["tvm"] if importlib.util.find_spec("tvm") else [])
+            out = tmp_path_factory.mktemp("zoo") / name
+            built[name] = model, hc.build(model, out=out, backends=backends)
+        return built[name]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_model_builds_every_branch_taken_and_agrees(name, zoo_bundle):
+    model, path = zoo_bundle(name)
     m = json.loads((path / "manifest.json").read_text())
     (variant,) = m["variants"]
     assert variant["parity"]["onnxruntime"]["inputs"] == 201
     assert variant["parity"]["onnxruntime"]["argmax_mismatches"] == 0
     for c in m["programs"][variant["program"]]["coverage"].values():
         assert all(n > 0 for n in c["taken"].values()), c
-    _agree(model, hc.load(path), n=100, seed=7)
+    _agree(model, hc.load(path), n=100, seed=7, backend="onnxruntime")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ZOO)
-def test_zoo_model_on_tvm_agrees_with_pytorch(name, tmp_path):
+def test_zoo_model_on_tvm_agrees_with_pytorch(name, zoo_bundle):
     pytest.importorskip("tvm", reason="apache-tvm is an optional back end")
-    sys.path.insert(0, str(ROOT / "examples" / "dynamic"))
-    import zoo
-
-    model = getattr(zoo, name)()
-    ref_ = f"{ROOT}/examples/dynamic/zoo.py:{name}"
-    path = hc.build(ref_, out=tmp_path / name, backends=["tvm"])
+    model, path = zoo_bundle(name)
     m = json.loads((path / "manifest.json").read_text())
     (variant,) = m["variants"]
+    assert variant["parity"]["tvm"]["inputs"] == 201
     assert variant["parity"]["tvm"]["max_rel"] <= 1e-4
     assert variant["parity"]["tvm"]["argmax_mismatches"] == 0
     _agree(model, hc.load(path), n=20, seed=11, backend="tvm")

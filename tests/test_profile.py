@@ -1,5 +1,6 @@
 """Profiling on this machine and selection by latency budget: real ONNX Runtime sessions, real
-timings of the morph example (four widths), profiles keyed by device fingerprint."""
+timings of the morph example (four widths, declaring quality scores that disagree with their
+size: see models.RANKED_MORPH_QUALITY), profiles keyed by device fingerprint."""
 
 import json
 import shutil
@@ -8,14 +9,17 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, manifest, ref
-from dyn_models import EarlyExit
+from conftest import manifest, ref
+from models import RANKED_MORPH_QUALITY
 
 import hypercompile as hc
 from hypercompile.devtools import profile as P
 from hypercompile.devtools.measure import graph_macs
 
-MORPH = f"{ROOT / 'examples' / 'morph_hypernet' / 'model.py'}:make"
+MORPH = ref("ranked_morph")  # the morph example with its declared quality scores changed
+# what a budget every width fits selects: 16 scores best, 32 ties it (within 2 %) and has more
+# parameters; 64 has the most parameters but scores clearly worse
+BEST_WIDTH = 32
 
 
 def hc_cli(*args, timeout=300):
@@ -89,18 +93,32 @@ def test_flops_scale_with_the_batch(morph):
     assert graph_macs(model, 7) == _width_macs(32, 7)
 
 
-def test_budget_picks_the_largest_variant_whose_p90_fits(profiled):
+def _best_quality(fitting, quality, params):
+    """The documented rule: the highest declared quality, scores within 2 % of the best count
+    as equal, the most parameters breaks the tie."""
+    top = max(quality[v] for v in fitting)
+    return max((v for v in fitting if quality[v] >= 0.98 * top), key=params.__getitem__)
+
+
+def test_budget_picks_the_best_quality_variant_whose_p90_fits(profiled):
     path, _ = profiled
     b = hc.load(path)
     p90 = _p90s(path)
     params = {v.id: v.params for v in b.manifest.variants}
+    quality = {v.id: v.quality for v in b.manifest.variants}
+    width = {v.id: v.cond["width"] for v in b.manifest.variants}
+    assert {width[v]: q for v, q in quality.items()} == RANKED_MORPH_QUALITY
+    # the scores disagree with the parameter count, and a near tie is not the single best
+    assert max(quality, key=quality.__getitem__) != max(params, key=params.__getitem__)
+    assert width[_best_quality(list(p90), quality, params)] == BEST_WIDTH
+    assert width[max(quality, key=quality.__getitem__)] != BEST_WIDTH
     cuts = sorted(set(p90.values()))
     budgets = [(lo + hi) / 2 for lo, hi in zip(cuts, cuts[1:])] + [cuts[-1] * 2]
     x = np.ones((1, 64), np.float32)
     np.save(path.parent / "x.npy", x)
     for i, budget in enumerate(budgets):
         fitting = [vid for vid, t in p90.items() if t <= budget]
-        want = max(fitting, key=params.__getitem__)
+        want = _best_quality(fitting, quality, params)
         got = b.select(budget_ms=budget)
         assert got.id == want, (budget, p90)
         outs = b.run({"x": x}, budget_ms=budget)
@@ -134,6 +152,7 @@ def test_a_budget_below_the_fastest_variant_is_refused(profiled, tmp_path):
 
 def test_budget_honours_conditions_and_the_batch(profiled):
     b = hc.load(profiled[0])
+    assert b.select(budget_ms=1e6).cond == {"width": BEST_WIDTH}
     assert b.select(budget_ms=1e6, width=16).cond == {"width": 16}
     with pytest.raises(hc.ProfileError, match="at batch >= 8"):
         b.select(budget_ms=1e6, batch_size=8)  # profiled at batch 1 only
@@ -166,7 +185,7 @@ def test_a_profile_from_another_device_is_never_used_silently(profiled, tmp_path
     x = np.ones((1, 64), np.float32)
     assert b.run({"x": x}, width=8)["output"].shape == (1, 10)  # conditions still work
     if rekey:  # asked for by name, it is used
-        assert hc.load(dst, device=key).select(budget_ms=1e6).cond == {"width": 64}
+        assert hc.load(dst, device=key).select(budget_ms=1e6).cond == {"width": BEST_WIDTH}
 
 
 def test_without_any_profile_a_budget_asks_for_one(morph, tmp_path):
@@ -199,7 +218,7 @@ def test_profiling_again_merges_and_inspect_shows_profiles(profiled, tmp_path):
     key = P.fingerprint_key(P.local_fingerprint())
     results = manifest(dst)["profile"][key]["variants"]["v0003"]["results"]["onnxruntime"]
     assert sorted(results, key=int) == ["1", "4"]  # batch 1 kept from the first profile
-    assert hc.load(dst).select(budget_ms=1e6, batch_size=3).cond == {"width": 64}
+    assert hc.load(dst).select(budget_ms=1e6, batch_size=3).cond == {"width": BEST_WIDTH}
     res = hc_cli("inspect", dst, "--json")
     info = json.loads(res.stdout)
     assert info["this_device"] == key and key in info["profile"]
@@ -232,8 +251,9 @@ def test_plot_shows_every_variant_and_the_pareto_front(profiled):
     assert points[max(range(4), key=lambda i: points[i]["x"])]["pareto"]  # the largest: always
 
 
-def test_dynamic_program_paths_and_branches(tmp_path):
-    path = hc.build(EarlyExit(), out=tmp_path / "ee", parity_inputs=20)
+def test_dynamic_program_paths_and_branches(dyn_bundle, tmp_path):
+    path = tmp_path / "ee"
+    shutil.copytree(dyn_bundle("EarlyExit"), path)  # profiling stores into the manifest
     folder = tmp_path / "inputs"
     folder.mkdir()
     xs = np.random.default_rng(3).standard_normal((40, 8)).astype(np.float32)

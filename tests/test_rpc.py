@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import manifest, ref, write_manifest
+from conftest import manifest, write_manifest
 
 import hypercompile as hc
 
@@ -108,14 +108,9 @@ def tracker():
             _stop(proc)
 
 
-@pytest.fixture(scope="module")
-def tvm_bundle(tmp_path_factory):
-    return hc.build(
-        ref("TinyHyper"),
-        out=tmp_path_factory.mktemp("r") / "b",
-        backends=["onnxruntime", "tvm"],
-        where={"task": [0, 1, 2]},
-    )
+@pytest.fixture
+def tvm_bundle(tiny_tvm_bundle):
+    return tiny_tvm_bundle  # built once for the session (conftest); profiles go into copies
 
 
 def hc_cli(*args, timeout=240):
@@ -159,8 +154,10 @@ def test_profile_through_the_tracker_stores_the_boards_profile(tracker, tvm_bund
     assert f"profile {key}" in res.stdout and f"TVM RPC key {KEY}" in res.stdout
 
 
-def test_an_unknown_device_key_is_a_clear_error(tracker, tvm_bundle):
-    res = hc_cli("profile", tvm_bundle, "--rpc", tracker, "--key", "no-such-board")
+def test_an_unknown_device_key_is_a_clear_error(tracker, tvm_bundle, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(tvm_bundle, dst)
+    res = hc_cli("profile", dst, "--rpc", tracker, "--key", "no-such-board")
     assert res.returncode == 1
     assert "no device with key 'no-such-board'" in res.stderr and KEY in res.stderr
 
