@@ -13,6 +13,7 @@ import numpy as np
 from ...core import tensors as fmt
 from ...core.targets import host_arch
 from ...errors import BuildError
+from ...runtime.runners.tvm import FACTORY as RUNNERS
 from ...runtime.runners.tvm import import_tvm
 from ..base import Artifact, CompileOptions, Compiler
 from . import tuning
@@ -97,11 +98,7 @@ class TvmCompiler(Compiler):
     name = "tvm"
 
     def available(self) -> str | None:
-        try:
-            import_tvm()
-        except ImportError:
-            return "Apache TVM is not installed (pip install 'hypercompile[tvm]')"
-        return None
+        return RUNNERS.available()  # the compiler is the same installed TVM
 
     def can_build(self, target: Any) -> str | None:
         return toolchain_missing(target)
