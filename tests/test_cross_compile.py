@@ -193,6 +193,18 @@ def test_device_checks_run_before_first_answer(router_tvm, tmp_path):
         hc.load(bad).run({"x": x}, backend="tvm")
 
 
+def test_local_profiling_runs_the_stored_checks_before_timing(router_tvm, tmp_path):
+    from hypercompile.devtools.profile import profile
+
+    bad = tmp_path / "bad"
+    shutil.copytree(router_tvm, bad)
+    _defer_tvm_checks(bad, corrupt=True)
+    before = (bad / "manifest.json").read_bytes()
+    with pytest.raises(ParityError, match="on this device exceeds tolerance"):
+        profile(bad, backends=["tvm"], warmup=1, repeat=10)
+    assert (bad / "manifest.json").read_bytes() == before  # no profile stored
+
+
 @pytest.mark.gpu
 @needs_nvcc
 def test_x86_cuda_bundle_answers_like_pytorch_on_the_gpu(x86_cuda_bundle, tmp_path):
