@@ -3,6 +3,9 @@ Each builds in a few seconds; thresholds make every branch reachable on random i
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -300,3 +303,69 @@ class SharedLayer(nn.Module):
         for _ in range(3):
             x = self.layer(x)
         return self.out(x)
+
+
+class _Idiom(nn.Module):
+    """Two layers and a gate on the input's sign (about half of random inputs take it)."""
+
+    def __init__(self):
+        super().__init__()
+        _seeded(12)
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 8)
+        self.eval()
+
+    def example_inputs(self):
+        return (torch.randn(1, 8),)
+
+
+class DelInput(_Idiom):
+    """`del x` once the input is no longer needed (SkipNet style)."""
+
+    def forward(self, x):
+        gate = x.sum()
+        h = self.a(x)
+        del x
+        if gate > 0:
+            h = self.b(h)
+        return h
+
+
+class ShapeAsserts(_Idiom):
+    """Asserts on ranks, dtypes and non-batch dims, before and after a data-dependent branch."""
+
+    def forward(self, x):
+        assert x.dim() == 2
+        assert x.shape[1] == 8, "expects 8 features"
+        assert x.ndim == 2 and x.dtype == torch.float32
+        h = self.a(x)
+        if x.sum() > 0:
+            h = self.b(h)
+        assert h.size(-1) == 8
+        return h
+
+
+class CondExpr(_Idiom):
+    """Conditional expressions with data-dependent tests, one nested in another's test."""
+
+    def forward(self, x):
+        h = self.a(x)
+        y = self.b(h) if x.sum() > 0 else h * 2
+        z = y + 1 if (x.mean() if x[0, 0] > 0 else -x.mean()) > 0 else y - 1
+        return z
+
+
+class NeutralContexts(_Idiom):
+    """`with` blocks whose context managers change no value."""
+
+    def forward(self, x):
+        with torch.autocast(device_type="cpu", enabled=False):
+            h = self.a(x)
+        with torch.inference_mode(), torch.enable_grad():
+            h = h + 1
+        with warnings.catch_warnings(), contextlib.nullcontext():
+            if x.sum() > 0:
+                h = self.b(h)
+        with torch.no_grad():
+            h = h * 2
+        return h

@@ -12,11 +12,15 @@ import pytest
 import torch
 from conftest import ROOT
 from dyn_models import (
+    CondExpr,
+    DelInput,
     EarlyExit,
     Halving,
+    NeutralContexts,
     RecurrentSkip,
     Refine,
     Router,
+    ShapeAsserts,
     SharedLayer,
     Stack,
     TwoInputs,
@@ -236,3 +240,15 @@ def test_zoo_model_on_tvm_agrees_with_pytorch(name, zoo_bundle):
     assert variant["parity"]["tvm"]["max_rel"] <= 1e-4
     assert variant["parity"]["tvm"]["argmax_mismatches"] == 0
     _agree(model, hc.load(path), n=20, seed=11, backend="tvm")
+
+
+@pytest.mark.parametrize("model_cls", [DelInput, ShapeAsserts, CondExpr, NeutralContexts])
+def test_ordinary_idioms_build_and_agree(model_cls, dyn_bundle):
+    """`del name`, asserts on shapes and dtypes, conditional expressions with data-dependent
+    tests and value-neutral `with` blocks, in forwards the splitter lowers."""
+    model = model_cls()
+    path = dyn_bundle(model_cls.__name__)
+    m = json.loads((path / "manifest.json").read_text())
+    (variant,) = m["variants"]
+    assert "program" in variant
+    _agree(model, hc.load(path))

@@ -7,20 +7,24 @@ import re
 import pytest
 import torch
 from dyn_models import (
+    CondExpr,
+    DelInput,
     EarlyExit,
     Generator,
     LoopCountFromData,
     MutatesState,
+    NeutralContexts,
     Prints,
     Recursive,
     Refine,
     Router,
+    ShapeAsserts,
     Stack,
     StaticControl,
     TwoInputs,
 )  # fmt: skip
 
-from hypercompile import UnsupportedModelError
+from hypercompile import BuildError, UnsupportedModelError
 from hypercompile.core.ir import Branch, Switch
 from hypercompile.frontend.program import Probe, block_source, split_module
 
@@ -190,3 +194,68 @@ def test_lookups_that_need_not_run_are_left_to_run_time():
 
     prog, _ = _run_probe(Guarded(), n=10)
     assert len([b for b in prog.blocks.values() if isinstance(b.term, Branch)]) == 1
+
+
+_HERE = r"test_frontend_splitter\.py:\d+: "
+
+
+def test_del_unbinds_the_name():
+    _run_probe(DelInput())
+
+    class ReadsDeleted(torch.nn.Module):
+        def forward(self, x):
+            h = x * 2
+            del h
+            if x.sum() > 0:
+                x = x + 1
+            return h  # noqa: F821 - read after del, on purpose
+
+    with pytest.raises(UnsupportedModelError, match=_HERE + r"`h` is read after `del h`"):
+        split_module(ReadsDeleted())
+
+
+def test_asserts_on_shapes_and_dtypes_are_checked_at_build_time():
+    prog, _ = _run_probe(ShapeAsserts())
+    assert prog.checks  # the assert after the join: nothing else in its block, not exported
+
+    class Narrow(torch.nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:
+                x = x + 1
+            assert x.shape[1] == 7, "seven"
+            return x
+
+    prog = split_module(Narrow())
+    with pytest.raises(BuildError, match=_HERE + "assertion fails at build time: seven"):
+        Probe(prog, Narrow()).run({"x": torch.ones(1, 8)})
+
+    class OnData(torch.nn.Module):
+        def forward(self, x):
+            assert (x > 0).all()
+            if x.sum() > 0:
+                x = x + 1
+            return x
+
+    with pytest.raises(UnsupportedModelError, match=_HERE + "assert on tensor data"):
+        split_module(OnData())
+
+
+def test_conditional_expression_on_data_is_an_if():
+    prog, probe = _run_probe(CondExpr())
+    assert len({b.term.cond for b in prog.blocks.values() if isinstance(b.term, Branch)}) == 3
+    assert all(set(c.values()) != {0} and len(c) == 2 for c in probe.counts.values())
+
+
+def test_with_blocks_that_change_no_value():
+    _run_probe(NeutralContexts())
+
+    class Autocast(torch.nn.Module):
+        def forward(self, x):
+            with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+                x = x + 1
+            if x.sum() > 0:
+                x = x + 1
+            return x
+
+    with pytest.raises(UnsupportedModelError, match=_HERE + r"`with torch.autocast"):
+        split_module(Autocast())

@@ -84,6 +84,9 @@ class Program(ir.Program):
     globals: dict[str, Any] = field(default_factory=dict)
     filename: str = "<forward>"
     fns: dict[int, Callable] = field(default_factory=dict)  # block id -> compiled statements
+    # blocks of nothing but build-time asserts (on shapes and dtypes): the probe runs them,
+    # nothing is exported for them
+    checks: dict[int, Callable] = field(default_factory=dict)
     specs: dict[str, Any] = field(default_factory=dict)  # value name -> pytree spec
     examples: dict[int, dict[str, list[Any]]] = field(default_factory=dict)  # by shapes
 
@@ -333,7 +336,10 @@ def _finish(prog: Program) -> None:
         needed_after = set(live_out[k]) | ir.term_uses(b.term) | {src for _, src in b.moves}
         b.inputs = sorted(uses)
         b.outputs = sorted(defs & needed_after)
-        if b.body:
+        if b.body and not b.outputs and all(isinstance(s, ast.Assert) for s in b.body):
+            prog.checks[k] = _compile_block(b, prog)
+            b.body = []
+        elif b.body:
             prog.fns[k] = _compile_block(b, prog)
 
 
@@ -389,13 +395,20 @@ class Probe(ir.Interpreter):
         super().__init__(prog)
 
     def bind(self, block: ir.Block) -> Callable[[dict[str, Any]], None] | None:
-        fn = self.prog.fns.get(block.id)
+        fn = self.prog.fns.get(block.id) or self.prog.checks.get(block.id)
         if fn is None:
             return None
         inputs, outputs = block.inputs, block.outputs
 
         def call(env: dict[str, Any]) -> None:
-            outs = fn(self.root, *[env[n] for n in inputs])
+            try:
+                outs = fn(self.root, *[env[n] for n in inputs])
+            except AssertionError as e:
+                line = _user_line(e, self.prog.filename) or "?"
+                why = f": {e}" if str(e) else ""
+                raise BuildError(
+                    f"{self.prog.filename}:{line}: assertion fails at build time{why}"
+                ) from None
             for n, v in zip(outputs, outs):
                 env[n] = pytree.tree_map(_as_value, v)
                 self._note_spec(n, env[n])

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..errors import UnsupportedModelError
+from ..errors import BuildError, UnsupportedModelError
 
 _PLAIN = (bool, int, float, str, type(None))
 _LATER_CALLS = 3
@@ -77,7 +77,15 @@ def _outputs(module: torch.nn.Module, xs: tuple[torch.Tensor, ...]) -> list[torc
     from .materialize import flatten_outputs
 
     with torch.no_grad():
-        return flatten_outputs(module(*[x.clone() for x in xs]))[1]
+        try:
+            return flatten_outputs(module(*[x.clone() for x in xs]))[1]
+        except AssertionError as e:  # forward's own assert (on shapes, dtypes) fails
+            tb = e.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}: " if tb else ""
+            why = f": {e}" if str(e) else ""
+            raise BuildError(f"{where}assertion fails on the example inputs{why}") from None
 
 
 def _differ(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:

@@ -4,12 +4,14 @@ expression statements, and the binding of assignment targets."""
 from __future__ import annotations
 
 import ast
+import contextlib
+import warnings
 from typing import Any
 
 import torch
 
 from ...core.ir import Branch, Return
-from .astutil import is_name_target, with_test
+from .astutil import is_name_target, replace_node, with_test
 from .state import (
     DYN,
     MISSING,
@@ -29,9 +31,42 @@ from .state import (
 
 _UNSUPPORTED = {
     ast.Try: "try/except", ast.Raise: "raise", ast.Global: "global", ast.Nonlocal: "nonlocal",
-    ast.FunctionDef: "a nested function", ast.ClassDef: "a class definition", ast.Delete: "del",
+    ast.FunctionDef: "a nested function", ast.ClassDef: "a class definition",
     ast.Import: "import", ast.ImportFrom: "import",
 }  # fmt: skip
+
+
+_NEUTRAL_CONTEXTS: tuple[type, ...] = (
+    torch.no_grad,
+    torch.enable_grad,
+    torch.inference_mode,
+    torch.set_grad_enabled,
+    contextlib.nullcontext,
+    warnings.catch_warnings,
+)
+# tensor attributes and methods whose values are fixed by the example inputs at build time
+_STATIC_FACTS = {
+    "dim", "ndim", "ndimension", "shape", "size", "dtype", "device", "layout",
+    "is_floating_point", "is_complex", "is_cuda",
+}  # fmt: skip
+
+
+def _value_neutral(ctx: Any) -> bool:
+    if isinstance(ctx, torch.autocast):
+        return not getattr(ctx, "_enabled", True)
+    return isinstance(ctx, _NEUTRAL_CONTEXTS)
+
+
+def _static_facts(test: ast.expr, env: Env) -> bool:
+    """Whether every run-time name in `test` is only asked for static facts (`x.dim()`,
+    `x.shape[1]`, `x.dtype`, ...), never for its data."""
+    facts = {
+        id(n.value)
+        for n in ast.walk(test)
+        if isinstance(n, ast.Attribute) and n.attr in _STATIC_FACTS
+    }
+    names = [n for n in ast.walk(test) if isinstance(n, ast.Name) and n.id in env.dynamic]
+    return bool(names) and all(id(n) in facts for n in names)
 
 
 class StatementsMixin:
@@ -72,28 +107,74 @@ class StatementsMixin:
         if isinstance(stmt, ast.With):
             return self.lower_with(stmt, st, frame, loop)
         if isinstance(stmt, ast.Assert):
-            ok, value = self.static_eval(stmt.test, st.env, frame)
-            if not ok:
-                raise Unsupported(f"{loc(frame, stmt)}: assert on a data-dependent value")
-            if not value:
-                raise Unsupported(f"{loc(frame, stmt)}: assertion fails at build time")
-            return st
+            return self.lower_assert(stmt, st, frame)
+        if isinstance(stmt, ast.Delete):
+            return self.lower_delete(stmt, st, frame)
         if isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr)):
             return self.lower_simple(stmt, st, frame)
         what = _UNSUPPORTED.get(type(stmt), type(stmt).__name__)
         raise Unsupported(f"{loc(frame, stmt)}: {what} is not supported in a split forward")
 
     def lower_with(self, stmt: ast.With, st: St, frame: Frame, loop: Loop | None):
+        """Context managers that change no value (grad modes, disabled autocast, warning
+        filters, `nullcontext`): the body is lowered as plain statements."""
         for item in stmt.items:
             ok, ctx = self.static_eval(item.context_expr, st.env, frame)
-            if not ok or not isinstance(ctx, (torch.no_grad, torch.inference_mode)):
-                raise Unsupported(f"{loc(frame, stmt)}: only `with torch.no_grad()` is supported")
+            src = ast.unparse(item.context_expr)
+            if not ok or not _value_neutral(ctx):
+                raise Unsupported(
+                    f"{loc(frame, stmt)}: `with {src}` is not supported in a split forward "
+                    "(only context managers that change no value: grad modes, "
+                    "autocast(enabled=False), warnings.catch_warnings(), nullcontext())"
+                )
+            if item.optional_vars is not None:
+                raise Unsupported(f"{loc(frame, stmt)}: `with {src} as ...` is not supported")
         return self._static_branch(stmt.body, st, frame, loop)
+
+    def lower_delete(self, stmt: ast.Delete, st: St, frame: Frame):
+        """`del name` unbinds the name: reading it later is an error (at its line)."""
+        for t in stmt.targets:
+            if not isinstance(t, ast.Name):
+                raise Unsupported(
+                    f"{loc(frame, stmt)}: `del {ast.unparse(t)}` is not supported (only `del name`)"
+                )
+            if t.id not in st.env.static and t.id not in st.env.dynamic:
+                raise Unsupported(f"{loc(frame, stmt)}: `del {t.id}`: `{t.id}` is not defined")
+            st.env.dynamic.discard(t.id)
+            st.env.static[t.id] = Poisoned(
+                f"`{t.id}` is read after `del {t.id}` (line {getattr(stmt, 'lineno', '?')})"
+            )
+        return st
+
+    def lower_assert(self, stmt: ast.Assert, st: St, frame: Frame):
+        """An assert on build-time values, or on static facts about tensors (rank, dtype,
+        non-batch dims: those of the example inputs), is checked at build time; the latter
+        runs in its block, where the probe checks it and the export folds it away."""
+        if isinstance(stmt.test, ast.BoolOp) and isinstance(stmt.test.op, ast.And):
+            for part in stmt.test.values:  # one assert per operand: no tensor `and` in it
+                one = ast.copy_location(ast.Assert(part, stmt.msg), stmt)
+                st = self.lower_assert(one, st, frame)
+            return st
+        ok, value = self.static_eval(stmt.test, st.env, frame)
+        if ok:
+            if not value:
+                raise Unsupported(f"{loc(frame, stmt)}: assertion fails at build time")
+            return st
+        if not _static_facts(stmt.test, st.env):
+            raise Unsupported(
+                f"{loc(frame, stmt)}: assert on tensor data (only asserts on shapes, ranks "
+                "and dtypes of tensors are supported)"
+            )
+        return self.emit(stmt, st, frame)
 
     def lower_if(self, stmt: ast.If, st: St, frame: Frame, loop: Loop | None):
         stmt = with_test(stmt, self.state_cells(stmt.test, st.env, frame))
-        if self.find_special_call(ast.Expr(stmt.test), st.env, frame) is not None:
-            # a call to inline or dispatch inside the test: evaluate it first, then branch
+        if (
+            self.find_special_call(ast.Expr(stmt.test), st.env, frame) is not None
+            or self.find_dynamic_ifexp(stmt.test, st.env, frame) is not None
+        ):
+            # a call to inline or dispatch, or a data-dependent conditional expression, inside
+            # the test: evaluate it first, then branch
             local = self.fresh("test")
             assign = ast.copy_location(ast.Assign([ast.Name(local, ast.Store())], stmt.test), stmt)
             st = self.lower_simple(assign, st, frame)
@@ -154,6 +235,9 @@ class StatementsMixin:
     # -- simple statements ---------------------------------------------------------------------
     def lower_simple(self, stmt: ast.stmt, st: St, frame: Frame):
         stmt = self.state_cells(stmt, st.env, frame)
+        ifexp = self.find_dynamic_ifexp(stmt, st.env, frame)
+        if ifexp is not None:
+            return self.lower_ifexp(stmt, ifexp, st, frame)
         special = self.find_special_call(stmt, st.env, frame)
         if special is not None:
             kind, node, payload = special
@@ -185,6 +269,45 @@ class StatementsMixin:
                     self.bind_target(t, value, st, frame)
                 return st
         return self.emit(stmt, st, frame)
+
+    def find_dynamic_ifexp(self, node: ast.AST, env: Env, frame: Frame) -> ast.IfExp | None:
+        """The first conditional expression in `node` whose test depends on tensor data and
+        that runs whenever `node` does (not inside a lambda or comprehension, a later operand
+        of `and` / `or`, or a side of another conditional expression)."""
+        if isinstance(node, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp)):
+            return None
+        if isinstance(node, ast.GeneratorExp):
+            return None
+        if isinstance(node, ast.IfExp):
+            found = self.find_dynamic_ifexp(node.test, env, frame)
+            if found is not None:
+                return found
+            ok, value = self.static_eval(node.test, env, frame, speculative=True)
+            if not ok:
+                return node
+            return self.find_dynamic_ifexp(node.body if value else node.orelse, env, frame)
+        if isinstance(node, ast.BoolOp):
+            return self.find_dynamic_ifexp(node.values[0], env, frame)
+        for child in ast.iter_child_nodes(node):
+            found = self.find_dynamic_ifexp(child, env, frame)
+            if found is not None:
+                return found
+        return None
+
+    def lower_ifexp(self, stmt: ast.stmt, node: ast.IfExp, st: St, frame: Frame):
+        """`a if test else b` with a data-dependent test: lowered as the `if` statement that
+        assigns a fresh local either side, then `stmt` reads that local."""
+        local = self.fresh("ifx")
+        sides = [
+            [ast.copy_location(ast.Assign([ast.Name(local, ast.Store())], side), side)]
+            for side in (node.body, node.orelse)
+        ]
+        branch = ast.copy_location(ast.If(node.test, sides[0], sides[1]), node)
+        end = self.lower_if(branch, st, frame, None)
+        if end is None:
+            return None
+        rest = replace_node(stmt, node, ast.copy_location(ast.Name(local, ast.Load()), node))
+        return self.lower_simple(rest, end, frame)
 
     def lower_expr_stmt(self, stmt: ast.Expr, st: St, frame: Frame):
         call = stmt.value
