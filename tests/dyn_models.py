@@ -338,6 +338,7 @@ class ShapeAsserts(_Idiom):
         assert x.dim() == 2
         assert x.shape[1] == 8, "expects 8 features"
         assert x.ndim == 2 and x.dtype == torch.float32
+        assert isinstance(x, torch.Tensor) and not x.is_complex()
         h = self.a(x)
         if x.sum() > 0:
             h = self.b(h)
@@ -366,6 +367,6 @@ class NeutralContexts(_Idiom):
         with warnings.catch_warnings(), contextlib.nullcontext():
             if x.sum() > 0:
                 h = self.b(h)
-        with torch.no_grad():
+        with torch.no_grad(), torch.set_grad_enabled(False):
             h = h * 2
         return h

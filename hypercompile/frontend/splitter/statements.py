@@ -65,6 +65,14 @@ def _static_facts(test: ast.expr, env: Env) -> bool:
         for n in ast.walk(test)
         if isinstance(n, ast.Attribute) and n.attr in _STATIC_FACTS
     }
+    facts |= {  # isinstance(x, torch.Tensor)
+        id(n.args[0])
+        for n in ast.walk(test)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Name)
+        and n.func.id == "isinstance"
+        and len(n.args) == 2
+    }
     names = [n for n in ast.walk(test) if isinstance(n, ast.Name) and n.id in env.dynamic]
     return bool(names) and all(id(n) in facts for n in names)
 
@@ -119,7 +127,9 @@ class StatementsMixin:
         """Context managers that change no value (grad modes, disabled autocast, warning
         filters, `nullcontext`): the body is lowered as plain statements."""
         for item in stmt.items:
+            grad = torch.is_grad_enabled()
             ok, ctx = self.static_eval(item.context_expr, st.env, frame)
+            torch.set_grad_enabled(grad)  # `torch.set_grad_enabled(False)` sets it when built
             src = ast.unparse(item.context_expr)
             if not ok or not _value_neutral(ctx):
                 raise Unsupported(
