@@ -94,3 +94,40 @@ def test_the_manifest_is_replaced_without_following_a_planted_link(tiny_bundle, 
     m.dump(dst)
     assert victim.read_text() == "mine"
     assert json.loads((dst / "manifest.json").read_text())["variants"]
+
+
+def test_a_graph_naming_a_file_outside_the_bundle_is_refused(tiny_bundle, tmp_path):
+    """A hostile graph whose initializer takes its bytes from `../../etc/passwd` (ONNX Runtime
+    would resolve it against the working directory and hand the file back as an output)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from hypercompile.core import tensors as fmt
+
+    dst = tmp_path / "b"
+    shutil.copytree(tiny_bundle, dst)
+    m = manifest(dst)
+    rel = m["graphs"]["g0"]["artifacts"]["onnxruntime"]
+    model = onnx.load(str(dst / rel), load_external_data=False)
+    stolen = TensorProto(name="stolen", data_type=TensorProto.UINT8, dims=[16])
+    stolen.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", "../../../../../../etc/passwd"), ("offset", "0"), ("length", "16")):
+        entry = stolen.external_data.add()
+        entry.key, entry.value = k, v
+    model.graph.initializer.append(stolen)
+    model.graph.output.append(helper.make_tensor_value_info("stolen", TensorProto.UINT8, [16]))
+    onnx.save(model, str(dst / rel))
+    m["files"][rel] = fmt.sha256_file(dst / rel)
+    write_manifest(dst, m)
+    with pytest.raises(hc.BundleError, match=r"takes tensor 'stolen' from '\.\./"):
+        hc.load(dst).run({"input": np.ones((1, 8), np.float32)}, task=0)
+
+
+def test_the_graph_scan_finds_only_the_weight_stubs_of_a_real_bundle(tiny_bundle):
+    from hypercompile.core.tensors import WEIGHT_STUB_LOCATION
+    from hypercompile.runtime.runners.onnx_scan import external_locations
+
+    m = manifest(tiny_bundle)
+    g = m["graphs"]["g0"]
+    found = external_locations((tiny_bundle / g["artifacts"]["onnxruntime"]).read_bytes())
+    assert found == {(w, WEIGHT_STUB_LOCATION) for w in g["weights"]}

@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import BackendError
+from ...core.tensors import WEIGHT_STUB_LOCATION
+from ...errors import BackendError, BundleError
 from .base import Binding, OrtPool, RunnerFactory
+from .onnx_scan import external_locations
 
 # "pool": None until decided, then whether this process has ONNX Runtime's shared pool;
 # "sessions": sessions made here so far (the pool can only come before the first)
@@ -127,6 +129,7 @@ class OnnxRuntimeRunners(RunnerFactory):
                 f"(available: {', '.join(ort.get_available_providers())})"
             )
         names = list(weights)
+        _refuse_outside_data(binding.artifact, set(names))
         values = [
             ort.OrtValue.ortvalue_from_numpy(np.require(weights[n], requirements="C"))
             for n in names
@@ -142,6 +145,17 @@ class OnnxRuntimeRunners(RunnerFactory):
                 raise BackendError(first) from None
             _state["sessions"] += 1
         return OrtRunner(session, [values, weights], pool)
+
+
+def _refuse_outside_data(model: bytes, bound: set[str]) -> None:
+    """A graph may take tensor bytes from outside itself only through the weight stubs this
+    runtime binds; anything else would make ONNX Runtime read a file it names."""
+    for name, location in sorted(external_locations(model)):
+        if location != WEIGHT_STUB_LOCATION or name not in bound:
+            raise BundleError(
+                f"an ONNX graph of the bundle takes tensor {name!r} from {location!r}: a "
+                "bundle's graphs may only take their weights from the bundle's weight files"
+            )
 
 
 FACTORY = OnnxRuntimeRunners()
