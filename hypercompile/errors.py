@@ -35,6 +35,10 @@ class InputError(HypercompileError):
     """Inputs given to `run` do not match the bundle's input specification."""
 
 
+class StateError(HypercompileError):
+    """A stateful variant is run without a stream, or a stateless one through a stream."""
+
+
 class ConditionError(HypercompileError):
     """The condition given to `run` matches no variant, or more than one."""
 

@@ -26,6 +26,7 @@ from ..core.manifest import (
     Manifest,
     Producer,
     ProgramEntry,
+    StateSpec,
     TensorSpec,
     Variant,
 )
@@ -43,7 +44,7 @@ from ..frontend.materialize import (
     flatten_outputs,
     materialize,
 )
-from ..frontend.state import check_stateless
+from ..frontend.state import find_state
 from ..runtime.checks import parity
 from ..version import __version__
 from .inputs import (
@@ -58,6 +59,7 @@ from .verify import Check, verify_bundle
 
 Progress = Callable[[str, int, int], None]
 DYNAMIC_PARITY_INPUTS = 200
+STREAM_PARITY_CALLS = 20  # a stateful variant is checked over this many calls in a row
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -257,15 +259,16 @@ def _materialize_all(
             raise BuildError(f"variant {label}: example_inputs() must return a tuple of tensors")
         vid = f"v{i:04d}"
         later = torch.Generator().manual_seed(1)
-        check_stateless(target, [inputs] + [tuple(random_like(x, later) for x in inputs)], label)
-        prog = _split(target, label)
+        state = find_state(target, [inputs] + [tuple(random_like(x, later) for x in inputs)], label)
+        # state is carried through one whole graph; the exporter refuses control flow on data
+        prog = None if state else _split(target, label)
         v = Variant(id=vid, cond=cond, weights=f"weights/{vid}.safetensors", artifacts={})
         if prog is None:
-            arch = architecture_signature(target, inputs)
+            arch = architecture_signature(target, inputs) + (f" state={state}" if state else "")
             if arch not in by_arch:
                 gid = f"g{len(graphs)}"
                 t = time.perf_counter()
-                info = export_graph(target, inputs, tmp / "graphs" / f"{gid}.onnx", label)
+                info = export_graph(target, inputs, tmp / "graphs" / f"{gid}.onnx", label, state)
                 graphs[gid] = _graph_entry(gid, arch, info, time.perf_counter() - t)
                 _compile_graph(graphs[gid], tmp, tgt, backend_names, tune)
                 by_arch[arch] = gid
@@ -273,8 +276,12 @@ def _materialize_all(
             v.graph, v.artifacts = g.id, dict(g.artifacts)
             weight_names = g.weights
             n = 3 if opts.n_random is None else opts.n_random
-            sets = parity_sets(hm, cond, inputs, g.input_names, gen, n, opts.data)
-            check = _expected(hm, cond, target, sets, g, gen)
+            if g.state:
+                n = max(n, STREAM_PARITY_CALLS - 1)
+            user_names = [s.name for s in g.user_io()[0]]
+            sets = parity_sets(hm, cond, inputs, user_names, gen, n, opts.data)
+            check = _expected_stream(target, sets, g) if g.state else None
+            check = check or _expected(hm, cond, target, sets, g, gen)
         else:
             pid = f"p{len(programs)}"
             n = opts.n_random if opts.n_random is not None else DYNAMIC_PARITY_INPUTS
@@ -287,10 +294,10 @@ def _materialize_all(
             v.artifacts = {
                 name: [graphs[g].artifacts[name] for g in used] for name in backend_names
             }
-        state = target.state_dict()
-        tensors = {n: _np(state[n]) for n in weight_names}
-        v.bytes = fmt.write_tensors(tmp / v.weights, tensors)
+        tensors = {n: _np(t) for n, t in target.state_dict().items() if n in set(weight_names)}
         v.params = int(sum(t.size for t in tensors.values()))
+        tensors.update(_initial_state(target, graphs[v.graph].state if v.graph else []))
+        v.bytes = fmt.write_tensors(tmp / v.weights, tensors)
         quality = getattr(hm, "quality", None)
         if callable(quality):
             v.quality = float(quality(cond))
@@ -328,8 +335,7 @@ def _io(v: Variant, graphs: dict[str, Graph], programs: dict[str, ProgramEntry])
     if v.program is not None:
         p = programs[v.program]
         return p.input_specs, p.output_specs
-    g = graphs[v.graph]  # type: ignore[index]
-    return g.inputs, g.outputs
+    return graphs[v.graph].user_io()  # type: ignore[index]
 
 
 def _split(target: torch.nn.Module, label: str):
@@ -513,7 +519,36 @@ def _graph_entry(gid: str, arch: str, info: GraphInfo, export_s: float) -> Graph
         outputs=[TensorSpec(**o) for o in info.outputs],
         dynamic_batch=info.dynamic_batch,
         export_s=round(export_s, 3),
+        exporter=info.exporter,
+        fixed_batch=info.fixed_batch_reason,
+        state=[StateSpec(**st) for st in info.state],
     )
+
+
+def _initial_state(target: torch.nn.Module, state: list[StateSpec]) -> dict[str, np.ndarray]:
+    """The variant's state before its first call, stored under the graph's state inputs."""
+    out = {}
+    for s in state:
+        path, _, attr = s.key.rpartition(".")
+        value = getattr(target.get_submodule(path) if path else target, attr)
+        out[s.input] = _np(value)
+    return out
+
+
+def _expected_stream(target: torch.nn.Module, sets, graph: Graph) -> Check:
+    """Check cases for a stateful variant: the parity sets as one sequence of calls, answered by
+    a fresh copy of the target that keeps its state from call to call (a batch of 3 would change
+    the state's shape, so none is added)."""
+    import copy
+
+    model = copy.deepcopy(target)
+    check = Check(against=f"target over {len(sets)} calls in a row")
+    names = [s.name for s in graph.user_io()[0]]
+    with torch.no_grad():
+        for xs in sets:
+            check.inputs.append({n: _np(x) for n, x in zip(names, xs)})
+            check.expected.append([_np(t) for t in flatten_outputs(model(*xs))[1]])
+    return check
 
 
 def _merge_specs(spec_lists: list[list[TensorSpec]]) -> list[TensorSpec]:

@@ -54,6 +54,27 @@ def _specs(f: Fields, key: str, default: Any = ...) -> list[TensorSpec]:
     return [TensorSpec.from_json(s, f"{f.where}.{key}[{i}]") for i, s in enumerate(raw)]
 
 
+@dataclass(frozen=True)
+class StateSpec:
+    """State a model keeps between calls, carried through its graph: the model attribute `key`
+    goes in as graph input `input` and comes out, updated, as graph output `output`. Its value
+    before the first call is stored in each variant's weight file under `input`."""
+
+    key: str
+    input: str
+    output: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "input": self.input, "output": self.output}
+
+    @staticmethod
+    def from_json(data: Any, where: str) -> StateSpec:
+        f = Fields(data, where)
+        s = StateSpec(f.str("key"), f.str("input"), f.str("output"))
+        f.done()
+        return s
+
+
 @dataclass
 class Graph:
     """One ONNX graph: a whole architecture, or one block of a dynamic program. Its weights are
@@ -71,6 +92,9 @@ class Graph:
     digest: str | None = None  # sha256 of the ONNX file (program blocks: dedup)
     artifact_info: dict[str, dict[str, Any]] = field(default_factory=dict)
     tvm_tuning: dict[str, Any] | None = None
+    exporter: str | None = None  # which exporter made it (see frontend/export.py)
+    fixed_batch: str | None = None  # why the batch is fixed where it could have been dynamic
+    state: list[StateSpec] = field(default_factory=list)  # state carried between calls
 
     @property
     def output_names(self) -> list[str]:
@@ -79,6 +103,15 @@ class Graph:
     @property
     def input_names(self) -> list[str]:
         return [i.name for i in self.inputs]
+
+    def user_io(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """The inputs and outputs a caller sees: the graph's, less the carried state."""
+        ins = {s.input for s in self.state}
+        outs = {s.output for s in self.state}
+        return (
+            [i for i in self.inputs if i.name not in ins],
+            [o for o in self.outputs if o.name not in outs],
+        )
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -92,11 +125,13 @@ class Graph:
             "export_s": self.export_s,
             "artifacts": dict(self.artifacts),
         }
-        for key in ("arch", "digest", "tvm_tuning"):
+        for key in ("arch", "digest", "tvm_tuning", "exporter", "fixed_batch"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.artifact_info:
             out["artifact_info"] = self.artifact_info
+        if self.state:
+            out["state"] = [s.to_json() for s in self.state]
         return out
 
     @staticmethod
@@ -115,11 +150,35 @@ class Graph:
             digest=f.get("digest", (str, type(None)), None),
             artifact_info=f.dict("artifact_info", {}),
             tvm_tuning=f.get("tvm_tuning", (dict, type(None)), None),
+            exporter=f.get("exporter", (str, type(None)), None),
+            fixed_batch=f.get("fixed_batch", (str, type(None)), None),
+            state=[
+                StateSpec.from_json(s, f"{where}.state[{i}]")
+                for i, s in enumerate(f.list("state", []))
+            ],
         )
         if f.names("output_names", g.output_names) != g.output_names:
             raise BundleError(f"{where}.output_names disagree with its outputs")
         f.done()
+        g.check_state(where)
         return g
+
+    def check_state(self, where: str) -> None:
+        """Each state tensor is one graph input and one graph output of the same dtype and
+        shape, named once."""
+        ins = {i.name: i for i in self.inputs}
+        outs = {o.name: o for o in self.outputs}
+        names = [s.input for s in self.state] + [s.output for s in self.state]
+        if len(set(names)) != len(names) or len({s.key for s in self.state}) != len(self.state):
+            raise BundleError(f"{where}.state names a tensor twice")
+        for s in self.state:
+            i, o = ins.get(s.input), outs.get(s.output)
+            if i is None or o is None:
+                raise BundleError(f"{where}.state {s.key!r} names no graph input or output")
+            if (i.dtype, i.shape) != (o.dtype, o.shape):
+                raise BundleError(f"{where}.state {s.key!r} changes dtype or shape in the graph")
+        if self.state and len(self.state) >= len(self.outputs):
+            raise BundleError(f"{where} has no outputs besides its state")
 
 
 @dataclass
@@ -409,8 +468,11 @@ class Manifest:
         if v.program is not None:
             p = self.programs[v.program]
             return p.input_specs, p.output_specs
-        g = self.graphs[v.graph]  # type: ignore[index]
-        return g.inputs, g.outputs
+        return self.graphs[v.graph].user_io()  # type: ignore[index]
+
+    def state_of(self, v: Variant) -> list[StateSpec]:
+        """The state a variant carries between calls (see `Bundle.stream`); [] when none."""
+        return [] if v.graph is None else self.graphs[v.graph].state
 
     def graphs_of(self, v: Variant) -> list[str]:
         """The graphs a variant runs: its own, or those its program's blocks call."""
@@ -503,6 +565,8 @@ class Manifest:
                 g = self.graphs.get(b.graph) if b.graph else None
                 if b.graph and g is None:
                     raise BundleError(f"{where}: program {pid} calls unknown graph {b.graph}")
+                if g is not None and g.state:
+                    raise BundleError(f"{where}: program {pid} calls stateful graph {b.graph}")
                 if g is not None and (
                     len(g.inputs) != len(b.inputs) or len(g.outputs) != len(b.outputs)
                 ):

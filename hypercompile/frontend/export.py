@@ -8,7 +8,7 @@ import io
 import logging
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,12 @@ from ..errors import BuildError
 from .materialize import flatten_outputs
 
 OPSET = 18
+# The exporters tried, in order: torch.export without and with dynamo's strict tracing (PyTorch
+# prefers non-strict: it runs forward as Python), then the TorchScript exporter
+EXPORTERS = ("torch.export", "torch.export-strict", "torchscript")
+# A dynamic-batch graph whose batch of 3 is further than this from the model's (relative to the
+# output's magnitude) is exported again with a fixed batch; wrong batch handling errs by O(1)
+BATCH_CHECK_RTOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -27,9 +33,13 @@ class GraphInfo:
     """What the manifest records of an exported graph."""
 
     weights: list[str]  # initializer names bound per variant (state_dict keys)
-    inputs: list[dict[str, Any]]
-    outputs: list[dict[str, Any]]
+    inputs: list[dict[str, Any]]  # including the state inputs, last
+    outputs: list[dict[str, Any]]  # including the state outputs, last
     dynamic_batch: bool
+    exporter: str = EXPORTERS[0]
+    fixed_batch_reason: str | None = None  # why batch is fixed, when it could have been dynamic
+    state: list[dict[str, str]] = field(default_factory=list)  # key, input, output
+    initial_state: dict[str, torch.Tensor] = field(default_factory=dict)  # by state input name
 
 
 def input_names(module: torch.nn.Module, n: int) -> list[str]:
@@ -64,6 +74,27 @@ def quiet():
             lg.setLevel(lv)
 
 
+@contextlib.contextmanager
+def _quiet_fds():
+    """Silence what native code writes to the process's stdout and stderr."""
+    import os
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
 def _dims(value_info: Any, batch_symbol: str | None) -> list[int | str | None]:
     dims: list[int | str | None] = []
     for d in value_info.type.tensor_type.shape.dim:
@@ -76,67 +107,345 @@ def _dims(value_info: Any, batch_symbol: str | None) -> list[int | str | None]:
     return dims
 
 
-def _torch_export(module, inputs, names, out_names, dynamic: bool):
+class Positional(torch.nn.Module):
+    """What is exported: `forward(*tensors)` calls the model positionally, so no input name can
+    collide with a submodule's (`forward(self, img, meta)` beside `self.meta`). With
+    `state_keys` the trailing inputs are the model's state before the call (set on the model for
+    the call, then put back) and the trailing outputs its state after it: state kept between
+    calls becomes explicit graph I/O."""
+
+    PREFIX = "m."  # the model's tensors are named `m.<state_dict key>` in the exported graph
+
+    def __init__(self, module: torch.nn.Module, state_keys: tuple[str, ...] = ()):
+        super().__init__()
+        self.m = module
+        self.state_keys = tuple(state_keys)
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        if not self.state_keys:
+            return self.m(*args)
+        n = len(args) - len(self.state_keys)
+        with swapped(self.m, dict(zip(self.state_keys, args[n:]))) as now:
+            out = self.m(*args[:n])
+            after = tuple(now())
+        return out, after
+
+
+@contextlib.contextmanager
+def swapped(module: torch.nn.Module, values: dict[str, torch.Tensor]):
+    """Set the attributes `values` names (`path.attr`: a parameter, buffer or tensor attribute)
+    to copies of its tensors for the duration; yields a function returning their current values
+    in the same order. The originals are put back afterwards."""
+    slots = []
+    for key in values:
+        path, _, attr = key.rpartition(".")
+        owner = module.get_submodule(path) if path else module
+        table = next((t for t in (owner._parameters, owner._buffers) if attr in t), owner.__dict__)
+        slots.append((owner, table, attr, table.get(attr)))
+    for (_, table, attr, _), value in zip(slots, values.values()):
+        table[attr] = value.clone()
+    try:
+        yield lambda: [_slot_value(owner, attr) for owner, _, attr, _ in slots]
+    finally:
+        for _, table, attr, old in slots:
+            table[attr] = old
+
+
+def _slot_value(owner: torch.nn.Module, attr: str) -> torch.Tensor:
+    """The attribute's value now: forward may have reassigned it (`self.h = ...`)."""
+    value = getattr(owner, attr)
+    if not isinstance(value, torch.Tensor):
+        raise BuildError(f"state `{attr}` is no longer a tensor after forward")
+    return value
+
+
+def _torch_export(wrapper, inputs, names, out_names, dynamic: bool, strict: bool):
     dyn = tuple({0: torch.export.Dim.DYNAMIC} if x.dim() else {} for x in inputs)
+    if dynamic and wrapper.state_keys:  # the state keeps its own shape
+        dyn = dyn[: len(inputs) - len(wrapper.state_keys)] + ({},) * len(wrapper.state_keys)
     with quiet():
-        program = torch.onnx.export(
-            module,
-            inputs,
-            dynamo=True,
-            input_names=names,
-            output_names=out_names,
-            dynamic_shapes=dyn if dynamic else None,
-            optimize=False,  # the optimizer folds weights into new constants; ORT/TVM fold later
-            opset_version=OPSET,
-            verbose=False,
-        )
+        ep = _capture(wrapper, tuple(inputs), (dyn,) if dynamic else None, strict)
+        try:
+            program = torch.onnx.export(
+                ep,
+                tuple(inputs),
+                dynamo=True,
+                input_names=names,
+                output_names=out_names,
+                optimize=False,  # the optimizer folds weights into constants; ORT/TVM fold later
+                opset_version=OPSET,
+                verbose=False,
+            )
+        except Exception as e:
+            _note_node_source(e, ep)
+            raise
     return program.model_proto
 
 
-def export_graph(
-    module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, label: str
-) -> GraphInfo:
-    """Export `module` on `inputs` to `path`. Per-variant tensors (state_dict entries used by the
-    graph) become external-data stubs; batch is dynamic when the model allows it."""
+def _note_node_source(e: BaseException, ep: Any) -> None:
+    """Translation errors name the failing node (`Error when translating node %name`); add the
+    source lines torch.export recorded for it, so `user_frame` can name the user's line."""
+    chain: BaseException | None = e
+    while chain is not None:
+        found = re.search(r"translating node %(\w+)", str(chain))
+        if found:  # the name is the decomposed graph's: `bessel_j0` for `special_bessel_j0`
+            name = found.group(1)
+            nodes = [n for n in ep.graph_module.graph.nodes if n.meta.get("stack_trace")]
+            for node in sorted(nodes, key=lambda n: n.name != name):
+                if name == node.name or name in node.name:
+                    e.add_note(node.meta["stack_trace"])
+                    return
+        chain = chain.__cause__ or chain.__context__
+
+
+def _capture(wrapper, inputs, dynamic_shapes, strict: bool):
+    """torch.export's program, captured the way torch.onnx.export captures it (its patches for
+    batch 1 as a dynamic size, RNN decompositions and functions dynamo cannot trace), one
+    strategy at a time so the manifest can say which worked."""
+    try:
+        from torch.onnx._internal.exporter import _capture_strategies as cs
+
+        strategy = cs.TorchExportStrictStrategy if strict else cs.TorchExportNonStrictStrategy
+    except (ImportError, AttributeError):  # another torch: its public export, plainly
+        return torch.export.export(wrapper, inputs, dynamic_shapes=dynamic_shapes, strict=strict)
+    result = strategy()(wrapper, inputs, None, dynamic_shapes)
+    if result.exported_program is None:
+        raise result.exception  # type: ignore[misc]
+    return result.exported_program
+
+
+def _torchscript_export(wrapper, inputs, names, out_names, dynamic: bool):
     import onnx
 
+    axes = {n: {0: "batch"} for n, x in zip(names, inputs) if x.dim()}
+    if wrapper.state_keys:
+        axes = {n: a for n, a in list(axes.items())[: len(inputs) - len(wrapper.state_keys)]}
+    axes.update({n: {0: "batch"} for n in out_names[: len(out_names) - len(wrapper.state_keys)]})
+    buf = io.BytesIO()
+    with quiet(), _quiet_fds():  # it prints its graph from C++ when it fails
+        torch.onnx.export(
+            wrapper,
+            tuple(inputs),
+            buf,
+            dynamo=False,
+            input_names=names,
+            output_names=out_names,
+            opset_version=OPSET,
+            dynamic_axes=axes if dynamic else None,
+            do_constant_folding=False,  # folding would bake weights into new constants
+        )
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _export_once(exporter: str, wrapper, inputs, names, out_names, dynamic: bool):
+    if exporter == "torchscript":
+        return _torchscript_export(wrapper, inputs, names, out_names, dynamic)
+    strict = exporter == "torch.export-strict"
+    return _torch_export(wrapper, inputs, names, out_names, dynamic, strict)
+
+
+def _try_exporters(wrapper, inputs, names, out_names, label: str):
+    """The first graph an exporter makes that answers like the model: (proto, exporter,
+    dynamic batch, why not dynamic). A dynamic-batch graph must also answer a batch of 3 like
+    the model, else the same exporter is asked for a fixed batch. Raises the first exporter's
+    error (the one users expect) when all fail."""
+    user = inputs[: len(inputs) - len(wrapper.state_keys)]
+    batchable = bool(user) and all(x.dim() for x in user)
+    failures: list[tuple[str, BaseException]] = []
+    for exporter in EXPORTERS:
+        why_fixed = None if batchable else "an input has no batch dimension"
+        for dynamic in (True, False) if batchable else (False,):
+            try:
+                proto = _export_once(exporter, wrapper, inputs, names, out_names, dynamic)
+            except Exception as e:  # the exporters raise many types
+                failures.append((exporter, e))
+                why_fixed = why_fixed or f"{exporter} refused a dynamic batch"
+                continue
+            if dynamic:
+                why_fixed = _batch_mismatch(proto, wrapper, inputs, names)
+                if why_fixed:
+                    continue
+            return proto, exporter, dynamic, why_fixed
+    raise _export_error(failures, label)
+
+
+def _batch_mismatch(proto, wrapper, inputs, names) -> str | None:
+    """None when the dynamic-batch graph answers a batch of 3 like the model, else why not."""
+    import onnxruntime as ort
+
+    n = len(inputs) - len(wrapper.state_keys)
+    gen = torch.Generator().manual_seed(3)
+    batch = [_grow(x, gen) for x in inputs[:n]] + list(inputs[n:])
+    try:
+        with torch.no_grad():
+            want = flatten_outputs(wrapper(*batch))[1]
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        sess = ort.InferenceSession(proto.SerializeToString(), so, ["CPUExecutionProvider"])
+        got = sess.run(None, {k: x.numpy() for k, x in zip(names, batch)})
+    except Exception as e:  # ONNX Runtime or the model itself refuses a batch of 3
+        return f"a batch of 3 fails ({first_line(e)})"
+    for g, w in zip(got, want):
+        w = w.detach().numpy()
+        if g.shape != w.shape or not _close(g, w):
+            return "the dynamic-batch graph answers a batch of 3 differently"
+    return None
+
+
+def _close(got: np.ndarray, want: np.ndarray) -> bool:
+    g, w = got.astype(np.float64), want.astype(np.float64)
+    if not np.array_equal(np.isnan(g), np.isnan(w)):
+        return False
+    finite = np.isfinite(w)
+    if not np.array_equal(g[~finite], w[~finite], equal_nan=True):
+        return False
+    scale = float(np.abs(w[finite]).max()) if finite.any() else 0.0
+    err = float(np.abs(g[finite] - w[finite]).max()) if finite.any() else 0.0
+    return err <= BATCH_CHECK_RTOL * max(scale, 1e-6)
+
+
+def _grow(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A batch of 3 from a batch-1 example: the example, then perturbed copies (floats) or
+    repeats (integers, booleans), so rows differ where they can."""
+    rows = x.repeat(3, *([1] * (x.dim() - 1))) if x.shape[0] == 1 else torch.cat([x] * 3)
+    if rows.is_floating_point():
+        noise = torch.randn(rows.shape, generator=gen).to(rows.dtype)
+        noise[: x.shape[0]] = 0
+        rows = rows + noise * rows.abs().mean().clamp(min=1e-3)
+    return rows
+
+
+def _export_error(failures: list[tuple[str, BaseException]], label: str) -> BuildError:
+    """One line: the innermost user (or library) source frame of the first failure, with its
+    text, then each exporter's message in full."""
+    where = ""
+    for _, e in failures:
+        where = user_frame(e)
+        if where:
+            break
+    seen, parts = set(), []
+    for exporter, e in failures:
+        text = full_message(e)
+        if text not in seen:
+            seen.add(text)
+            parts.append(f"{exporter}: {text}")
+    variant = "" if label == "(single variant)" else f"variant {label}: "
+    return BuildError(f"{where}{variant}export failed: " + " | ".join(parts))
+
+
+_OWN = ("/torch/", "/onnx/", "/onnxscript/", "/onnxruntime/", "/hypercompile/", "/importlib/")
+
+
+def user_frame(e: BaseException) -> str:
+    """`file:line: `code`: ` of the innermost frame of the exception chain outside torch, the
+    ONNX packages, hypercompile and the standard library; '' when none. Strict tracing reports
+    the user's frames only in its message (`File "...", line N`), so those count too."""
+    import linecache
+    import sysconfig
+
+    stdlib = sysconfig.get_paths()["stdlib"]
+    best = None
+    chain: BaseException | None = e
+    while chain is not None:
+        tb = chain.__traceback__
+        while tb is not None:
+            f = tb.tb_frame.f_code.co_filename
+            if not any(o in f for o in _OWN) and not f.startswith(stdlib) and f[0] != "<":
+                best = (f, tb.tb_lineno)
+            tb = tb.tb_next
+        text = "\n".join([str(chain), *getattr(chain, "__notes__", [])])
+        for f, line in re.findall(r'File "([^"]+)", line (\d+)', text):
+            if not any(o in f for o in _OWN) and not f.startswith(stdlib) and f[0] != "<":
+                best = (f, int(line))
+        chain = chain.__cause__ or chain.__context__
+    if best is None:
+        return ""
+    code = linecache.getline(best[0], best[1]).strip()
+    return f"{best[0]}:{best[1]}: " + (f"`{code}`: " if code else "")
+
+
+def full_message(e: BaseException) -> str:
+    """The innermost exception's whole message on one line, without ANSI colour or the
+    exporter's advice boilerplate."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    keep = []
+    for ln in lines:
+        if ln.startswith(("For more information", "For C++ stack trace", "Set TORCH_LOGS")):
+            break
+        keep.append(ln)
+    return f"{type(e).__name__}: " + " ".join(keep)[:2000]
+
+
+def export_graph(
+    module: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    path: Path,
+    label: str,
+    state_keys: tuple[str, ...] = (),
+) -> GraphInfo:
+    """Export `module` on `inputs` to `path` through the first exporter that works. Per-variant
+    tensors (state_dict entries used by the graph) become external-data stubs; batch is dynamic
+    when the model allows it and the graph answers a batch of 3 correctly. `state_keys`: the
+    module's state kept between calls, carried as extra inputs and outputs (`state_in_<i>`,
+    `state_out_<i>`) whose initial values come from the module."""
+    import onnx
+
+    wrapper = Positional(module, state_keys).eval()
     names = input_names(module, len(inputs))
     with torch.no_grad():
-        out_names, outs = flatten_outputs(module(*inputs))
-    proto, errors = None, []
-    for dynamic in (True, False):
-        try:
-            proto = _torch_export(module, inputs, names, out_names, dynamic)
-            break
-        except Exception as e:  # the exporter raises many types; keep the first line
-            errors.append(first_line(e))
-    if proto is None:
-        raise BuildError(f"variant {label}: torch.onnx.export failed: {errors[-1]}")
+        out_names, outs = flatten_outputs(module(*[x.clone() for x in inputs]))
+    state_in = [f"state_in_{i}" for i in range(len(state_keys))]
+    state_out = [f"state_out_{i}" for i in range(len(state_keys))]
+    initial = [_current(module, k) for k in state_keys]
+    all_inputs = tuple(inputs) + tuple(t.detach().clone() for t in initial)
+    proto, exporter, dynamic, why_fixed = _try_exporters(
+        wrapper, all_inputs, names + state_in, out_names + state_out, label
+    )
     graph = proto.graph
-    if [vi.name for vi in graph.input] != names:
+    if [vi.name for vi in graph.input] != names + state_in:
         got = ", ".join(vi.name for vi in graph.input)
         raise BuildError(
             f"variant {label}: exported graph inputs ({got}) differ from forward's "
-            f"({', '.join(names)}); an unused input?"
+            f"({', '.join(names + state_in)}); an unused input?"
         )
     batch_symbol = None
-    if inputs and inputs[0].dim():
+    if dynamic:
         d0 = graph.input[0].type.tensor_type.shape.dim[0]
         batch_symbol = d0.dim_param or None
 
-    weights = stub_weights(proto, module.state_dict())
+    weights = stub_weights(proto, module.state_dict(), prefix=Positional.PREFIX)
     proto = simplify(proto, weights)
     onnx.save(proto, str(path))
 
-    inputs_spec = [
-        {"name": vi.name, "dtype": str(np.dtype(_np_dtype(x))), "shape": _dims(vi, batch_symbol)}
-        for vi, x in zip(graph.input, inputs)
-    ]
-    outputs_spec = [
-        {"name": vi.name, "dtype": str(np.dtype(_np_dtype(o))), "shape": _dims(vi, batch_symbol)}
-        for vi, o in zip(graph.output, outs)
-    ]
-    return GraphInfo(weights, inputs_spec, outputs_spec, batch_symbol is not None)
+    spec = lambda vi, t: {  # noqa: E731
+        "name": vi.name,
+        "dtype": str(np.dtype(_np_dtype(t))),
+        "shape": _dims(vi, batch_symbol),
+    }
+    return GraphInfo(
+        weights,
+        [spec(vi, x) for vi, x in zip(graph.input, all_inputs)],
+        [spec(vi, o) for vi, o in zip(graph.output, list(outs) + initial)],
+        batch_symbol is not None,
+        exporter=exporter,
+        fixed_batch_reason=None if batch_symbol else why_fixed,
+        state=[
+            {"key": k, "input": i, "output": o} for k, i, o in zip(state_keys, state_in, state_out)
+        ],
+        initial_state={i: t.detach() for i, t in zip(state_in, initial)},
+    )
+
+
+def _current(module: torch.nn.Module, key: str) -> torch.Tensor:
+    path, _, attr = key.rpartition(".")
+    owner = module.get_submodule(path) if path else module
+    value = getattr(owner, attr)
+    if not isinstance(value, torch.Tensor):
+        raise BuildError(f"state `{key}` is not a tensor")
+    return value
 
 
 def stub_weights(proto: Any, state: dict[str, torch.Tensor], prefix: str = "") -> list[str]:

@@ -1,10 +1,14 @@
 """State kept between calls: a target whose `forward` changes what a later call reads (a buffer
-updated in place, a weight rewritten, a Python counter) cannot be compiled into a graph that
-answers the same call after call; hypercompile refuses it, naming the line that writes it.
+updated in place, a weight rewritten, a recurrent hidden state kept in `self.h`). A compiled
+graph would freeze it and answer wrongly from the second call on, so such state is either carried
+through the graph as explicit inputs and outputs (tensors of a fixed shape: the bundle becomes a
+stream, see `Bundle.stream`) or refused with the line that writes it (Python values, tensors
+that change shape or appear only after the first call).
 
 Found by running, not by reading: the target is called on a private copy, and whatever the call
 changed (parameters, buffers, tensor and plain Python attributes of every submodule) is state
-only if a later call then answers differently than a fresh copy does. Attributes that `forward`
+only if a later call then answers differently than a fresh copy does, and only the attributes
+a call reads before writing them (found by nudging each one) are carried. Attributes `forward`
 writes before it reads them (snntorch-style neurons that reset their membrane each call) change
 nothing a later call sees, so they are not state.
 """
@@ -92,11 +96,15 @@ def _differ(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return len(a) != len(b) or not all(_same(x, y) for x, y in zip(a, b))
 
 
-def check_stateless(
+def find_state(
     target: torch.nn.Module, inputs_seq: list[tuple[torch.Tensor, ...]], label: str
-) -> None:
-    """Refuse `target` when one call changes what a later call answers. `inputs_seq`: a few
-    input tuples (the example first). The target itself is never called or changed."""
+) -> tuple[str, ...]:
+    """The state `target` keeps between calls, as attribute keys (`path.attr`) to carry through
+    its graph: tensors (parameters, buffers, tensor attributes) that a call reads before it
+    writes them and that change what a later call answers. () when later calls answer like a
+    fresh copy. State that cannot be carried faithfully (a Python value, a tensor that changes
+    shape or dtype or appears only after the first call) is refused with the line that writes
+    it. `inputs_seq`: a few input tuples, the example first; `target` is never called."""
     fresh = copy.deepcopy(target)
     used = copy.deepcopy(target)
     before = _snapshot(used)
@@ -104,14 +112,84 @@ def check_stateless(
     after = _snapshot(used)
     changed = [k for k in after if k not in before or not _same(before[k], after[k])]
     if not changed:
-        return
+        return ()
     later = (inputs_seq[1:] or inputs_seq)[:_LATER_CALLS]
+    if not _later_calls_differ(fresh, used, later):
+        return ()
+    read = [k for k in changed if _read_first(fresh, k, inputs_seq[0], changed)]
+    tensors = tuple(
+        k
+        for k in read
+        if isinstance(before.get(k), torch.Tensor)
+        and isinstance(after[k], torch.Tensor)
+        and (before[k].shape, before[k].dtype) == (after[k].shape, after[k].dtype)
+    )
+    carried = copy.deepcopy(fresh)
+    for k in tensors:  # a fresh copy given only the carried state must answer like `used`
+        _put(carried, k, after[k])
+    if not tensors or _later_calls_differ(carried, used, later, compare_fresh=False):
+        rest = [k for k in read if k not in tensors] or changed
+        raise UnsupportedModelError(_message(target, rest, label))
+    return tensors
+
+
+def _later_calls_differ(
+    a: torch.nn.Module, b: torch.nn.Module, later: list, compare_fresh: bool = True
+) -> bool:
+    """Whether `b` answers `later` differently from `a` (each call on a copy of `a`, in turn
+    on `b` itself, which keeps its state). A non-deterministic forward counts as not differing:
+    parity reports it with numbers."""
+    b = copy.deepcopy(b)
+    a_run = copy.deepcopy(a)
     for xs in later:
-        want = _outputs(copy.deepcopy(fresh), xs)
-        if _differ(want, _outputs(copy.deepcopy(fresh), xs)):
-            return  # forward is not deterministic: parity says so with numbers
-        if _differ(want, _outputs(used, xs)):
-            raise UnsupportedModelError(_message(target, changed, label))
+        want = _outputs(copy.deepcopy(a) if compare_fresh else a_run, xs)
+        if compare_fresh and _differ(want, _outputs(copy.deepcopy(a), xs)):
+            return False
+        if _differ(want, _outputs(b, xs)):
+            return True
+    return False
+
+
+def _read_first(fresh: torch.nn.Module, key: str, xs: tuple, changed: list[str]) -> bool:
+    """Whether one call reads attribute `key` before writing it: changing its value beforehand
+    changes the outputs or the state the call leaves. Written-then-read scratch (snntorch-style
+    neurons resetting their membrane each call) is not read first."""
+    plain, nudged = copy.deepcopy(fresh), copy.deepcopy(fresh)
+    value = _snapshot(nudged).get(key)
+    try:
+        _put(nudged, key, _nudge(value))
+        got = _outputs(nudged, xs)
+    except Exception:  # the nudged value broke the call: it was read
+        return True
+    want = _outputs(plain, xs)
+    if _differ(want, got):
+        return True
+    a, b = _snapshot(plain), _snapshot(nudged)
+    return any(k in a and not _same(a[k], b.get(k)) for k in changed)
+
+
+def _nudge(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        if value.dtype == torch.bool:
+            return ~value
+        if value.is_floating_point() or value.is_complex():
+            return value + 0.5 + value.abs()
+        return value + 1
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    raise TypeError("not nudgeable")  # other Python values count as read
+
+
+def _put(module: torch.nn.Module, key: str, value: Any) -> None:
+    path, _, attr = key.rpartition(".")
+    owner = module.get_submodule(path) if path else module
+    for table in (owner._parameters, owner._buffers):
+        if attr in table:
+            table[attr] = value.clone() if isinstance(value, torch.Tensor) else value
+            return
+    owner.__dict__[attr] = copy.deepcopy(value)
 
 
 def _message(target: torch.nn.Module, changed: list[str], label: str) -> str:
@@ -120,9 +198,9 @@ def _message(target: torch.nn.Module, changed: list[str], label: str) -> str:
     loc = _writer_location(target, changed)
     return (
         f"{loc}{where}forward changes {names} and a later call answers differently: state "
-        "kept between calls, which a compiled graph would freeze (wrong from the second call "
-        "on). Pass the state in and out of forward explicitly, or reset it at the start of "
-        "forward"
+        "kept between calls that cannot be carried through a graph (only tensors of a fixed "
+        "shape and dtype, present before the first call, can be; a compiled graph would freeze "
+        "the rest). Keep the state in tensors, or pass it in and out of forward explicitly"
     )
 
 

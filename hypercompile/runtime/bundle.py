@@ -20,9 +20,11 @@ from ..errors import (
     ConditionError,
     InputError,
     ProfileError,
+    StateError,
 )
 from .checks import run_checks, unpack_checks
 from .runners import ORT_POOLS, Binding, OrtPool, Runner, get_runner_factory
+from .stream import StateCarrier, Stream
 
 DEFAULT_CACHE_SIZE = 8
 # Budget selection: quality scores within this fraction of the best count as equal (a score
@@ -296,15 +298,47 @@ class Bundle:
             variant, backend = choice.variant, choice.backend
         else:
             variant = self.select(**cond)
-        plan = self._plans.get(variant.id)
-        if plan is None:
-            plan = self._plans[variant.id] = _Plan(
-                *self.manifest.io(variant), self._default_backend(variant)
+        plan = self._plan(variant)
+        if plan.stateful:
+            raise StateError(
+                f"variant {_fmt_cond(variant.cond)} keeps state between calls (each answer "
+                "depends on the calls before it): run it through `stream()`: "
+                "`s = bundle.stream(...); s.run(inputs)`"
             )
         if not plan.fits(inputs):
             _check_inputs(inputs, plan.specs)  # raises the precise error
         runner = self._runner(variant, backend or plan.backend)
         return dict(zip(plan.output_names, runner.run(inputs)))
+
+    def stream(self, *, backend: str | None = None, **cond: Any) -> Stream:
+        """A new sequence of calls of the stateful variant `cond` selects (a model that keeps
+        state between calls; `inspect` shows which): `s.run(inputs)` answers like the model's
+        next call, `s.reset()` starts over, `s.state` reads the state. Streams are independent
+        of each other and share the variant's loaded runner."""
+        variant = self.select(**cond)
+        graph = self.manifest.graphs.get(variant.graph or "")
+        if graph is None or not graph.state:
+            raise StateError(
+                f"variant {_fmt_cond(variant.cond)} keeps no state between calls: use run()"
+            )
+        plan = self._plan(variant)
+        raw = self._runner(variant, backend or plan.backend)
+        carrier = StateCarrier(raw, graph, self.weights(variant))
+
+        def check(inputs: Any) -> None:
+            if not plan.fits(inputs):
+                _check_inputs(inputs, plan.specs)
+
+        return Stream(carrier, check, plan.output_names)
+
+    def _plan(self, variant: Variant) -> _Plan:
+        plan = self._plans.get(variant.id)
+        if plan is None:
+            plan = self._plans[variant.id] = _Plan(
+                *self.manifest.io(variant), self._default_backend(variant)
+            )
+            plan.stateful = bool(self.manifest.state_of(variant))
+        return plan
 
     def _default_backend(self, variant: Variant) -> str:
         if len(variant.artifacts) > 1 and self.manifest.profile:
@@ -320,6 +354,8 @@ class Bundle:
         return next(iter(variant.artifacts))
 
     def _runner(self, variant: Variant, backend: str) -> Runner:
+        """The cached runner of (variant, back end): for a stateful variant, of its whole graph
+        (state as inputs and outputs), which streams wrap."""
         key = (variant.id, backend)
         try:  # the most recent runner again: no reordering, so no lock
             if next(reversed(self._runners)) == key:
@@ -331,7 +367,7 @@ class Bundle:
             if runner is not None:
                 self._runners.move_to_end(key)
                 return runner
-            runner = self.load_runner(variant, backend)
+            runner = self._checked_runner(variant, backend)
             self._runners[key] = runner
             while len(self._runners) > self.cache_size:
                 self._runners.popitem(last=False)
@@ -341,12 +377,22 @@ class Bundle:
         """A fresh runner for `variant` on `backend`, outside the cache, ready to answer: an
         artifact the build machine could not check is first checked here against the PyTorch
         answers stored in the bundle (once per process and variant), so a library that answers
-        wrongly on this device raises ParityError instead of answering."""
+        wrongly on this device raises ParityError instead of answering. A stateful variant's
+        runner carries its state from call to call, from the stored initial state."""
+        return self._carried(variant, self._checked_runner(variant, backend))
+
+    def _checked_runner(self, variant: Variant, backend: str) -> Runner:
         runner = self._load_runner(variant, backend)
         parity = variant.parity.get(backend)
         if parity is not None and parity.deferred:
             self._check_on_device(variant, backend, runner)
         return runner
+
+    def _carried(self, variant: Variant, runner: Runner) -> Runner:
+        """`runner` itself, or for a stateful variant a fresh carrier of its state."""
+        if not self.manifest.state_of(variant):
+            return runner
+        return StateCarrier(runner, self.manifest.graphs[variant.graph], self.weights(variant))  # type: ignore[index]
 
     def device_checks(self) -> dict[tuple[str, str], dict[str, float]]:
         """The on-device checks passed in this process: (variant id, back end) -> worst error."""
@@ -359,14 +405,15 @@ class Bundle:
         self._checked[key] = self.run_stored_checks(variant, backend, runner)
 
     def run_stored_checks(self, variant: Variant, backend: str, runner: Any) -> dict[str, float]:
-        """Compare `runner` (anything with `run(feeds) -> list of arrays`) with the PyTorch
-        answers the bundle stores for `variant`; ParityError past the bundle's tolerance."""
+        """Compare `runner` (anything with `run(feeds) -> list of arrays`, over the variant's
+        whole graph) with the PyTorch answers the bundle stores for `variant`, in order (a
+        stateful variant's cases are one sequence of calls); ParityError past the tolerance."""
         rel = variant.checks
         if not rel:
             raise BundleError(f"{self.path}: variant {variant.id} has no stored checks")
         cases = unpack_checks(fmt.read_tensors(self.read(rel), rel))
         what = f"variant {_fmt_cond(variant.cond)} on {backend}"
-        return run_checks(runner, cases, self.manifest.rtol, what)
+        return run_checks(self._carried(variant, runner), cases, self.manifest.rtol, what)
 
     def _load_runner(self, variant: Variant, backend: str) -> Runner:
         if backend not in variant.artifacts:
@@ -441,6 +488,7 @@ class _Plan:
         self.specs = [s.to_json() for s in inputs]
         self.output_names = [o.name for o in outputs]
         self.backend = backend
+        self.stateful = False
         self.names = frozenset(s.name for s in inputs)
         self.items = []
         for spec in inputs:
