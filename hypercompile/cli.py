@@ -340,7 +340,13 @@ def build(
 @click.option("--device", default=None, help="Use the stored profile with this key (see inspect).")
 @click.option("--out", "out_file", default=None, help="Write outputs to FILE.npz.")
 @click.option("--json", "as_json", is_flag=True, help="Print outputs as JSON.")
-def run(bundle, inputs, cond, budget_ms, backend, device, out_file, as_json) -> None:
+@click.option(
+    "--stream",
+    is_flag=True,
+    help="Stateful bundles: each input's first axis is a sequence of calls, run in order from "
+    "the initial state; outputs are stacked the same way.",
+)
+def run(bundle, inputs, cond, budget_ms, backend, device, out_file, as_json, stream) -> None:
     """Run a bundle on inputs saved as .npy files."""
     from .runtime import load
     from .runtime.bundle import batch_of
@@ -366,7 +372,10 @@ def run(bundle, inputs, cond, budget_ms, backend, device, out_file, as_json) -> 
             "budget_ms": budget_ms,
             "device": b.device_key(),
         }
-    results = b.run(feeds, backend=backend, **conds)
+    if stream:
+        results = _run_stream(b, feeds, backend, conds)
+    else:
+        results = b.run(feeds, backend=backend, **conds)
     if out_file:
         np.savez(out_file, **results)
     if as_json:
@@ -389,6 +398,16 @@ def run(bundle, inputs, cond, budget_ms, backend, device, out_file, as_json) -> 
             f"[bold]{name}[/] {value.dtype.name}{escape(str(list(value.shape)))}", highlight=False
         )
         out.print(arr, markup=False, highlight=False)
+
+
+def _run_stream(b, feeds: dict, backend, conds: dict) -> dict:
+    """Run a stateful bundle over a sequence of calls (the inputs' first axis)."""
+    lengths = {a.shape[0] if a.ndim else None for a in feeds.values()}
+    if len(lengths) != 1 or None in lengths:
+        raise InputError("--stream: every input needs a first axis of the same length (calls)")
+    s = b.stream(backend=backend, **conds)
+    steps = [s.run({k: a[i] for k, a in feeds.items()}) for i in range(lengths.pop())]
+    return {k: np.stack([r[k] for r in steps]) for k in (steps[0] if steps else {})}
 
 
 @main.command()
@@ -440,6 +459,17 @@ def inspect(bundle, as_json) -> None:
                 f"[yellow]untested[/] {escape(_cond_text(v.cond))}: {escape(problem)}",
                 highlight=False,
             )
+    for gid, g in m.graphs.items():
+        if g.exporter is None or gid not in {v.graph for v in m.variants}:
+            continue  # program blocks: one exporter, shapes from the program
+        why = g.fixed_batch or "as given"
+        batch = "dynamic batch" if g.dynamic_batch else f"fixed batch ({why})"
+        state = (
+            f"; [bold]stateful[/] (run with stream()): {escape(', '.join(s.key for s in g.state))}"
+            if g.state
+            else ""
+        )
+        out.print(f"graph {gid}: exported by {g.exporter}, {escape(batch)}{state}", highlight=False)
     native = [(gid, be, i) for gid, g in m.graphs.items() for be, i in g.artifact_info.items()]
     if native:
         t = Table(title=f"compiled libraries (for {m.target.name}, {m.target.arch})")

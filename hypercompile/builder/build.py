@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import copy
 import json
 import os
 import shutil
@@ -260,6 +261,8 @@ def _materialize_all(
         vid = f"v{i:04d}"
         later = torch.Generator().manual_seed(1)
         state = find_state(target, [inputs] + [tuple(random_like(x, later) for x in inputs)], label)
+        # the state before the first call, kept apart from anything the export runs
+        pristine = copy.deepcopy(target) if state else target
         # state is carried through one whole graph; the exporter refuses control flow on data
         prog = None if state else _split(target, label)
         v = Variant(id=vid, cond=cond, weights=f"weights/{vid}.safetensors", artifacts={})
@@ -280,7 +283,7 @@ def _materialize_all(
                 n = max(n, STREAM_PARITY_CALLS - 1)
             user_names = [s.name for s in g.user_io()[0]]
             sets = parity_sets(hm, cond, inputs, user_names, gen, n, opts.data)
-            check = _expected_stream(target, sets, g) if g.state else None
+            check = _expected_stream(pristine, sets, g) if g.state else None
             check = check or _expected(hm, cond, target, sets, g, gen)
         else:
             pid = f"p{len(programs)}"
@@ -296,7 +299,7 @@ def _materialize_all(
             }
         tensors = {n: _np(t) for n, t in target.state_dict().items() if n in set(weight_names)}
         v.params = int(sum(t.size for t in tensors.values()))
-        tensors.update(_initial_state(target, graphs[v.graph].state if v.graph else []))
+        tensors.update(_initial_state(pristine, graphs[v.graph].state if v.graph else []))
         v.bytes = fmt.write_tensors(tmp / v.weights, tensors)
         quality = getattr(hm, "quality", None)
         if callable(quality):
@@ -539,8 +542,6 @@ def _expected_stream(target: torch.nn.Module, sets, graph: Graph) -> Check:
     """Check cases for a stateful variant: the parity sets as one sequence of calls, answered by
     a fresh copy of the target that keeps its state from call to call (a batch of 3 would change
     the state's shape, so none is added)."""
-    import copy
-
     model = copy.deepcopy(target)
     check = Check(against=f"target over {len(sets)} calls in a row")
     names = [s.name for s in graph.user_io()[0]]

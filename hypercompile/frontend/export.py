@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import io
 import logging
@@ -395,12 +396,13 @@ def export_graph(
 
     wrapper = Positional(module, state_keys).eval()
     names = input_names(module, len(inputs))
-    with torch.no_grad():
-        out_names, outs = flatten_outputs(module(*[x.clone() for x in inputs]))
+    initial = [_current(module, k).detach().clone() for k in state_keys]
+    with torch.no_grad():  # on a copy when a call changes the module's state
+        once = copy.deepcopy(module) if state_keys else module
+        out_names, outs = flatten_outputs(once(*[x.clone() for x in inputs]))
     state_in = [f"state_in_{i}" for i in range(len(state_keys))]
     state_out = [f"state_out_{i}" for i in range(len(state_keys))]
-    initial = [_current(module, k) for k in state_keys]
-    all_inputs = tuple(inputs) + tuple(t.detach().clone() for t in initial)
+    all_inputs = tuple(inputs) + tuple(initial)
     proto, exporter, dynamic, why_fixed = _try_exporters(
         wrapper, all_inputs, names + state_in, out_names + state_out, label
     )
@@ -435,7 +437,7 @@ def export_graph(
         state=[
             {"key": k, "input": i, "output": o} for k, i, o in zip(state_keys, state_in, state_out)
         ],
-        initial_state={i: t.detach() for i, t in zip(state_in, initial)},
+        initial_state=dict(zip(state_in, initial)),
     )
 
 
