@@ -282,6 +282,7 @@ def _batch_mismatch(proto, wrapper, inputs, names) -> str | None:
             want = flatten_outputs(wrapper(*batch))[1]
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
+        so.log_severity_level = 4  # its error is reported as the reason
         sess = ort.InferenceSession(proto.SerializeToString(), so, ["CPUExecutionProvider"])
         got = sess.run(None, {k: x.numpy() for k, x in zip(names, batch)})
     except Exception as e:  # ONNX Runtime or the model itself refuses a batch of 3
