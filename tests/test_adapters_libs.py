@@ -96,6 +96,41 @@ def test_hyperlight_plain_target_and_refusals():
         type(hm)(hm.hypernet, hm.mainnet, {"lr": [0.1]}, input_shape=(1, 2, 6, 6))
 
 
+def test_hyperlight_layers_and_two_hyperparameters():
+    """hyperlight's own HyperLinear and a product grid over two hyperparameters: the target,
+    loaded with generate(), answers as hyperlight's path does (eager; the build is the same
+    as above)."""
+    hl = pytest.importorskip("hyperlight")
+    from hypercompile.adapters.hyperlight import HyperlightModel, plain_mainnet
+
+    class Main(hl.HyperModule):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = hl.HyperLinear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.l2(torch.relu(self.l1(x)))
+
+    torch.manual_seed(0)
+    main = Main()
+    hnet = hl.HyperNet(
+        input_shapes={"a": (1,), "b": (1,)},
+        output_shapes=main.external_shapes(),
+        hidden_sizes=[8],
+        encoding="z|1-z",
+    )
+    hm = HyperlightModel(hnet, main, {"b": [0.5], "a": [0.1, 0.9]}, input_shape=(1, 6))
+    assert hm.conditions() == [{"a": 0.1, "b": 0.5}, {"a": 0.9, "b": 0.5}]
+    x = torch.randn(4, 6)
+    for cond in hm.conditions():
+        target = plain_mainnet(main)
+        target.load_state_dict(hm.generate(cond), strict=True)
+        with torch.no_grad():
+            assert_close(target(x).numpy(), hm.reference(cond, x))
+    with pytest.raises(hc.BuildError, match="fused\\(\\) takes one hyperparameter"):
+        hm.fused()
+
+
 # -- OFA -----------------------------------------------------------------------------------------
 
 

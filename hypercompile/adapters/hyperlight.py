@@ -162,7 +162,11 @@ def plain_mainnet(mainnet: nn.Module) -> nn.Module:
             zeros = torch.zeros(tuple(ext.shape), dtype=ext.dtype or torch.float32)
             module.register_parameter(name, nn.Parameter(zeros, requires_grad=False))
         bases = type(module).__bases__
-        if bases[-1] is hl.HyperModule and type(module) is _hyper_class(bases[0]):
+        if (
+            len(bases) == 2
+            and bases[1] is hl.HyperModule
+            and type(module) is _hyper_class(bases[0])
+        ):
             module.__class__ = bases[0]  # made by hypernetize(): the original module again
             del module.__dict__["_external_parameters"]
     return net.eval()
