@@ -6,7 +6,8 @@ program (`core/ir.py`), exports ONNX graphs and compiles them (`compilers/`) int
 `core/manifest.py` describes and that is checked against PyTorch through the runtime. The
 runtime (`runtime/`, torch-free, with the back ends' run halves in `runtime/runners/`) is all a
 device imports: it loads a bundle and runs the variant a condition or a latency budget selects,
-interpreting host programs with the same interpreter the build used for its proof.
+interpreting host programs with the same interpreter the build used for its proof, and carrying
+the state of models that keep state between calls (`runtime/stream.py`).
 Development tools (`devtools/`: profiling here or through TVM RPC, plots) and the CLI sit on
 top.
 """
@@ -26,6 +27,7 @@ from .errors import (
     ModelRefError,
     ParityError,
     ProfileError,
+    StateError,
     TargetError,
     UnsupportedModelError,
 )
@@ -60,6 +62,7 @@ __all__ = [
     "ModelRefError",
     "ParityError",
     "ProfileError",
+    "StateError",
     "TargetError",
     "UnsupportedModelError",
 ]

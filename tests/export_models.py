@@ -64,3 +64,15 @@ class Bessel(nn.Module):
     def forward(self, x):
         y = self.fc(x)
         return torch.special.bessel_j0(y)
+
+
+class PermutedGate(StoredPermutation):
+    """As StoredPermutation, then a branch on the value of its output, read as a Python float:
+    a trace would freeze the side the example took."""
+
+    def forward(self, x):
+        idx = self.perm.tolist()
+        y = self.fc(x[:, idx])
+        if float(y.sum()) > 100.0:
+            return y * 0
+        return y

@@ -70,3 +70,15 @@ def test_when_every_exporter_fails_the_error_names_the_users_line(tmp_path):
     assert "`return torch.special.bessel_j0(y)`" in text
     assert "torch.export: " in text and "torchscript: " in text and "\n" not in text
     assert not (tmp_path / "b").exists()
+
+
+def test_a_trace_that_would_freeze_a_branch_on_data_is_refused(tmp_path):
+    from export_models import PermutedGate
+
+    from hypercompile.frontend.export import export_graph
+
+    with pytest.raises(BuildError) as e:  # the exporter path alone, without the splitter
+        export_graph(PermutedGate().eval(), (torch.randn(1, 4),), tmp_path / "g.onnx", "-")
+    traced = str(e.value).split("torchscript: ", 1)[1]
+    assert traced.startswith(f"UnsupportedModelError: {export_models.__file__}:")
+    assert "would freeze" in traced

@@ -61,6 +61,7 @@ def verify_bundle(
     for p in sorted(root.rglob("*")):
         if p.is_file() and p.name != MANIFEST:
             manifest.files[p.relative_to(root).as_posix()] = fmt.sha256_file(p)
+            manifest.sizes[p.relative_to(root).as_posix()] = p.stat().st_size
     manifest.dump(root)
     bundle = Bundle(root, cache_size=1, providers=["CPUExecutionProvider"])
     total = len(manifest.variants)

@@ -54,6 +54,13 @@ def _specs(f: Fields, key: str, default: Any = ...) -> list[TensorSpec]:
     return [TensorSpec.from_json(s, f"{f.where}.{key}[{i}]") for i, s in enumerate(raw)]
 
 
+def _sizes(data: dict, where: str) -> dict[str, int]:
+    for rel, n in data.items():
+        if type(n) is not int or n < 0:
+            raise BundleError(f"{where}.{rel} must be a byte count")
+    return dict(data)
+
+
 @dataclass(frozen=True)
 class StateSpec:
     """State a model keeps between calls, carried through its graph: the model attribute `key`
@@ -451,6 +458,7 @@ class Manifest:
     programs: dict[str, ProgramEntry] = field(default_factory=dict)
     profile: dict[str, Profile] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)  # bytes per file (bundles since 0.4)
     model: str = ""
     rtol: float = 1e-4
     build_s: float | None = None
@@ -496,6 +504,8 @@ class Manifest:
             "files": dict(self.files),
             "rtol": self.rtol,
         }
+        if self.sizes:
+            out["sizes"] = dict(self.sizes)
         if self.build_s is not None:
             out["build_s"] = self.build_s
         return out
@@ -529,6 +539,7 @@ class Manifest:
                 k: Profile.from_json(p, f"profile.{k}") for k, p in f.dict("profile", {}).items()
             },
             files=f.str_map("files", {}),
+            sizes=_sizes(f.dict("sizes", {}), f"{where}.sizes"),
             model=f.str("model", ""),
             rtol=float(f.num("rtol", 1e-4)),
             build_s=f.get("build_s", (int, float, type(None)), None),
@@ -544,6 +555,12 @@ class Manifest:
             raise BundleError(f"{where}: the manifest lists no variants")
         if not self.outputs:
             raise BundleError(f"{where}: the manifest lists no outputs")
+        unlisted = sorted(set(self.sizes) - set(self.files))
+        if unlisted:
+            raise BundleError(f"{where}.sizes names {unlisted[0]!r}, which files does not list")
+        for gid, g in self.graphs.items():
+            if not g.outputs:
+                raise BundleError(f"{where}: graph {gid} has no outputs")
         if not 0 < self.rtol < 1:
             raise BundleError(f"{where}.rtol {self.rtol} is outside (0, 1)")
         seen: dict[tuple, str] = {}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import struct
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -38,6 +40,23 @@ _CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 def sha256_bytes(data: bytes | bytearray | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def read_regular(path: Path, size: int | None = None) -> bytes:
+    """The bytes of `path`, which must be a regular file (a FIFO or device would block or never
+    end) of `size` bytes when the manifest records it (a sparse file claiming gigabytes is
+    refused before it is read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise BundleError(f"cannot read {path}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError(f"{path} is not a regular file")
+        if size is not None and st.st_size != size:
+            raise BundleError(f"{path} has {st.st_size} bytes, the manifest says {size}")
+        return f.read()
 
 
 def sha256_file(path: Path) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..core import tensors as fmt
-from ..errors import BuildError
+from ..errors import BuildError, UnsupportedModelError
 from .materialize import flatten_outputs
 
 OPSET = 18
@@ -215,6 +215,11 @@ def _capture(wrapper, inputs, dynamic_shapes, strict: bool):
     return result.exported_program
 
 
+# TorchScript's warnings for a tensor read as a Python value the trace then freezes; integers
+# and lists (sizes, indices) are let through: the batch-of-3 and parity checks test them
+_FROZEN = re.compile(r"Converting a tensor to a Python (boolean|float|complex|number)")
+
+
 def _torchscript_export(wrapper, inputs, names, out_names, dynamic: bool):
     import onnx
 
@@ -223,7 +228,8 @@ def _torchscript_export(wrapper, inputs, names, out_names, dynamic: bool):
         axes = {n: a for n, a in list(axes.items())[: len(inputs) - len(wrapper.state_keys)]}
     axes.update({n: {0: "batch"} for n in out_names[: len(out_names) - len(wrapper.state_keys)]})
     buf = io.BytesIO()
-    with quiet(), _quiet_fds():  # it prints its graph from C++ when it fails
+    with quiet(), _quiet_fds(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", torch.jit.TracerWarning)  # (it prints from C++ too)
         torch.onnx.export(
             wrapper,
             tuple(inputs),
@@ -235,6 +241,12 @@ def _torchscript_export(wrapper, inputs, names, out_names, dynamic: bool):
             dynamic_axes=axes if dynamic else None,
             do_constant_folding=False,  # folding would bake weights into new constants
         )
+    for w in caught:  # tracing freezes a tensor's value read as a Python bool or number
+        if issubclass(w.category, torch.jit.TracerWarning) and _FROZEN.search(str(w.message)):
+            raise UnsupportedModelError(
+                f"{w.filename}:{w.lineno}: a tensor's value is read as a Python value (a branch "
+                "or arithmetic on tensor data), which tracing would freeze to the example's"
+            )
     return onnx.load_from_string(buf.getvalue())
 
 
@@ -257,13 +269,15 @@ def _try_exporters(wrapper, inputs, names, out_names, label: str):
         why_fixed = None if batchable else "an input has no batch dimension"
         for dynamic in (True, False) if batchable else (False,):
             try:
-                proto = _export_once(exporter, wrapper, inputs, names, out_names, dynamic)
+                # on a copy each time: a failed attempt may leave the module changed
+                once = copy.deepcopy(wrapper)
+                proto = _export_once(exporter, once, inputs, names, out_names, dynamic)
             except Exception as e:  # the exporters raise many types
                 failures.append((exporter, e))
                 why_fixed = why_fixed or f"{exporter} refused a dynamic batch"
                 continue
             if dynamic:
-                why_fixed = _batch_mismatch(proto, wrapper, inputs, names)
+                why_fixed = _batch_mismatch(proto, copy.deepcopy(wrapper), inputs, names)
                 if why_fixed:
                     continue
             return proto, exporter, dynamic, why_fixed
@@ -398,9 +412,8 @@ def export_graph(
     wrapper = Positional(module, state_keys).eval()
     names = input_names(module, len(inputs))
     initial = [_current(module, k).detach().clone() for k in state_keys]
-    with torch.no_grad():  # on a copy when a call changes the module's state
-        once = copy.deepcopy(module) if state_keys else module
-        out_names, outs = flatten_outputs(once(*[x.clone() for x in inputs]))
+    with torch.no_grad():  # on a copy: what a call leaves behind must not shape the export
+        out_names, outs = flatten_outputs(copy.deepcopy(module)(*[x.clone() for x in inputs]))
     state_in = [f"state_in_{i}" for i in range(len(state_keys))]
     state_out = [f"state_out_{i}" for i in range(len(state_keys))]
     all_inputs = tuple(inputs) + tuple(initial)
@@ -499,11 +512,25 @@ def simplify(proto: Any, weights: list[str]) -> Any:
         graph.input.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
     del graph.initializer[:]
     graph.initializer.extend(keep)
+    before = type(proto)()
+    before.CopyFrom(proto)
     out = onnxscript.optimizer.optimize(proto)
+    if _undefined_inputs(out.graph):  # it dropped a constant it made (Clip's bounds): skip it
+        out = before
     graph = out.graph
     del graph.input[n_inputs:]
     graph.initializer.extend(stubs[name] for name in weights)
     return out
+
+
+def _undefined_inputs(graph: Any) -> list[str]:
+    """Node inputs that no graph input, initializer or earlier node defines."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    missing = []
+    for node in graph.node:
+        missing += [i for i in node.input if i not in known]
+        known.update(node.output)
+    return missing
 
 
 def first_line(e: BaseException) -> str:

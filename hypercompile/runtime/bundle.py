@@ -118,10 +118,7 @@ class Bundle:
         manifest's sha256: a damaged or unlisted file is a BundleError."""
         path = fmt.safe_path(self.path, rel)
         if data is None:
-            try:
-                data = path.read_bytes()
-            except OSError as e:
-                raise BundleError(f"{self.path}: cannot read {rel}: {e.strerror}") from None
+            data = fmt.read_regular(path, self.manifest.sizes.get(rel))
         if rel not in self.manifest.files or fmt.sha256_bytes(data) != self.manifest.files[rel]:
             raise BundleError(f"{self.path}: {rel} is damaged (sha256 does not match the manifest)")
         return data
@@ -557,6 +554,11 @@ def _check_inputs(
         if arr.dtype.name != spec["dtype"]:
             raise InputError(
                 f"input {name!r}: expected dtype {spec['dtype']}, got {arr.dtype.name}"
+            )
+        if arr.dtype != np.dtype(spec["dtype"]):  # same name, other byte order
+            raise InputError(
+                f"input {name!r}: expected native-byte-order {spec['dtype']}, got "
+                f"{arr.dtype.str!r}; convert it with .astype({spec['dtype']!r})"
             )
         shape = spec["shape"]
         ok = len(arr.shape) == len(shape)

@@ -4,9 +4,11 @@ onnx)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -99,8 +101,36 @@ def _to_numpy(t: Any) -> np.ndarray:
     return t.numpy()
 
 
+# Libraries loaded in this process, by the sha256 of their bytes: a library is loaded (and
+# mapped) once however often runners of it are made; TVM never unloads one
+_LIBS: dict[str, Any] = {}
+_LIBS_LOCK = threading.Lock()
+
+
+def _load_library(tvm: Any, artifact: bytes) -> Any:
+    key = hashlib.sha256(artifact).hexdigest()
+    with _LIBS_LOCK:
+        lib = _LIBS.get(key)
+        if lib is not None:
+            return lib
+        # load the verified bytes, not the path: the file cannot change after its hash check
+        fd, path = tempfile.mkstemp(suffix=".so")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(artifact)
+            lib = tvm.runtime.load_module(path)
+        except Exception as e:
+            raise BackendError(f"TVM cannot load the library: {e}".splitlines()[0]) from None
+        finally:
+            os.unlink(path)
+        _LIBS[key] = lib
+        return lib
+
+
 class TvmRunner:
-    """A TVM library's `main` with one variant's weights bound (`fn(*inputs, *weights)`)."""
+    """A TVM library's `main` with one variant's weights bound (`fn(*inputs, *weights)`). A TVM
+    virtual machine is not safe to call from several threads at once, so calls of one runner
+    are serialized (TVM runs each call on its own thread pool)."""
 
     def __init__(
         self,
@@ -113,6 +143,7 @@ class TvmRunner:
     ):
         self.fn, self._inputs, self.weights = fn, input_names, weights
         self._keepalive, self._shapes, self._dev = keepalive, shapes, device
+        self._lock = threading.Lock()
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         tvm = sys.modules["tvm"]
@@ -125,7 +156,8 @@ class TvmRunner:
                 tvm.runtime.tensor(np.require(feeds[n], requirements="C"), device=self._dev)
                 for n in self._inputs
             ]
-        out = self.fn(*args, *self.weights)
+        with self._lock:
+            out = self.fn(*args, *self.weights)
         outs = [out] if hasattr(out, "numpy") else list(out)
         arrays = [_to_numpy(o) for o in outs]
         # TVM's ONNX import turns some 0-d results into shape (1,): keep the graph's shapes
@@ -166,16 +198,7 @@ class TvmRunners(RunnerFactory):
             raise BackendError(f"TVM artifact cannot run here: {reason}")
         dev = tvm.cuda(0) if device_kind(binding.target) == "cuda" else tvm.cpu()
 
-        # load the verified bytes, not the path: the file cannot change after its hash check
-        fd, path = tempfile.mkstemp(suffix=".so")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(binding.artifact)
-            lib = tvm.runtime.load_module(path)
-        except Exception as e:
-            raise BackendError(f"TVM cannot load the library: {e}".splitlines()[0]) from None
-        finally:
-            os.unlink(path)
+        lib = _load_library(tvm, binding.artifact)
         vm = tvm.runtime.vm.VirtualMachine(lib, dev)
         bound = [
             tvm.runtime.tensor(np.require(w, requirements="C"), device=dev)
