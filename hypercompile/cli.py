@@ -16,19 +16,19 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .core.conditions import parse_value, show
 from .errors import HypercompileError, InputError, ModelRefError
 
 out = Console() if sys.stdout.isatty() else Console(width=140)
 err = Console(stderr=True)
 
 
-def _scalar(text: str) -> Any:
-    """`3` -> 3, `0.5` -> 0.5, `true` -> True, anything else stays a string."""
+def _value(text: str, what: str) -> Any:
+    """A condition value: JSON first (`3`, `true`, `"3"`, `[3,5,7]`), else the plain string."""
     try:
-        value = json.loads(text)
-    except ValueError:
-        return text
-    return value if isinstance(value, (int, float, str, bool)) else text
+        return parse_value(text)
+    except ValueError as e:
+        raise HypercompileError(f"{what}: {e}") from None
 
 
 def _pairs(items: tuple[str, ...], what: str) -> list[tuple[str, str]]:
@@ -73,20 +73,71 @@ def _pairs_arg(ctx: Any, param: click.Parameter, values: tuple[str, ...]) -> lis
     return _pairs(values, _option(param))
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _cond_arg(ctx: Any, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
-    """--cond KEY=VALUE (repeatable) -> {KEY: scalar}."""
-    return {k: _scalar(v) for k, v in _pairs(values, _option(param))}
+    """--cond KEY=VALUE (repeatable) -> {KEY: JSON value or string}."""
+    cond: dict[str, Any] = {}
+    for key, value in _pairs(values, _option(param)):
+        if key in cond:
+            raise HypercompileError(f"{_option(param)} {key} is given twice")
+        cond[key] = _value(value, f"{_option(param)} {key}")
+    return cond
 
 
 def _where_arg(ctx: Any, param: click.Parameter, values: tuple[str, ...]) -> dict[str, list[Any]]:
-    """--where KEY=V1,V2,... (repeatable) -> {KEY: [V1, V2, ...]}."""
+    """--where KEY=V1,V2,... (repeatable) -> {KEY: [V1, V2, ...]}; the values are JSON, so
+    commas inside a list or object do not split (`ks=[3,5],[7,7]`), else plain strings."""
     where: dict[str, list[Any]] = {}
     for key, value in _pairs(values, "--where"):
-        items = value.split(",")
-        if not all(items):
-            raise HypercompileError(f"--where {key}={value!r} has an empty value: use KEY=V1,V2")
-        where.setdefault(key, []).extend(_scalar(v) for v in items)
+        try:
+            items = json.loads(f"[{value}]", parse_constant=_not_json)
+        except ValueError as e:
+            if "[" in value or "{" in value:
+                first = str(e).splitlines()[0]
+                raise HypercompileError(
+                    f"--where {key}={value!r} is not valid JSON ({first})"
+                ) from None
+            items = None
+        if items is None or not value.strip():
+            texts = value.split(",")
+            if not all(texts):
+                raise HypercompileError(
+                    f"--where {key}={value!r} has an empty value: use KEY=V1,V2"
+                )
+            items = [_value(v, f"--where {key}") for v in texts]
+        where.setdefault(key, []).extend(items)
     return where
+
+
+INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
+
+
+def _input_specs_arg(
+    ctx: Any, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, tuple[list[int], str]]:
+    """build --input NAME=1x3x32x32[:DTYPE] (repeatable) -> {NAME: (shape, dtype)}."""
+    specs: dict[str, tuple[list[int], str]] = {}
+    for name, text in _pairs(values, "--input"):
+        shape, _, dtype = text.partition(":")
+        dims = shape.lower().split("x")
+        if not name.isidentifier():
+            raise HypercompileError(f"--input {name!r}: NAME must be a parameter name of forward")
+        if name in specs:
+            raise HypercompileError(f"--input {name} is given twice")
+        if not all(d.isascii() and d.isdigit() and int(d) > 0 for d in dims):
+            raise HypercompileError(
+                f"--input {name}={text}: the shape must be sizes >= 1 joined by x, like 1x3x32x32"
+            )
+        dtype = dtype or "float32"
+        if dtype not in INPUT_DTYPES:
+            raise HypercompileError(
+                f"--input {name}: unknown dtype {dtype!r} (one of {', '.join(INPUT_DTYPES)})"
+            )
+        specs[name] = ([int(d) for d in dims], dtype)
+    return specs
 
 
 def _model_ref_arg(ctx: Any, param: click.Parameter, ref: str) -> str:
@@ -147,7 +198,7 @@ def _arch_text(v: Any, m: Any) -> str:
 
 
 def _cond_text(cond: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in cond.items()) or "-"
+    return " ".join(f"{k}={show(v)}" for k, v in cond.items()) or "-"
 
 
 class _Group(click.Group):
@@ -204,7 +255,17 @@ def _progress_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
     "--where",
     multiple=True,
     callback=_where_arg,
-    help="Keep conditions with KEY in V1,V2,... (repeatable).",
+    help="Keep conditions with KEY in V1,V2,... (repeatable); values as for run --cond, "
+    "commas inside [...] or {...} do not split.",
+)
+@click.option(
+    "--input",
+    "input_specs",
+    multiple=True,
+    callback=_input_specs_arg,
+    help="NAME=SHAPE[:DTYPE], e.g. x=1x3x32x32 or ids=1x16:int64 (repeatable): example inputs "
+    "for a plain nn.Module, one per forward parameter (random: floats normal, integers and "
+    "booleans 0 or 1); DTYPE defaults to float32.",
 )
 @click.option("--out", "out_dir", default=None, help="Bundle directory [build/<model name>].")
 @click.option(
@@ -245,6 +306,7 @@ def build(
     target,
     backends,
     where,
+    input_specs,
     out_dir,
     rtol,
     parity_inputs,
@@ -255,7 +317,9 @@ def build(
 ) -> None:
     """Build a bundle from MODEL_REF (path/file.py:NAME or package.module:NAME)."""
     from .builder import build as do_build  # imports torch: every argument is checked by now
+    from .frontend.loader import random_inputs
 
+    example = random_inputs(input_specs) if input_specs else None
     out_path = Path(out_dir or Path("build") / model_ref.rsplit(":", 1)[-1].lower())
     with _progress_bar(quiet=as_json) as progress:
         path = do_build(
@@ -270,6 +334,7 @@ def build(
             allow_untested=allow_untested,
             progress=progress,
             tune_trials=tune_trials,
+            example_inputs=example,
         )
     from .core.manifest import Manifest
 
@@ -328,7 +393,8 @@ def build(
     "--cond",
     multiple=True,
     callback=_cond_arg,
-    help="KEY=VALUE selecting the variant (repeatable).",
+    help="KEY=VALUE selecting the variant (repeatable); VALUE is read as JSON (3, true, "
+    "[3,5,7], '\"1\"' for the string 1), else taken as a plain string (en).",
 )
 @click.option(
     "--budget-ms",

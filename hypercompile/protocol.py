@@ -13,10 +13,12 @@ if TYPE_CHECKING:
 class HyperModel(Protocol):
     """A family of static target networks, one per condition, whose weights a hypernet makes.
 
-    - `conditions()`: JSON-scalar dicts, e.g. `{"task": 3}` or `{"width": 32}`.
+    - `conditions()`: dicts of str -> JSON value, e.g. `{"task": 3}` or
+      `{"ks": [3, 5, 7], "d": [2, 3]}`; matched by canonical JSON (see core/conditions.py).
     - `build(cond)`: the target architecture for `cond`, an `nn.Module`.
-    - `generate(cond)`: the full state_dict for `build(cond)` (the hypernet's output).
-    - `example_inputs(cond)`: a tuple of tensors with the deployed shapes (batch 1).
+    - `generate(cond)`: the full state_dict for `build(cond)` (the hypernet's output); called
+      with autograd enabled, its tensors detached afterwards.
+    - `example_inputs(cond)`: a tensor or tuple of tensors with the deployed shapes (batch 1).
     - `reference(cond, *inputs)` (optional): the hypernet + target path, for parity.
     - `quality(cond)` (optional): a score, higher is better, used by budget selection.
     """

@@ -21,6 +21,7 @@ import torch
 from ..compilers import CompileOptions, TuneRequest, compiler_names, get_compiler
 from ..core import ir
 from ..core import tensors as fmt
+from ..core.conditions import as_json, cond_key, cond_problem, show, value_key
 from ..core.manifest import (
     MANIFEST,
     Graph,
@@ -38,7 +39,7 @@ from ..errors import (
     UnsupportedModelError,
 )
 from ..frontend.export import OPSET, GraphInfo, export_graph
-from ..frontend.loader import resolve_model
+from ..frontend.loader import example_tuple, resolve_model
 from ..frontend.materialize import (
     architecture_signature,
     cond_label,
@@ -68,25 +69,36 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def select_conditions(conds: Iterable[dict], where: dict[str, list[Any]] | None) -> list[dict]:
-    """Conditions whose values for every `where` key are among the allowed ones."""
-    conds = [dict(c) for c in conds]
+    """Conditions whose values for every `where` key are among the allowed ones (equal as JSON).
+    Every condition must be a dict of str -> JSON value, and no two may be equal as JSON."""
+    conds = list(conds)
+    seen: dict[str, dict] = {}
     for c in conds:
-        bad = [k for k, v in c.items() if not isinstance(v, (int, float, str, bool))]
-        if bad or not all(isinstance(k, str) for k in c):
-            raise BuildError(f"condition {c!r}: keys must be str and values JSON scalars")
+        problem = cond_problem(c)
+        if problem:
+            raise BuildError(f"condition {c!r}: {problem}; conditions are dicts of str -> JSON")
+        key = cond_key(c)
+        if key in seen:
+            raise BuildError(f"conditions {seen[key]!r} and {c!r} are the same")
+        seen[key] = c
+    conds = [dict(c) for c in conds]
     if not where:
         return conds
     keys = {k for c in conds for k in c}
     for k in where:
         if k not in keys:
             raise BuildError(f"--where {k}: the model's conditions have no key {k!r}")
-
-    def allowed(c: dict) -> bool:
-        return all(str(c.get(k)) in {str(v) for v in vs} for k, vs in where.items())
-
-    chosen = [c for c in conds if allowed(c)]
+    allowed = {k: {value_key(v) for v in vs} for k, vs in where.items()}
+    chosen = [
+        c for c in conds if all(k in c and value_key(c[k]) in ok for k, ok in allowed.items())
+    ]
     if not chosen:
-        raise BuildError(f"no condition satisfies --where {where}")
+        shown = {k: sorted({show(c[k]) for c in conds if k in c}) for k in where}
+        takes = "; ".join(
+            f"{k} takes {', '.join(vs[:12])}{' ...' if len(vs) > 12 else ''}"
+            for k, vs in shown.items()
+        )
+        raise BuildError(f"no condition satisfies --where ({takes})")
     return chosen
 
 
@@ -163,14 +175,15 @@ def build(
     parity_inputs: int | None = None,
     parity_data: str | Path | None = None,
     allow_untested: bool = False,
-    example_inputs: tuple[torch.Tensor, ...] | None = None,
+    example_inputs: Any = None,
     progress: Progress | None = None,
     tune_trials: int | None = None,
 ) -> Path:
     """Build a bundle for `model` (reference, HyperModel or nn.Module) and return its path.
     `backends=["auto"]` builds every back end that can build here and profiles them briefly on
     this machine, so that `run` uses the fastest per variant. `tune_trials`: tune every TVM graph
-    on this machine (see README)."""
+    on this machine (see README). `example_inputs` (a plain nn.Module's: a tensor, a tuple of
+    tensors, or a dict forward parameter name -> tensor) win over the module's own."""
     t0 = time.perf_counter()
     tgt = load_target(target)
     names, tgt = _choose_backends(backends, tgt)  # tgt: as compiled for (TVM: host CPU's mcpu)
@@ -255,7 +268,7 @@ def _materialize_all(
         label = cond_label(cond)
         report("materialize", i, len(conds))
         target = materialize(hm, cond)
-        inputs = tuple(hm.example_inputs(cond))
+        inputs = example_tuple(hm.example_inputs(cond), target, f"variant {label}")
         if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
             raise BuildError(f"variant {label}: example_inputs() must return a tuple of tensors")
         vid = f"v{i:04d}"
@@ -265,7 +278,7 @@ def _materialize_all(
         pristine = copy.deepcopy(target) if state else target
         # state is carried through one whole graph; the exporter refuses control flow on data
         prog = None if state else _split(target, label)
-        v = Variant(id=vid, cond=cond, weights=f"weights/{vid}.safetensors", artifacts={})
+        v = Variant(id=vid, cond=as_json(cond), weights=f"weights/{vid}.safetensors", artifacts={})
         if prog is None:
             arch = architecture_signature(target, inputs) + (f" state={state}" if state else "")
             if arch not in by_arch:
@@ -579,7 +592,8 @@ def _expected(hm, cond, target, sets, graph: Graph, gen) -> Check:
     if graph.dynamic_batch:
         sets = sets + [tuple(random_like(x, gen, batch=3) for x in sets[0])]
     names = graph.input_names
-    with torch.no_grad():
+    # a reference runs the hypernet, which may need autograd (see materialize)
+    with torch.set_grad_enabled(callable(reference)):
         for xs in sets:
             out = reference(cond, *xs) if callable(reference) else target(*xs)
             check.inputs.append({n: _np(x) for n, x in zip(names, xs)})

@@ -17,13 +17,13 @@ from typing import Any
 
 from ..errors import BundleError, TargetError
 from . import ir
+from .conditions import cond_key, cond_problem
 from .fields import Fields
 from .targets import Target, parse_target
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 64 << 20
-_SCALARS = (bool, int, float, str)
 
 
 @dataclass
@@ -266,8 +266,9 @@ class Variant:
     def from_json(data: Any, where: str) -> Variant:
         f = Fields(data, where)
         cond = f.dict("cond")
-        if not all(isinstance(v, _SCALARS) for v in cond.values()):
-            raise BundleError(f"{where}.cond values must be JSON scalars")
+        problem = cond_problem(cond, f"{where}.cond")
+        if problem:
+            raise BundleError(problem)
         artifacts = f.dict("artifacts")
         for be, art in artifacts.items():
             ok = isinstance(art, str) or (
@@ -563,10 +564,10 @@ class Manifest:
                 raise BundleError(f"{where}: graph {gid} has no outputs")
         if not 0 < self.rtol < 1:
             raise BundleError(f"{where}.rtol {self.rtol} is outside (0, 1)")
-        seen: dict[tuple, str] = {}
+        seen: dict[str, str] = {}
         owner: dict[str, str] = {}
         for v in self.variants:
-            key = tuple(sorted(v.cond.items()))
+            key = cond_key(v.cond)
             if key in seen:
                 raise BundleError(f"{where}: variants {seen[key]} and {v.id} have one condition")
             seen[key] = v.id

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelRefError
+from ..errors import BuildError, ModelRefError
 from ..protocol import StaticModel, is_hypermodel
 
 
@@ -56,17 +56,90 @@ def import_ref(ref: str) -> Any:
     return obj
 
 
-def module_example_inputs(module: torch.nn.Module) -> tuple[torch.Tensor, ...] | None:
+def forward_inputs(module: torch.nn.Module, given: dict[str, Any], what: str) -> tuple:
+    """Named inputs in the order of `module.forward`'s positional parameters; an unknown name,
+    or a parameter without default left out before the last given one or after it, is a
+    BuildError naming it."""
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        raise BuildError(
+            f"{what}: cannot read the parameters of forward to place named inputs"
+        ) from None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    positional = [p for p in params if p.kind in kinds]
+    names = [p.name for p in positional]
+    takes = f"{type(module).__name__}.forward({', '.join(names)})"
+    unknown = [n for n in given if n not in names]
+    if unknown:
+        raise BuildError(f"{what}: {takes} has no input {unknown[0]!r}")
+    last = max((names.index(n) for n in given), default=-1)
+    missing = [p.name for i, p in enumerate(positional) if p.name not in given and i < last]
+    missing += [p.name for p in positional[last + 1 :] if p.default is inspect.Parameter.empty]
+    if missing:
+        raise BuildError(f"{what}: no input named {missing[0]!r} for {takes}")
+    return tuple(given[n] for n in names[: last + 1])
+
+
+def example_tuple(value: Any, module: torch.nn.Module, what: str) -> tuple[torch.Tensor, ...]:
+    """Example inputs as forward takes them: a tensor, a tuple or list of tensors, or a dict
+    name -> tensor (ordered by forward's parameters). BuildError for anything else."""
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    if isinstance(value, dict):
+        value = forward_inputs(module, value, what)
+    elif not isinstance(value, (tuple, list)):
+        raise BuildError(
+            f"{what}: example inputs must be a tensor, a tuple of tensors or a dict name -> "
+            f"tensor, not a {type(value).__name__}"
+        )
+    bad = [type(x).__name__ for x in value if not isinstance(x, torch.Tensor)]
+    if bad:
+        raise BuildError(f"{what}: example inputs must be tensors, not {bad[0]}")
+    return tuple(value)
+
+
+def random_inputs(specs: dict[str, tuple[list[int], str]]) -> dict[str, torch.Tensor]:
+    """Example inputs from shapes and dtype names (`build --input`): floats normal, integers
+    and booleans 0 or 1, from a fixed seed."""
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for name, (shape, dtype) in specs.items():
+        dt = getattr(torch, dtype)
+        if dt.is_floating_point:
+            out[name] = torch.randn(shape, generator=gen).to(dt)
+        else:
+            out[name] = torch.randint(0, 2, shape, generator=gen).to(dt)
+    return out
+
+
+def module_example_inputs(module: torch.nn.Module) -> Any:
+    """A plain module's own example inputs (its `example_inputs` attribute, called when it is a
+    method), or None."""
     ex = getattr(module, "example_inputs", None)
-    if ex is None:
-        return None
-    if callable(ex):
-        ex = ex()
-    return (ex,) if isinstance(ex, torch.Tensor) else tuple(ex)
+    return ex() if callable(ex) else ex
 
 
-def resolve_model(model: Any, example_inputs: tuple[torch.Tensor, ...] | None = None) -> Any:
-    """A HyperModel for `model`: a reference, a HyperModel, an nn.Module, or a factory of one."""
+def _try_forward(model: StaticModel, label: str) -> None:
+    """One forward on inputs given from outside, so that a wrong shape or dtype is one line
+    naming them rather than a traceback from deep inside the build."""
+    inputs = model.example_inputs({})
+    try:
+        with torch.no_grad():
+            model.module(*inputs)
+    except Exception as e:
+        shapes = ", ".join("x".join(map(str, x.shape)) + f" {str(x.dtype)[6:]}" for x in inputs)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ModelRefError(
+            f"{label}: forward fails on the given example inputs ({shapes}): "
+            f"{type(e).__name__}: {first}"
+        ) from None
+
+
+def resolve_model(model: Any, example_inputs: Any = None) -> Any:
+    """A HyperModel for `model`: a reference, a HyperModel, an nn.Module, or a factory of one.
+    `example_inputs` (a tensor, a tuple of tensors, or a dict name -> tensor) are for a plain
+    module, and win over its own."""
     label = model if isinstance(model, str) else type(model).__name__
     obj = import_ref(model) if isinstance(model, str) else model
     if not is_hypermodel(obj) and not isinstance(obj, torch.nn.Module) and callable(obj):
@@ -78,15 +151,25 @@ def resolve_model(model: Any, example_inputs: tuple[torch.Tensor, ...] | None = 
             pass  # builtins without a signature: just call
         obj = obj()
     if is_hypermodel(obj):
+        if example_inputs is not None:
+            raise ModelRefError(
+                f"{label} is a HyperModel: its example_inputs(cond) give the inputs, not "
+                "example inputs from the command line or build(..., example_inputs=...)"
+            )
         return obj
     if isinstance(obj, torch.nn.Module):
-        inputs = example_inputs or module_example_inputs(obj)
+        given = example_inputs if example_inputs is not None else module_example_inputs(obj)
+        inputs = example_tuple(given, obj, label) if given is not None else ()
         if not inputs:
             raise ModelRefError(
-                f"{label}: a plain nn.Module needs example inputs "
-                "(an `example_inputs` attribute or method, or build(..., example_inputs=...))"
+                f"{label}: a plain nn.Module needs example inputs (an `example_inputs` "
+                "attribute or method, build(..., example_inputs=...), or build --input "
+                "NAME=1x3x32x32 on the command line)"
             )
-        return StaticModel(obj, inputs)
+        model = StaticModel(obj, inputs)
+        if example_inputs is not None:
+            _try_forward(model, label)
+        return model
     raise ModelRefError(
         f"{label} is a {type(obj).__name__}, not a HyperModel, an nn.Module, or a factory of one"
     )

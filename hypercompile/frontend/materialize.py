@@ -8,11 +8,12 @@ from typing import Any
 
 import torch
 
+from ..core.conditions import show
 from ..errors import BuildError
 
 
 def cond_label(cond: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in cond.items()) or "(single variant)"
+    return ", ".join(f"{k}={show(v)}" for k, v in cond.items()) or "(single variant)"
 
 
 def materialize(model: Any, cond: dict[str, Any]) -> torch.nn.Module:
@@ -23,10 +24,12 @@ def materialize(model: Any, cond: dict[str, Any]) -> torch.nn.Module:
         raise BuildError(
             f"variant {label}: build() returned {type(target).__name__}, not an nn.Module"
         )
-    with torch.no_grad():
+    # with autograd: a graph hypernet may differentiate while it generates (ppuda's GHN)
+    with torch.enable_grad():
         weights = model.generate(cond)
     if not isinstance(weights, dict):
         raise BuildError(f"variant {label}: generate() must return a dict name -> tensor")
+    weights = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in weights.items()}
     expected = target.state_dict()
     missing = [k for k in expected if k not in weights]
     extra = [k for k in weights if k not in expected]
@@ -46,7 +49,7 @@ def materialize(model: Any, cond: dict[str, Any]) -> torch.nn.Module:
             raise BuildError(
                 f"variant {label}: tensor {k} has shape {got}, target wants {tuple(v.shape)}"
             )
-    target.load_state_dict({k: v.detach() for k, v in weights.items()}, strict=True)
+    target.load_state_dict(weights, strict=True)
     return target.eval()
 
 

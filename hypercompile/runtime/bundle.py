@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import threading
 from collections import OrderedDict
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..core import tensors as fmt
+from ..core.conditions import cond_key, show, value_key
 from ..core.manifest import Manifest, Profile, TensorSpec, Variant
 from ..core.targets import Target
 from ..errors import (
@@ -32,8 +34,13 @@ DEFAULT_CACHE_SIZE = 8
 QUALITY_TIE = 0.02
 
 
-def _cond_key(cond: dict[str, Any]) -> tuple:
-    return tuple(sorted(cond.items()))
+def _items_key(cond: dict[str, Any]) -> tuple:
+    """A fast exact-match key for scalar conditions (TypeError for a list or dict value); the
+    type is part of it, so that `True` and `1` stay apart as in the canonical key."""
+    if len(cond) == 1:
+        ((k, v),) = cond.items()
+        return ((k, type(v), v),)
+    return tuple(sorted((k, type(v), v) for k, v in cond.items()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +98,16 @@ class Bundle:
             self.target = dataclasses.replace(self.target, ort_threads=int(threads))
         if providers is not None:
             self.target = dataclasses.replace(self.target, ort_providers=tuple(providers))
-        self._by_cond = {_cond_key(v.cond): v for v in self.manifest.variants}
+        self._by_cond = {cond_key(v.cond): v for v in self.manifest.variants}
+        self._value_keys = [
+            (v, {k: value_key(x) for k, x in v.cond.items()}) for v in self.manifest.variants
+        ]
+        self._by_items: dict[tuple, Variant] = {}  # flat conditions: no JSON text per run
+        for v in self.manifest.variants:
+            try:
+                self._by_items[_items_key(v.cond)] = v
+            except TypeError:
+                pass
         self._lock = threading.Lock()
         self._runners: OrderedDict[tuple[str, str], Runner] = OrderedDict()
         self._graph_bytes: dict[str, bytes] = {}
@@ -130,7 +146,7 @@ class Bundle:
     # -- selection -------------------------------------------------------------------------
     @property
     def variants(self) -> list[dict[str, Any]]:
-        return [dict(v.cond) for v in self.manifest.variants]
+        return [copy.deepcopy(v.cond) for v in self.manifest.variants]
 
     @property
     def inputs(self) -> list[dict[str, Any]]:
@@ -141,12 +157,22 @@ class Bundle:
         return [s.to_json() for s in self.manifest.outputs]
 
     def _matching(self, cond: dict[str, Any]) -> list[Variant]:
-        exact = self._by_cond.get(tuple(cond.items()) if len(cond) < 2 else _cond_key(cond))
+        """The variants whose condition has every given key with an equal JSON value (a dict's
+        key order aside); a value that is not JSON is a ConditionError."""
+        try:
+            exact = self._by_items.get(_items_key(cond))
+        except TypeError:
+            exact = None
         if exact is not None:
             return [exact]
-        return [
-            v for v in self.manifest.variants if all(v.cond.get(k) == x for k, x in cond.items())
-        ]
+        try:
+            want = {k: value_key(x) for k, x in cond.items()}
+        except (TypeError, ValueError) as e:
+            raise ConditionError(f"condition {_fmt_cond(cond)} is not JSON: {e}") from None
+        exact = self._by_cond.get(cond_key(cond))
+        if exact is not None:
+            return [exact]
+        return [v for v, have in self._value_keys if all(have.get(k) == x for k, x in want.items())]
 
     def _no_match(self, cond: dict[str, Any]) -> ConditionError:
         shown = ", ".join(_fmt_cond(v) for v in self.variants[:8])
@@ -527,7 +553,8 @@ def batch_of(inputs: Any, specs: list[dict[str, Any]]) -> int:
 
 
 def _fmt_cond(cond: dict[str, Any]) -> str:
-    return "{" + ", ".join(f"{k}={v!r}" for k, v in cond.items()) + "}" if cond else "{}"
+    """A condition as `--cond` writes it: `{task=3, lang="1", ks=[3,5,7]}`."""
+    return "{" + ", ".join(f"{k}={show(v)}" for k, v in cond.items()) + "}" if cond else "{}"
 
 
 def _check_inputs(
