@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -43,17 +44,19 @@ def is_hypermodel(obj: Any) -> bool:
 
 
 class StaticModel:
-    """Wraps a plain `nn.Module` as a one-variant HyperModel (condition `{}`)."""
+    """Wraps a plain `nn.Module` as a one-variant HyperModel (condition `{}`). The build works
+    on a copy, taken now: the user's module is never changed (not even put in eval mode), and
+    nothing a later call leaves in it reaches the bundle."""
 
     def __init__(self, module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]):
-        self.module = module.eval()
+        self.module = copy.deepcopy(module).eval()
         self._inputs = tuple(example_inputs)
 
     def conditions(self) -> list[dict[str, Any]]:
         return [{}]
 
     def build(self, cond: dict[str, Any]) -> torch.nn.Module:
-        return self.module
+        return copy.deepcopy(self.module)
 
     def generate(self, cond: dict[str, Any]) -> dict[str, torch.Tensor]:
         return dict(self.module.state_dict())

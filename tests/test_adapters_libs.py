@@ -246,12 +246,6 @@ def snn_tutorial_net():
     return Net().eval()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=hc.UnsupportedModelError,
-    reason="the splitter inlines snntorch's Leaky.forward (it assigns self.mem) and refuses "
-    "the assignment because mem is a registered buffer; see test_snntorch_refusal_names_line",
-)
 def test_snntorch_tutorial_net_builds_unmodified(tmp_path):
     net = snn_tutorial_net()
     x = 2 * torch.randn(1, 8)
@@ -263,11 +257,3 @@ def test_snntorch_tutorial_net_builds_unmodified(tmp_path):
             spk, mem = net(xb)
         assert np.array_equal(got["output_0"], spk.numpy())
         assert_close(got["output_1"], mem)
-
-
-def test_snntorch_refusal_names_line(tmp_path):
-    """What the build says today: file:line of snntorch's write to its membrane buffer."""
-    net = snn_tutorial_net()
-    with pytest.raises(hc.UnsupportedModelError, match=r"leaky\.py:\d+: assigning to `self\.mem`"):
-        hc.build(net, out=tmp_path / "snn", example_inputs=(torch.randn(1, 8),))
-    assert not (tmp_path / "snn").exists()

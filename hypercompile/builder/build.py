@@ -357,17 +357,32 @@ def _io(v: Variant, graphs: dict[str, Graph], programs: dict[str, ProgramEntry])
 def _split(target: torch.nn.Module, label: str):
     """The host program of a target with data-dependent control flow, else None. When the
     splitter meets something it cannot handle but forward has no control flow of its own, the
-    whole-graph exporter gets its chance (it refuses data-dependent branches itself)."""
+    whole-graph exporter gets its chance (it refuses data-dependent branches itself). Library
+    layers that assign module state within a call (snntorch neurons) are inlined to carry it;
+    when nothing branches on data without them, the target is one static graph (state kept
+    between calls was ruled out before)."""
     from ..frontend.program import split_module
     from ..frontend.splitter import Unsupported
 
     try:
         return split_module(target)
     except Unsupported as e:
+        if getattr(e, "hard", False) and _static_without_state_callees(target):
+            return None
         if getattr(e, "hard", False) or _forward_has_control(target):
             where = "" if label == cond_label({}) else f"variant {label}: "
             raise UnsupportedModelError(f"{where}{e}") from None
         return None
+
+
+def _static_without_state_callees(target: torch.nn.Module) -> bool:
+    from ..frontend.program import split_module
+    from ..frontend.splitter import Unsupported
+
+    try:
+        return split_module(target, opaque_state=True) is None
+    except Unsupported:
+        return False
 
 
 def _forward_has_control(module: torch.nn.Module) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import importlib.util
@@ -126,7 +127,7 @@ def _try_forward(model: StaticModel, label: str) -> None:
     inputs = model.example_inputs({})
     try:
         with torch.no_grad():
-            model.module(*inputs)
+            copy.deepcopy(model.module)(*inputs)
     except Exception as e:
         shapes = ", ".join("x".join(map(str, x.shape)) + f" {str(x.dtype)[6:]}" for x in inputs)
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""

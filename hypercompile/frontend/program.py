@@ -91,10 +91,10 @@ class Program(ir.Program):
     examples: dict[int, dict[str, list[Any]]] = field(default_factory=dict)  # by shapes
 
 
-def split_module(module: torch.nn.Module) -> Program | None:
+def split_module(module: torch.nn.Module, opaque_state: bool = False) -> Program | None:
     """The host program for `module.forward`, or None when it has no data-dependent control
-    flow (then the whole module exports as one static graph)."""
-    lw = Lowerer(module)
+    flow (then the whole module exports as one static graph). `opaque_state`: see Lowerer."""
+    lw = Lowerer(module, opaque_state)
     entry, inputs = lw.lower_forward()
     for b in lw.blocks:
         if b.term is None:

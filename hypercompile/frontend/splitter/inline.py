@@ -60,7 +60,7 @@ class InlineMixin:
                 node, filename, globs = function_ast(target)
             except Unsupported:
                 return False
-            if any(
+            if not self.opaque_state and any(
                 isinstance(n, ast.Attribute)
                 and isinstance(n.ctx, ast.Store)
                 and isinstance(n.value, ast.Name)
@@ -75,7 +75,7 @@ class InlineMixin:
 
     def _trial_branches(self, fn: Any, node: ast.FunctionDef, frame: Frame) -> bool:
         """Lower the body of `fn` on its own, its parameters dynamic: does it branch?"""
-        trial = type(self)(self.root)
+        trial = type(self)(self.root, self.opaque_state)
         trial._inline_cache = self._inline_cache  # shared: guards against recursion
         trial.speculative = True  # its arguments are stand-ins: lookups may fail
         params = [a.arg for a in node.args.args]

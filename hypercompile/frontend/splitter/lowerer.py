@@ -20,8 +20,11 @@ from .statements import StatementsMixin
 class Lowerer(StatementsMixin, LoopsMixin, JoinsMixin, InlineMixin, EvaluateMixin):
     """Lowers `root.forward` into blocks; see the package docstring."""
 
-    def __init__(self, root: torch.nn.Module):
+    def __init__(self, root: torch.nn.Module, opaque_state: bool = False):
         self.root = root
+        # leave callees that assign module state to the exporter (unless they branch on data);
+        # only sound when the result has no control flow and forward keeps no state (checked)
+        self.opaque_state = opaque_state
         self.blocks: list[Block] = []
         self.consts: list[Any] = []
         self._counter = 0
