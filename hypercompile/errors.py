@@ -35,6 +35,11 @@ class InputError(HypercompileError):
     """Inputs given to `run` do not match the bundle's input specification."""
 
 
+class ModelAssertionError(InputError):
+    """An `assert` of the model's `forward` on tensor data failed: the inputs are outside what
+    the model accepts (the message names the assert's file:line and its message)."""
+
+
 class ConditionError(HypercompileError):
     """The condition given to `run` matches no variant, or more than one."""
 
