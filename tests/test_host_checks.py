@@ -204,6 +204,11 @@ def test_a_warning_only_if_runs_on_the_host_without_splitting(tmp_path):
         warnings.simplefilter("ignore")
         _agree(model, bundle, inside + outside)
     assert _quiet_run(bundle, inside[0]) == []
+    with warnings.catch_warnings(record=True) as filtered:  # filters by module apply
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", module=__name__)
+        bundle.run({"h": outside[0].numpy()})
+    assert not filtered
     with pytest.warns(UserWarning, match=r"h outside \[0, 1\]") as seen:
         bundle.run({"h": outside[0].numpy()})
     (w,) = seen

@@ -108,6 +108,7 @@ class HostCheck:
     file: str  # where the statement is in the user's source
     line: int
     category: str = "UserWarning"  # warn: a built-in warning class
+    module: str = ""  # warn: the module of the statement (for warning filters by module)
     logger: str = ""  # log: the logger's name ("root" for the root logger)
     level: int = logging.WARNING  # log: the record's level
 
@@ -115,7 +116,7 @@ class HostCheck:
         return set() if self.value is None else {self.value}
 
 
-HOST_CHECK_KINDS = {"assert": (), "warn": ("category",), "log": ("logger", "level")}
+HOST_CHECK_KINDS = {"assert": (), "warn": ("category", "module"), "log": ("logger", "level")}
 WARNING_CLASSES = {
     n: c for n, c in vars(builtins).items() if isinstance(c, type) and issubclass(c, Warning)
 }
@@ -330,6 +331,7 @@ def _host_check_from_json(raw: Any, where: str) -> HostCheck:
         extra["category"] = f.str("category")
         if extra["category"] not in WARNING_CLASSES:
             raise BundleError(f"{where}.category {extra['category']!r} is not a warning class")
+        extra["module"] = f.str("module", "")
     elif kind == "log":
         extra["logger"] = f.str("logger")
         extra["level"] = f.int("level")
@@ -471,7 +473,8 @@ class Interpreter:
         """Issue the warning or log line as `forward` does, at its source location."""
         if c.kind == "warn":
             category = WARNING_CLASSES[c.category]
-            warnings.warn_explicit(c.message, category, c.file, c.line, registry=self._warned)
+            module = c.module or c.file.removesuffix(".py")  # as Python names it from the file
+            warnings.warn_explicit(c.message, category, c.file, c.line, module, self._warned)
             return
         logger = logging.getLogger(c.logger)
         if logger.isEnabledFor(c.level):

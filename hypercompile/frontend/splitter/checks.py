@@ -69,7 +69,13 @@ class ChecksMixin:
             if ok_msg and isinstance(value, Warning):
                 cat = type(value)
             text = self.message_text(msg, env, frame)
-            return {"kind": "warn", "message": text, "category": _builtin_category(cat)}
+            module = str(frame.globals.get("__name__", ""))
+            return {
+                "kind": "warn",
+                "message": text,
+                "category": _builtin_category(cat),
+                "module": module,
+            }
         found = _logging_call(fn)
         if found is None:
             return None
