@@ -595,6 +595,9 @@ def program_tree(pid: str, entry: Any, label: str) -> Any:
         extra += [f"{d} = {s}" for d, s in b.moves]
         if extra:
             head += f" [dim]host: {escape('; '.join(extra))}[/]"
+        checks = [f"{c.kind} (line {c.line})" for c in b.host_checks]
+        if checks:
+            head += f" [red]checks: {escape(', '.join(checks))}[/]"
         return head
 
     def walk(node: Any, bid: int) -> None:

@@ -39,6 +39,11 @@ class StateError(HypercompileError):
     """A stateful variant is run without a stream, or a stateless one through a stream."""
 
 
+class ModelAssertionError(InputError):
+    """An `assert` of the model's `forward` on tensor data failed: the inputs are outside what
+    the model accepts (the message names the assert's file:line and its message)."""
+
+
 class ConditionError(HypercompileError):
     """The condition given to `run` matches no variant, or more than one."""
 

@@ -216,7 +216,7 @@ def test_del_unbinds_the_name():
 
 def test_asserts_on_shapes_and_dtypes_are_checked_at_build_time():
     prog, _ = _run_probe(ShapeAsserts())
-    assert prog.checks  # the assert after the join: nothing else in its block, not exported
+    assert prog.build_checks  # the assert after the join: nothing else in its block, not exported
 
     class Narrow(torch.nn.Module):
         def forward(self, x):
@@ -228,16 +228,7 @@ def test_asserts_on_shapes_and_dtypes_are_checked_at_build_time():
     prog = split_module(Narrow())
     with pytest.raises(BuildError, match=_HERE + "assertion fails at build time: seven"):
         Probe(prog, Narrow()).run({"x": torch.ones(1, 8)})
-
-    class OnData(torch.nn.Module):
-        def forward(self, x):
-            assert (x > 0).all()
-            if x.sum() > 0:
-                x = x + 1
-            return x
-
-    with pytest.raises(UnsupportedModelError, match=_HERE + "assert on tensor data"):
-        split_module(OnData())
+    # asserts on tensor data are host checks: tests/test_host_checks.py
 
 
 def test_conditional_expression_on_data_is_an_if():

@@ -467,11 +467,15 @@ def _build_program(prog, target, sets, ctx: _Ctx) -> tuple[Check, ProgramEntry]:
     probe = P.Probe(prog, target)
     check = Check(against="eager forward")
     out_names = None
+    rejected = 0
     with torch.no_grad():
-        for xs in sets:
-            want_names, want = flatten_outputs(target(*xs))
-            got = probe.run({n: x for n, x in zip(names, xs)})
-            got_names, got_t = flatten_outputs(got)
+        for i, xs in enumerate(sets):
+            pair = P.parity_pair(probe, target, xs, example=i == 0)
+            if pair is None:  # an assert of forward rejects it, in both
+                rejected += 1
+                continue
+            want_names, want = flatten_outputs(pair[0])
+            got_names, got_t = flatten_outputs(pair[1])
             out_names = out_names or want_names
             a, r = parity([_np(t) for t in got_t], [_np(t) for t in want])
             if len(got_t) != len(want) or r > 1e-5:
@@ -486,6 +490,11 @@ def _build_program(prog, target, sets, ctx: _Ctx) -> tuple[Check, ProgramEntry]:
             f"`{prog.decisions[name].source}` was never taken"
             for name, side in ir.untaken_sides(prog, probe.counts)
         ]
+        if rejected and rejected == len(sets) - 1:
+            check.untested.append(
+                f"an assert of forward rejects every parity input but the example ({rejected}):"
+                " give inputs it accepts (--parity-data, or sample_inputs)"
+            )
         probe.explore()
     graph_of = {
         k: _block_graph(prog, b, target, ctx) for k, b in prog.blocks.items() if k in prog.fns

@@ -2,7 +2,8 @@
 
 A dynamic network's `forward`, split into static blocks, is a `Program`: blocks that each call at
 most one compiled graph (named values in, named values out), then set host literals (`assign`)
-and copies (`moves`), then end in one terminator: `Goto`, `Branch` (on a boolean value), `Switch`
+and copies (`moves`), then make their host checks (`host_checks`: the asserts, warnings and log
+lines of `forward`), then end in one terminator: `Goto`, `Branch` (on a boolean value), `Switch`
 (on an integer index) or `Return`. The splitter builds it, the manifest stores it (`to_json` /
 `from_json`), and `Interpreter` runs it: at build time over PyTorch blocks (the probe that proves
 the split equal to `forward`) and at run time over compiled runners, so the proof and the device
@@ -11,13 +12,16 @@ run the same code. Torch-free.
 
 from __future__ import annotations
 
+import builtins
+import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import BundleError, HypercompileError
+from ..errors import BundleError, HypercompileError, ModelAssertionError
 from .fields import Fields
 
 DEFAULT_MAX_ITERATIONS = 10_000
@@ -91,6 +95,41 @@ def term_uses(term: Terminator) -> set[str]:
     return set()
 
 
+# -- host checks ----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class HostCheck:
+    """A statement of `forward` the host makes after a block's graph: `assert` raises
+    ModelAssertionError when `value` is false; `warn` (`warnings.warn`) and `log` (a logging
+    call) fire when `value` is true, or whenever the block runs when `value` is None."""
+
+    kind: str  # "assert" | "warn" | "log"
+    value: str | None  # a boolean value of the block (None: unconditional; never for assert)
+    message: str
+    file: str  # where the statement is in the user's source
+    line: int
+    category: str = "UserWarning"  # warn: a built-in warning class
+    module: str = ""  # warn: the module of the statement (for warning filters by module)
+    logger: str = ""  # log: the logger's name ("root" for the root logger)
+    level: int = logging.WARNING  # log: the record's level
+
+    def uses(self) -> set[str]:
+        return set() if self.value is None else {self.value}
+
+
+HOST_CHECK_KINDS = {"assert": (), "warn": ("category", "module"), "log": ("logger", "level")}
+WARNING_CLASSES = {
+    n: c for n, c in vars(builtins).items() if isinstance(c, type) and issubclass(c, Warning)
+}
+
+
+def block_uses(b: Block) -> set[str]:
+    """The values a block reads after its graph and host work: its checks and terminator."""
+    out = term_uses(b.term)
+    for c in b.host_checks:
+        out |= c.uses()
+    return out
+
+
 # -- blocks and programs ---------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Literal:
@@ -117,6 +156,7 @@ class Block:
     outputs: list[str] = field(default_factory=list)  # values the graph sets, in its order
     assign: dict[str, Literal] = field(default_factory=dict)  # set after the graph runs
     moves: list[tuple[str, str]] = field(default_factory=list)  # (dst, src), after assign
+    host_checks: list[HostCheck] = field(default_factory=list)  # after moves, in order
     loop_header: bool = False
     source: str | None = None  # the Python statements the graph was made from, for people
     body: Any = None  # build time only: the front end's statements and function, never stored
@@ -260,11 +300,46 @@ def _block_json(b: Block) -> dict[str, Any]:
         "moves": [[d, s] for d, s in b.moves],
         "next": nxt,
     }
+    if b.host_checks:
+        out["host_checks"] = [_host_check_json(c) for c in b.host_checks]
     if b.loop_header:
         out["loop_header"] = True
     if b.source is not None:
         out["source"] = b.source
     return out
+
+
+def _host_check_json(c: HostCheck) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": c.kind, "value": c.value, "message": c.message}
+    out |= {"file": c.file, "line": c.line}
+    for f in HOST_CHECK_KINDS[c.kind]:
+        out[f] = getattr(c, f)
+    return out
+
+
+def _host_check_from_json(raw: Any, where: str) -> HostCheck:
+    """A host check; fields of another kind are refused like unknown ones."""
+    f = Fields(raw, where)
+    kind = f.str("kind")
+    if kind not in HOST_CHECK_KINDS:
+        raise BundleError(f"{where}.kind {kind!r} is not one of {', '.join(HOST_CHECK_KINDS)}")
+    value = f.get("value", (str, type(None)))
+    if kind == "assert" and value is None:
+        raise BundleError(f"{where}: an assert checks a value")
+    extra: dict[str, Any] = {}
+    if kind == "warn":
+        extra["category"] = f.str("category")
+        if extra["category"] not in WARNING_CLASSES:
+            raise BundleError(f"{where}.category {extra['category']!r} is not a warning class")
+        extra["module"] = f.str("module", "")
+    elif kind == "log":
+        extra["logger"] = f.str("logger")
+        extra["level"] = f.int("level")
+        if not 0 <= extra["level"] <= logging.CRITICAL:
+            raise BundleError(f"{where}.level {extra['level']} is not a logging level")
+    c = HostCheck(kind, value, f.str("message"), f.str("file"), f.int("line"), **extra)
+    f.done()
+    return c
 
 
 _LITERAL_DTYPES = {"bool": bool, "int64": int, "float64": float}
@@ -310,6 +385,10 @@ def _block_from_json(raw: Any, where: str) -> Block:
         outputs=d.names("outputs"),
         assign=assign,
         moves=moves,
+        host_checks=[
+            _host_check_from_json(c, f"{where}.host_checks[{i}]")
+            for i, c in enumerate(d.list("host_checks", []))
+        ],
         loop_header=bool(d.get("loop_header", bool, False)),
         source=d.get("source", str, None),
     )
@@ -356,10 +435,12 @@ class Interpreter:
                 self.bind(blk),
                 list(blk.assign.items()),
                 blk.moves,
+                tuple(blk.host_checks),
                 b in headers,
                 kind,
                 arg,
             )
+        self._warned: dict[Any, Any] = {}  # warnings' "once per location" registry
 
     def bind(self, block: Block) -> Callable[[dict[str, Any]], None] | None:
         """Hook: a function running `block`'s graph over the environment (reading its inputs,
@@ -375,6 +456,32 @@ class Interpreter:
             f"program exceeded its bound of {self.max_iterations} loop iterations"
         )
 
+    def check(self, c: HostCheck, env: dict[str, Any]) -> None:
+        """Make one host check: raise `failed(c)` for a failing assert, `notify(c)` for a
+        warning or log line whose condition holds."""
+        holds = True if c.value is None else bool(env[c.value])
+        if c.kind == "assert":
+            if not holds:
+                raise self.failed(c)
+        elif holds:
+            self.notify(c)
+
+    def failed(self, c: HostCheck) -> Exception:
+        return ModelAssertionError(f"{c.file}:{c.line}: assertion failed: {c.message}")
+
+    def notify(self, c: HostCheck) -> None:
+        """Issue the warning or log line as `forward` does, at its source location."""
+        if c.kind == "warn":
+            category = WARNING_CLASSES[c.category]
+            module = c.module or c.file.removesuffix(".py")  # as Python names it from the file
+            warnings.warn_explicit(c.message, category, c.file, c.line, module, self._warned)
+            return
+        logger = logging.getLogger(c.logger)
+        if logger.isEnabledFor(c.level):
+            logger.handle(
+                logger.makeRecord(logger.name, c.level, c.file, c.line, c.message, (), None)
+            )
+
     def run(
         self,
         env: dict[str, Any],
@@ -388,7 +495,7 @@ class Interpreter:
         b = self.program.entry if start is None else start
         visits = 0
         while True:
-            blk, call, assign, moves, header, kind, arg = steps[b]
+            blk, call, assign, moves, checks, header, kind, arg = steps[b]
             if observer is not None:
                 observer.enter(blk, env)
             if call is not None:
@@ -397,6 +504,8 @@ class Interpreter:
                 env[n] = literal(lit)
             for dst, src in moves:
                 env[dst] = env[src]
+            for c in checks:
+                self.check(c, env)
             if kind == 3:
                 return [env[n] for n in arg]
             if header:

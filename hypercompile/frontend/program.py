@@ -9,7 +9,7 @@ import copy
 import hashlib
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,14 +86,15 @@ class Program(ir.Program):
     fns: dict[int, Callable] = field(default_factory=dict)  # block id -> compiled statements
     # blocks of nothing but build-time asserts (on shapes and dtypes): the probe runs them,
     # nothing is exported for them
-    checks: dict[int, Callable] = field(default_factory=dict)
+    build_checks: dict[int, Callable] = field(default_factory=dict)
     specs: dict[str, Any] = field(default_factory=dict)  # value name -> pytree spec
     examples: dict[int, dict[str, list[Any]]] = field(default_factory=dict)  # by shapes
 
 
 def split_module(module: torch.nn.Module, opaque_state: bool = False) -> Program | None:
     """The host program for `module.forward`, or None when it has no data-dependent control
-    flow (then the whole module exports as one static graph). `opaque_state`: see Lowerer."""
+    flow and no host checks (then the whole module exports as one static graph).
+    `opaque_state`: see Lowerer."""
     lw = Lowerer(module, opaque_state)
     entry, inputs = lw.lower_forward()
     for b in lw.blocks:
@@ -108,6 +109,7 @@ def split_module(module: torch.nn.Module, opaque_state: bool = False) -> Program
                 b.term,
                 body=list(b.stmts),
                 assign={k: ir.Literal.of(v) for k, v in b.assign.items()},
+                host_checks=list(b.host_checks),
             )
             for b in lw.blocks
         },
@@ -118,7 +120,8 @@ def split_module(module: torch.nn.Module, opaque_state: bool = False) -> Program
         filename=sys.modules[type(module).__module__].__file__ or "<forward>",
     )
     _clean(prog)
-    if len(prog.blocks) == 1 and isinstance(prog.blocks[prog.entry].term, ir.Return):
+    only = prog.blocks[prog.entry]
+    if len(prog.blocks) == 1 and isinstance(only.term, ir.Return) and not only.host_checks:
         return None
     _finish(prog)
     return prog
@@ -130,7 +133,7 @@ def _reachable(prog: Program) -> None:
 
 
 def _empty(b: ir.Block) -> bool:
-    return not b.body and not b.assign and not b.moves
+    return not b.body and not b.assign and not b.moves and not b.host_checks
 
 
 def _thread_jumps(prog: Program) -> bool:
@@ -170,6 +173,7 @@ def _merge_chain(prog: Program) -> bool:
             b.body = b.body + t.body
             b.assign = dict(t.assign)
             b.moves = list(t.moves)
+        b.host_checks = b.host_checks + t.host_checks  # b's now after t's graph: it is pure
         b.term = t.term
         del prog.blocks[s]
         return True
@@ -248,7 +252,7 @@ def _block_use_def(b: ir.Block, names: set[str]) -> tuple[set[str], set[str]]:
             uses.add(src)
         defs.add(dst)
     defs |= set(b.assign)
-    uses |= ir.term_uses(b.term) - defs
+    uses |= ir.block_uses(b) - defs
     return uses, defs
 
 
@@ -274,7 +278,7 @@ def _eliminate_dead(prog: Program) -> None:
     names = _program_names(prog)
     _, live_out = _liveness(prog)
     for k, b in prog.blocks.items():
-        live = set(live_out[k]) | ir.term_uses(b.term)
+        live = set(live_out[k]) | ir.block_uses(b)
         for dst, src in reversed(b.moves):
             live.discard(dst)
             live.add(src)
@@ -319,6 +323,7 @@ def _tail_duplicate(prog: Program) -> None:
             pb = prog.blocks[p]
             if pb.term == ir.Goto(b.id) and not pb.assign and not pb.moves and p != b.id:
                 pb.body = pb.body + [copy.deepcopy(s) for s in b.body]
+                pb.host_checks = pb.host_checks + b.host_checks
                 pb.term = b.term
     _reachable(prog)
 
@@ -333,11 +338,11 @@ def _finish(prog: Program) -> None:
     names = _program_names(prog)
     for k, b in prog.blocks.items():
         uses, defs = _stmts_use_def(b.body, names)
-        needed_after = set(live_out[k]) | ir.term_uses(b.term) | {src for _, src in b.moves}
+        needed_after = set(live_out[k]) | ir.block_uses(b) | {src for _, src in b.moves}
         b.inputs = sorted(uses)
         b.outputs = sorted(defs & needed_after)
         if b.body and not b.outputs and all(isinstance(s, ast.Assert) for s in b.body):
-            prog.checks[k] = _compile_block(b, prog)
+            prog.build_checks[k] = _compile_block(b, prog)
             b.body = []
         elif b.body:
             prog.fns[k] = _compile_block(b, prog)
@@ -380,22 +385,32 @@ def _as_value(v: Any) -> Any:
     return v
 
 
+class Rejected(Exception):
+    """A host assert of the program failed in the probe: forward does not accept the inputs."""
+
+    def __init__(self, check: ir.HostCheck):
+        super().__init__(f"{check.file}:{check.line}: assertion failed: {check.message}")
+        self.check = check
+
+
 class Probe(ir.Interpreter):
     """The program's interpreter over PyTorch blocks (the same one the runtime uses over
     compiled runners). As its own observer it records which blocks ran, the first inputs each
     block received (examples to export with), the environment at every decision, how often each
-    side was taken, and the structure of every value."""
+    side was taken, and the structure of every value. Its host checks raise `Rejected` for a
+    failing assert and count warnings and log lines (eager forward issues those at build time)."""
 
     def __init__(self, prog: Program, root: torch.nn.Module):
         self.prog, self.root = prog, root
         self.reached: set[int] = set()
         self.decisions: dict[int, dict[str, Any]] = {}  # last environment per decision block
         self.counts: dict[int, dict[str, int]] = {}
+        self.notified: dict[tuple[str, int], int] = {}  # (file, line) -> times issued
         self._last: ir.Block | None = None
         super().__init__(prog)
 
     def bind(self, block: ir.Block) -> Callable[[dict[str, Any]], None] | None:
-        fn = self.prog.fns.get(block.id) or self.prog.checks.get(block.id)
+        fn = self.prog.fns.get(block.id) or self.prog.build_checks.get(block.id)
         if fn is None:
             return None
         inputs, outputs = block.inputs, block.outputs
@@ -420,6 +435,12 @@ class Probe(ir.Interpreter):
 
     def exceeded(self) -> Exception:
         return BuildError(f"program exceeded {self.max_iterations} loop iterations")
+
+    def failed(self, c: ir.HostCheck) -> Exception:
+        return Rejected(c)
+
+    def notify(self, c: ir.HostCheck) -> None:
+        self.notified[(c.file, c.line)] = self.notified.get((c.file, c.line), 0) + 1
 
     def run(self, env: dict[str, Any], start: int | None = None) -> Any:  # type: ignore[override]
         """The value `forward` returns, run from the entry (or from block `start`)."""
@@ -491,6 +512,36 @@ class Probe(ir.Interpreter):
                             self.reached.add(s)  # infeasible from here; try other decisions
                             continue
                         pending = True
+
+
+def parity_pair(
+    probe: Probe, target: torch.nn.Module, xs: tuple[torch.Tensor, ...], example: bool
+) -> tuple[Any, Any] | None:
+    """Eager forward's and the program's outputs on one input set, or None when an assert of
+    forward rejects it in both (nothing to compare). A rejected example is a BuildError, as is
+    an input that only one of them rejects."""
+    try:
+        got = probe.run({n: _clone(x) for n, x in zip(probe.prog.inputs, xs)})
+    except Rejected as e:
+        if example:
+            c = e.check
+            raise BuildError(
+                f"{c.file}:{c.line}: assertion fails on the example inputs: {c.message}"
+            ) from None
+        try:
+            target(*xs)
+        except AssertionError:
+            return None
+        raise BuildError(f"{e}, but eager forward accepts the input: a hypercompile bug") from None
+    try:
+        want = target(*xs)
+    except AssertionError as e:
+        line = _user_line(e, probe.prog.filename) or "?"
+        raise BuildError(
+            f"{probe.prog.filename}:{line}: an assert of eager forward fails where the split "
+            "program's does not: a hypercompile bug"
+        ) from None
+    return want, got
 
 
 def _clone(x: Any) -> Any:
@@ -652,6 +703,10 @@ def program_ir(prog: Program, graph_of: dict[int, str]) -> ir.Program:
                 (d, s)
                 for dst, src in b.moves
                 for d, s in zip(leaves_of(prog, dst), leaves_of(prog, src))
+            ],
+            host_checks=[
+                c if c.value is None else replace(c, value=leaves_of(prog, c.value)[0])
+                for c in b.host_checks
             ],
             loop_header=b.loop_header,
             source=block_source(b) if calls else None,

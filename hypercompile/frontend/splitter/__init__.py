@@ -9,10 +9,13 @@ replaced by their values; what depends on tensors is emitted into blocks, and da
 `if` / `while` / `break` / early `return` / `container[int(index)]` become branches, back edges,
 exits and switches.
 
+Asserts on tensor data, `warnings.warn` and logging calls become host checks of their block
+(an `if` that only warns or logs adds no branch).
+
 Modules: `state` (environments, blocks, frames, errors), `astutil` (AST helpers), `lowerer`
-(`Lowerer`, the entry), and its parts `statements`, `loops`, `joins` (control-flow merges,
-module state cells), `inline` (inlined calls, switches) and `evaluate` (static evaluation and
-the rewrite of run-time expressions).
+(`Lowerer`, the entry), and its parts `statements`, `checks` (host checks), `loops`, `joins`
+(control-flow merges, module state cells), `inline` (inlined calls, switches) and `evaluate`
+(static evaluation and the rewrite of run-time expressions).
 """
 
 from .astutil import function_ast, has_control_flow

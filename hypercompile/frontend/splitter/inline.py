@@ -74,7 +74,8 @@ class InlineMixin:
         return self._inline_cache[key]
 
     def _trial_branches(self, fn: Any, node: ast.FunctionDef, frame: Frame) -> bool:
-        """Lower the body of `fn` on its own, its parameters dynamic: does it branch?"""
+        """Lower the body of `fn` on its own, its parameters dynamic: does it branch, or make
+        host checks (asserts on data, warnings)?"""
         trial = type(self)(self.root, self.opaque_state)
         trial._inline_cache = self._inline_cache  # shared: guards against recursion
         trial.speculative = True  # its arguments are stand-ins: lookups may fail
@@ -89,7 +90,8 @@ class InlineMixin:
             end = trial.lower_body(node.body, St(b, env), frame, None)
             dynamic = len(trial.blocks) > 1 or end is None and len(frame.rets) > 1
             return dynamic or any(
-                blk.term and not isinstance(blk.term, Goto) for blk in trial.blocks
+                (blk.term and not isinstance(blk.term, Goto)) or blk.host_checks
+                for blk in trial.blocks
             )
         except UnsupportedModelError:
             return False  # leave it opaque: the exporter traces it or says why not

@@ -1,5 +1,5 @@
 """`Lowerer`: the partial evaluator that lowers `forward` into blocks, composed of the
-statement, loop, join, inlining and expression parts of this package."""
+statement, host check, loop, join, inlining and expression parts of this package."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .astutil import function_ast
+from .checks import ChecksMixin
 from .evaluate import EvaluateMixin
 from .inline import InlineMixin
 from .joins import JoinsMixin
@@ -17,7 +18,7 @@ from .state import Block, Env, Frame, HardUnsupported, St, Unsupported, loc
 from .statements import StatementsMixin
 
 
-class Lowerer(StatementsMixin, LoopsMixin, JoinsMixin, InlineMixin, EvaluateMixin):
+class Lowerer(StatementsMixin, ChecksMixin, LoopsMixin, JoinsMixin, InlineMixin, EvaluateMixin):
     """Lowers `root.forward` into blocks; see the package docstring."""
 
     def __init__(self, root: torch.nn.Module, opaque_state: bool = False):

@@ -7,7 +7,7 @@ import ast
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...core.ir import Terminator
+from ...core.ir import HostCheck, Terminator
 from ...errors import UnsupportedModelError
 
 MAX_UNROLL = 10_000
@@ -103,6 +103,7 @@ class Block:
     id: int
     stmts: list[ast.stmt] = field(default_factory=list)
     assign: dict[str, Any] = field(default_factory=dict)  # host literals, set after stmts
+    host_checks: list[HostCheck] = field(default_factory=list)  # asserts, warnings, log lines
     term: Terminator | None = None
 
 

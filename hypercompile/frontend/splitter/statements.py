@@ -159,7 +159,8 @@ class StatementsMixin:
     def lower_assert(self, stmt: ast.Assert, st: St, frame: Frame):
         """An assert on build-time values, or on static facts about tensors (rank, dtype,
         non-batch dims: those of the example inputs), is checked at build time; the latter
-        runs in its block, where the probe checks it and the export folds it away."""
+        runs in its block, where the probe checks it and the export folds it away. One on
+        tensor data is a host check (`lower_host_assert`)."""
         if isinstance(stmt.test, ast.BoolOp) and isinstance(stmt.test.op, ast.And):
             for part in stmt.test.values:  # one assert per operand: no tensor `and` in it
                 one = ast.copy_location(ast.Assert(part, stmt.msg), stmt)
@@ -171,29 +172,20 @@ class StatementsMixin:
                 raise Unsupported(f"{loc(frame, stmt)}: assertion fails at build time")
             return st
         if not _static_facts(stmt.test, st.env):
-            raise Unsupported(
-                f"{loc(frame, stmt)}: assert on tensor data (only asserts on shapes, ranks "
-                "and dtypes of tensors are supported)"
-            )
+            return self.lower_host_assert(stmt, st, frame)
         return self.emit(stmt, st, frame)
 
     def lower_if(self, stmt: ast.If, st: St, frame: Frame, loop: Loop | None):
         stmt = with_test(stmt, self.state_cells(stmt.test, st.env, frame))
-        if (
-            self.find_special_call(ast.Expr(stmt.test), st.env, frame) is not None
-            or self.find_dynamic_ifexp(stmt.test, st.env, frame) is not None
-        ):
-            # a call to inline or dispatch, or a data-dependent conditional expression, inside
-            # the test: evaluate it first, then branch
-            local = self.fresh("test")
-            assign = ast.copy_location(ast.Assign([ast.Name(local, ast.Store())], stmt.test), stmt)
-            st = self.lower_simple(assign, st, frame)
-            if st is None:
-                return None
-            stmt = with_test(stmt, ast.copy_location(ast.Name(local, ast.Load()), stmt.test))
+        test, st = self.test_value(stmt.test, st, frame)
+        if st is None:
+            return None
+        stmt = with_test(stmt, test)
         ok, value = self.static_eval(stmt.test, st.env, frame)
         if ok:
             return self._static_branch(stmt.body if value else stmt.orelse, st, frame, loop)
+        if self.host_only(stmt.body, st.env, frame) and self.host_only(stmt.orelse, st.env, frame):
+            return self.lower_host_if(stmt, st, frame)  # warns or logs only: no branch
         pred = self.emit_predicate(stmt.test, st, frame)
         then_b, else_b = self.new_block(), self.new_block()
         st.block.term = Branch(pred, then_b.id, else_b.id)
@@ -332,6 +324,9 @@ class StatementsMixin:
             if isinstance(recv, ast.Name) and isinstance(st.env.static.get(recv.id), Poisoned):
                 if call.func.attr in ("append", "extend"):
                     return st  # stays unusable; an error only if it is read later
+        spec = self.host_call(call, st.env, frame)
+        if spec is not None:  # warnings.warn, logging: the host issues it
+            return self.add_host_check(st, stmt, frame, None, **spec)
         if isinstance(call, ast.Call):
             ok, fn = self.static_eval(call.func, st.env, frame)
             if ok and getattr(fn, "__name__", "") in SIDE_EFFECTS | {"info", "debug", "warning"}:
