@@ -202,17 +202,42 @@ def _cond_text(cond: dict[str, Any]) -> str:
 
 
 class _Group(click.Group):
+    """Every failure is one line on stderr: hypercompile's errors and the system's (a file that
+    cannot be written) exit 1; anything else is a bug, reported as one line that says so (exit
+    2), with the traceback under `--debug`."""
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except HypercompileError as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            sys.exit(1)
+            _fail(str(e), 1)
+        except OSError as e:
+            where = f": {e.filename}" if e.filename else ""
+            _fail(f"{e.strerror or e}{where}", 1)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001  # one line, not a traceback, unless --debug
+            if ctx.params.get("debug"):
+                raise
+            text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            _fail(
+                f"internal error ({type(e).__name__}: {text}); this is a hypercompile bug: "
+                "please report it with the command (--debug shows the traceback)",
+                2,
+            )
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
 
 
 @click.group(cls=_Group)
 @click.version_option(package_name="hypercompile")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an internal error.")
+def main(debug: bool) -> None:
     """Compile hypernetworks and dynamic networks into bundles, and run them without torch."""
 
 

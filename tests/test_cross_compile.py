@@ -172,6 +172,7 @@ def _defer_tvm_checks(path, corrupt: bool, case=_router_case) -> None:
         rel = f"checks/{v['id']}.safetensors"
         fmt.write_tensors(path / rel, pack_checks([feeds], [[want]]))
         m["files"][rel] = fmt.sha256_file(path / rel)
+        m.setdefault("sizes", {})[rel] = (path / rel).stat().st_size
         v["checks"] = rel
         v["parity"]["tvm"] = {"deferred": "test", "inputs": 1, "against": "eager forward"}
     write_manifest(path, m)

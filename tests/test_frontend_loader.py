@@ -29,9 +29,12 @@ def test_plain_module_becomes_one_variant():
 
 
 def test_plain_module_instance_with_explicit_inputs():
-    m = torch.nn.Linear(3, 2)
+    m = torch.nn.Linear(3, 2).train()
     hm = resolve_model(m, example_inputs=(torch.randn(1, 3),))
-    assert hm.build({}) is m
+    target = hm.build({})
+    assert target is not m and not target.training  # a copy in eval mode
+    assert torch.equal(target.weight, m.weight)
+    assert m.training  # the user's module is left as it was
 
 
 @pytest.mark.parametrize(

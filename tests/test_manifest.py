@@ -118,6 +118,7 @@ def test_a_graph_naming_a_file_outside_the_bundle_is_refused(tiny_bundle, tmp_pa
     model.graph.output.append(helper.make_tensor_value_info("stolen", TensorProto.UINT8, [16]))
     onnx.save(model, str(dst / rel))
     m["files"][rel] = fmt.sha256_file(dst / rel)
+    m.setdefault("sizes", {})[rel] = (dst / rel).stat().st_size
     write_manifest(dst, m)
     with pytest.raises(hc.BundleError, match=r"takes tensor 'stolen' from '\.\./"):
         hc.load(dst).run({"input": np.ones((1, 8), np.float32)}, task=0)

@@ -179,6 +179,7 @@ def _store_checks(path, corrupt: bool) -> None:
         rel = f"checks/{v['id']}.safetensors"
         fmt.write_tensors(path / rel, pack_checks([{"input": x}], [[want + corrupt]]))
         m["files"][rel] = fmt.sha256_file(path / rel)
+        m.setdefault("sizes", {})[rel] = (path / rel).stat().st_size
         v["checks"] = rel
     write_manifest(path, m)
 

@@ -149,19 +149,56 @@ def _choose_backends(requested: list[str] | None, tgt: Target) -> tuple[list[str
 
 
 def _prepare_out(out: Path) -> None:
-    if out.exists() and not (out / MANIFEST).is_file():
-        if not out.is_dir() or any(out.iterdir()):
-            raise BuildError(f"{out} exists and is not a bundle; refusing to overwrite it")
+    """`out` may be replaced only when it is missing, an empty directory, or a bundle (its
+    manifest.json says hypercompile made it): a directory that merely holds a manifest.json
+    (a web app's) is never taken for one."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise BuildError(f"{out} exists and is not a bundle directory; refusing to overwrite it")
+    if not any(out.iterdir()):
+        return
+    try:
+        data = json.loads((out / MANIFEST).read_bytes())
+        ours = data["producer"]["name"] == "hypercompile" and "variants" in data
+    except (OSError, ValueError, TypeError, KeyError):
+        ours = False
+    if not ours:
+        raise BuildError(f"{out} exists and is not a bundle; refusing to overwrite it")
 
 
 def _put_in_place(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
+    """Move the finished bundle `tmp` to `out`. An existing bundle is swapped out in one atomic
+    step where the system can (Linux renameat2 RENAME_EXCHANGE): `out` is never missing, and
+    a kill at any point leaves either the old or the new bundle there."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    if _exchange(tmp, out):
+        shutil.rmtree(tmp, ignore_errors=True)  # the old bundle, now under the temporary name
+        return
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    os.replace(out, old)
     os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two directories; False where the system cannot."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0
 
 
 def build(

@@ -556,9 +556,6 @@ class Manifest:
             raise BundleError(f"{where}: the manifest lists no variants")
         if not self.outputs:
             raise BundleError(f"{where}: the manifest lists no outputs")
-        unlisted = sorted(set(self.sizes) - set(self.files))
-        if unlisted:
-            raise BundleError(f"{where}.sizes names {unlisted[0]!r}, which files does not list")
         for gid, g in self.graphs.items():
             if not g.outputs:
                 raise BundleError(f"{where}: graph {gid} has no outputs")

@@ -263,10 +263,10 @@ def _try_exporters(wrapper, inputs, names, out_names, label: str):
     the model, else the same exporter is asked for a fixed batch. Raises the first exporter's
     error (the one users expect) when all fail."""
     user = inputs[: len(inputs) - len(wrapper.state_keys)]
-    batchable = bool(user) and all(x.dim() for x in user)
+    batchable = any(x.dim() for x in user)  # 0-d inputs (a hyperparameter) stay as they are
     failures: list[tuple[str, BaseException]] = []
     for exporter in EXPORTERS:
-        why_fixed = None if batchable else "an input has no batch dimension"
+        why_fixed = None if batchable else "no input has a batch dimension"
         for dynamic in (True, False) if batchable else (False,):
             try:
                 # on a copy each time: a failed attempt may leave the module changed
@@ -286,18 +286,15 @@ def _try_exporters(wrapper, inputs, names, out_names, label: str):
 
 def _batch_mismatch(proto, wrapper, inputs, names) -> str | None:
     """None when the dynamic-batch graph answers a batch of 3 like the model, else why not."""
-    import onnxruntime as ort
+    from ..runtime.runners.onnxruntime import check_session
 
     n = len(inputs) - len(wrapper.state_keys)
     gen = torch.Generator().manual_seed(3)
-    batch = [_grow(x, gen) for x in inputs[:n]] + list(inputs[n:])
+    batch = [_grow(x, gen) if x.dim() else x for x in inputs[:n]] + list(inputs[n:])
     try:
         with torch.no_grad():
             want = flatten_outputs(wrapper(*batch))[1]
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.log_severity_level = 4  # its error is reported as the reason
-        sess = ort.InferenceSession(proto.SerializeToString(), so, ["CPUExecutionProvider"])
+        sess = check_session(proto.SerializeToString())
         got = sess.run(None, {k: x.numpy() for k, x in zip(names, batch)})
     except Exception as e:  # ONNX Runtime or the model itself refuses a batch of 3
         return f"a batch of 3 fails ({first_line(e)})"
@@ -429,8 +426,8 @@ def export_graph(
         )
     batch_symbol = None
     if dynamic:
-        d0 = graph.input[0].type.tensor_type.shape.dim[0]
-        batch_symbol = d0.dim_param or None
+        first = next(vi for vi, x in zip(graph.input, all_inputs) if x.dim())
+        batch_symbol = first.type.tensor_type.shape.dim[0].dim_param or None
 
     weights = stub_weights(proto, module.state_dict(), prefix=Positional.PREFIX)
     proto = simplify(proto, weights)

@@ -128,6 +128,8 @@ def _try_forward(model: StaticModel, label: str) -> None:
     try:
         with torch.no_grad():
             copy.deepcopy(model.module)(*inputs)
+    except AssertionError:
+        return  # forward's own assert: the build names its line (or makes it a host check)
     except Exception as e:
         shapes = ", ".join("x".join(map(str, x.shape)) + f" {str(x.dtype)[6:]}" for x in inputs)
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""

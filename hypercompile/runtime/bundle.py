@@ -13,7 +13,7 @@ import numpy as np
 
 from ..core import tensors as fmt
 from ..core.conditions import cond_key, show, value_key
-from ..core.manifest import Manifest, Profile, TensorSpec, Variant
+from ..core.manifest import MANIFEST, Manifest, Profile, TensorSpec, Variant
 from ..core.targets import Target
 from ..errors import (
     BackendError,
@@ -88,6 +88,7 @@ class Bundle:
         self.path = Path(path).resolve()
         self.device = device  # a profile's device key to use instead of this machine's
         self.manifest: Manifest = Manifest.load(self.path)
+        self._loaded = self._manifest_digest()  # to tell a rebuilt bundle from a damaged one
         self.cache_size = max(1, int(cache_size))
         self._check_layout()
         if verify:
@@ -133,11 +134,26 @@ class Bundle:
         """The bytes of bundle file `rel` (or `data`, read elsewhere), checked against the
         manifest's sha256: a damaged or unlisted file is a BundleError."""
         path = fmt.safe_path(self.path, rel)
-        if data is None:
-            data = fmt.read_regular(path, self.manifest.sizes.get(rel))
-        if rel not in self.manifest.files or fmt.sha256_bytes(data) != self.manifest.files[rel]:
-            raise BundleError(f"{self.path}: {rel} is damaged (sha256 does not match the manifest)")
+        try:
+            if data is None:
+                data = fmt.read_regular(path, self.manifest.sizes.get(rel))
+            if rel not in self.manifest.files or fmt.sha256_bytes(data) != self.manifest.files[rel]:
+                raise BundleError(
+                    f"{self.path}: {rel} is damaged (sha256 does not match the manifest)"
+                )
+        except BundleError:
+            if self._manifest_digest() != self._loaded:
+                raise BundleError(
+                    f"{self.path} was replaced (rebuilt) since it was loaded: load it again"
+                ) from None
+            raise
         return data
+
+    def _manifest_digest(self) -> str | None:
+        try:
+            return fmt.sha256_file(self.path / MANIFEST)
+        except OSError:
+            return None
 
     def weights(self, variant: Variant) -> dict[str, np.ndarray]:
         """A variant's weight tensors, read from its verified weight file."""

@@ -67,6 +67,23 @@ def _probe_session(so: Any) -> None:
     ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
+def check_session(model: bytes) -> Any:
+    """A CPU session for a build-time check of a graph that holds its weights: one thread of
+    its own, or the shared pool where this process has it (ONNX Runtime then refuses others)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 4  # a failure is reported by the caller
+    with _lock:
+        if pool_exists():
+            so.use_per_session_threads = False
+        else:
+            so.intra_op_num_threads = 1
+        session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        _state["sessions"] += 1
+    return session
+
+
 class OrtRunner:
     def __init__(self, session: Any, keepalive: list[Any], pool: OrtPool):
         self.session = session
