@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -49,14 +48,18 @@ class StaticModel:
     nothing a later call leaves in it reaches the bundle."""
 
     def __init__(self, module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]):
-        self.module = copy.deepcopy(module).eval()
+        from .frontend.clone import clone_module
+
+        self.module = clone_module(module).eval()
         self._inputs = tuple(example_inputs)
 
     def conditions(self) -> list[dict[str, Any]]:
         return [{}]
 
     def build(self, cond: dict[str, Any]) -> torch.nn.Module:
-        return copy.deepcopy(self.module)
+        from .frontend.clone import clone_module
+
+        return clone_module(self.module)
 
     def generate(self, cond: dict[str, Any]) -> dict[str, torch.Tensor]:
         return dict(self.module.state_dict())

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import ast
-import copy
 import json
 import os
 import shutil
@@ -38,6 +37,7 @@ from ..errors import (
     BuildError,
     UnsupportedModelError,
 )
+from ..frontend.clone import clone_module
 from ..frontend.export import OPSET, GraphInfo, export_graph
 from ..frontend.loader import example_tuple, resolve_model
 from ..frontend.materialize import (
@@ -312,7 +312,7 @@ def _materialize_all(
         later = torch.Generator().manual_seed(1)
         state = find_state(target, [inputs] + [tuple(random_like(x, later) for x in inputs)], label)
         # the state before the first call, kept apart from anything the export runs
-        pristine = copy.deepcopy(target) if state else target
+        pristine = clone_module(target) if state else target
         # state is carried through one whole graph; the exporter refuses control flow on data
         prog = None if state else _split(target, label)
         v = Variant(id=vid, cond=as_json(cond), weights=f"weights/{vid}.safetensors", artifacts={})
@@ -616,7 +616,7 @@ def _expected_stream(target: torch.nn.Module, sets, graph: Graph) -> Check:
     """Check cases for a stateful variant: the parity sets as one sequence of calls, answered by
     a fresh copy of the target that keeps its state from call to call (a batch of 3 would change
     the state's shape, so none is added)."""
-    model = copy.deepcopy(target)
+    model = clone_module(target)
     check = Check(against=f"target over {len(sets)} calls in a row")
     names = [s.name for s in graph.user_io()[0]]
     with torch.no_grad():

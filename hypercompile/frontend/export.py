@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import io
 import logging
@@ -18,6 +17,7 @@ import torch
 
 from ..core import tensors as fmt
 from ..errors import BuildError, UnsupportedModelError
+from .clone import clone_module
 from .materialize import flatten_outputs
 
 OPSET = 18
@@ -270,14 +270,14 @@ def _try_exporters(wrapper, inputs, names, out_names, label: str):
         for dynamic in (True, False) if batchable else (False,):
             try:
                 # on a copy each time: a failed attempt may leave the module changed
-                once = copy.deepcopy(wrapper)
+                once = clone_module(wrapper)
                 proto = _export_once(exporter, once, inputs, names, out_names, dynamic)
             except Exception as e:  # the exporters raise many types
                 failures.append((exporter, e))
                 why_fixed = why_fixed or f"{exporter} refused a dynamic batch"
                 continue
             if dynamic:
-                why_fixed = _batch_mismatch(proto, copy.deepcopy(wrapper), inputs, names)
+                why_fixed = _batch_mismatch(proto, clone_module(wrapper), inputs, names)
                 if why_fixed:
                     continue
             return proto, exporter, dynamic, why_fixed
@@ -410,7 +410,7 @@ def export_graph(
     names = input_names(module, len(inputs))
     initial = [_current(module, k).detach().clone() for k in state_keys]
     with torch.no_grad():  # on a copy: what a call leaves behind must not shape the export
-        out_names, outs = flatten_outputs(copy.deepcopy(module)(*[x.clone() for x in inputs]))
+        out_names, outs = flatten_outputs(clone_module(module)(*[x.clone() for x in inputs]))
     state_in = [f"state_in_{i}" for i in range(len(state_keys))]
     state_out = [f"state_out_{i}" for i in range(len(state_keys))]
     all_inputs = tuple(inputs) + tuple(initial)

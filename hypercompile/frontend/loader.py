@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib
 import importlib.util
@@ -15,6 +14,7 @@ import torch
 
 from ..errors import BuildError, ModelRefError
 from ..protocol import StaticModel, is_hypermodel
+from .clone import clone_module
 
 
 def import_ref(ref: str) -> Any:
@@ -127,7 +127,7 @@ def _try_forward(model: StaticModel, label: str) -> None:
     inputs = model.example_inputs({})
     try:
         with torch.no_grad():
-            copy.deepcopy(model.module)(*inputs)
+            clone_module(model.module)(*inputs)
     except AssertionError:
         return  # forward's own assert: the build names its line (or makes it a host check)
     except Exception as e:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import BuildError, UnsupportedModelError
+from .clone import clone_module
 
 _PLAIN = (bool, int, float, str, type(None))
 _LATER_CALLS = 3
@@ -105,8 +106,8 @@ def find_state(
     fresh copy. State that cannot be carried faithfully (a Python value, a tensor that changes
     shape or dtype or appears only after the first call) is refused with the line that writes
     it. `inputs_seq`: a few input tuples, the example first; `target` is never called."""
-    fresh = copy.deepcopy(target)
-    used = copy.deepcopy(target)
+    fresh = clone_module(target)
+    used = clone_module(target)
     before = _snapshot(used)
     _outputs(used, inputs_seq[0])
     after = _snapshot(used)
@@ -124,7 +125,7 @@ def find_state(
         and isinstance(after[k], torch.Tensor)
         and (before[k].shape, before[k].dtype) == (after[k].shape, after[k].dtype)
     )
-    carried = copy.deepcopy(fresh)
+    carried = clone_module(fresh)
     for k in tensors:  # a fresh copy given only the carried state must answer like `used`
         _put(carried, k, after[k])
     if not tensors or _later_calls_differ(carried, used, later, compare_fresh=False):
@@ -139,11 +140,11 @@ def _later_calls_differ(
     """Whether `b` answers `later` differently from `a` (each call on a copy of `a`, in turn
     on `b` itself, which keeps its state). A non-deterministic forward counts as not differing:
     parity reports it with numbers."""
-    b = copy.deepcopy(b)
-    a_run = copy.deepcopy(a)
+    b = clone_module(b)
+    a_run = clone_module(a)
     for xs in later:
-        want = _outputs(copy.deepcopy(a) if compare_fresh else a_run, xs)
-        if compare_fresh and _differ(want, _outputs(copy.deepcopy(a), xs)):
+        want = _outputs(clone_module(a) if compare_fresh else a_run, xs)
+        if compare_fresh and _differ(want, _outputs(clone_module(a), xs)):
             return False
         if _differ(want, _outputs(b, xs)):
             return True
@@ -154,7 +155,7 @@ def _read_first(fresh: torch.nn.Module, key: str, xs: tuple, changed: list[str])
     """Whether one call reads attribute `key` before writing it: changing its value beforehand
     changes the outputs or the state the call leaves. Written-then-read scratch (snntorch-style
     neurons resetting their membrane each call) is not read first."""
-    plain, nudged = copy.deepcopy(fresh), copy.deepcopy(fresh)
+    plain, nudged = clone_module(fresh), clone_module(fresh)
     value = _snapshot(nudged).get(key)
     try:
         _put(nudged, key, _nudge(value))
