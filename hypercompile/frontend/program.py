@@ -191,6 +191,12 @@ def _clean(prog: Program) -> None:
 
 # -- liveness --------------------------------------------------------------------------------------
 def _stmt_uses_defs(stmt: ast.stmt, names: set[str]) -> tuple[set[str], set[str]]:
+    if isinstance(stmt, ast.With):  # a manager kept whole: its body in order
+        head = [ast.Expr(i.context_expr) for i in stmt.items]
+        head += [
+            ast.Assign([i.optional_vars], ast.Constant(None)) for i in stmt.items if i.optional_vars
+        ]
+        return _stmts_use_def([*head, *stmt.body], names)
     bound = set()
     for n in ast.walk(stmt):
         if isinstance(n, ast.comprehension):
