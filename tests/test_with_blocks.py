@@ -123,6 +123,26 @@ class Scaled(nn.Module):
         return z + self.scale
 
 
+class ScaledAs(Scaled):
+    """`as` binds what the manager yields; a list built before is extended under it."""
+
+    @contextlib.contextmanager
+    def scaled(self, s):
+        old, self.scale = self.scale, s
+        try:
+            yield s * 2
+        finally:
+            self.scale = old
+
+    def forward(self, x, s):
+        outs = [x]
+        if x.sum() > 0:
+            x = x + 1
+        with self.scaled(s) as twice:
+            outs.append(self.fc(x) * twice + self.scale)
+        return torch.cat(outs, dim=-1)
+
+
 class ScaledBranchInside(Scaled):
     def forward(self, x, s):
         with self.scaled(s):
@@ -157,6 +177,16 @@ def test_a_static_manager_with_a_dynamic_argument_stays_in_one_block(tmp_path):
         (got,) = bundle.run({"x": x.numpy(), "s": s.numpy()}).values()
         with torch.no_grad():
             np.testing.assert_allclose(got, model(x, s).numpy(), atol=1e-4, rtol=0)
+
+
+def test_as_names_and_lists_under_a_managed_with():
+    model = ScaledAs().eval()
+    probe = Probe(split_module(model), model)
+    gen = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for _ in range(6):
+            x, s = torch.randn(2, 4, generator=gen), torch.randn(1, generator=gen)
+            torch.testing.assert_close(probe.run({"x": x, "s": s}), model(x, s))
 
 
 def test_a_managed_body_with_data_dependent_control_flow_is_refused(tmp_path):

@@ -216,11 +216,11 @@ def _stmt_uses_defs(stmt: ast.stmt, names: set[str]) -> tuple[set[str], set[str]
     }
     if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name):
         uses.add(stmt.target.id)
-    for n in ast.walk(stmt):  # x.add_(y) redefines x
+    for n in ast.walk(stmt):  # x.add_(y) redefines x, and so does xs.append(y)
         if (
             isinstance(n, ast.Call)
             and isinstance(n.func, ast.Attribute)
-            and n.func.attr.endswith("_")
+            and (n.func.attr.endswith("_") or n.func.attr in ("append", "extend", "insert"))
             and isinstance(n.func.value, ast.Name)
         ):
             uses.add(n.func.value.id)
