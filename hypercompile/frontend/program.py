@@ -191,6 +191,12 @@ def _clean(prog: Program) -> None:
 
 # -- liveness --------------------------------------------------------------------------------------
 def _stmt_uses_defs(stmt: ast.stmt, names: set[str]) -> tuple[set[str], set[str]]:
+    if isinstance(stmt, ast.With):  # a manager kept whole: its body in order
+        head = [ast.Expr(i.context_expr) for i in stmt.items]
+        head += [
+            ast.Assign([i.optional_vars], ast.Constant(None)) for i in stmt.items if i.optional_vars
+        ]
+        return _stmts_use_def([*head, *stmt.body], names)
     bound = set()
     for n in ast.walk(stmt):
         if isinstance(n, ast.comprehension):
@@ -210,11 +216,11 @@ def _stmt_uses_defs(stmt: ast.stmt, names: set[str]) -> tuple[set[str], set[str]
     }
     if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name):
         uses.add(stmt.target.id)
-    for n in ast.walk(stmt):  # x.add_(y) redefines x
+    for n in ast.walk(stmt):  # x.add_(y) redefines x, and so does xs.append(y)
         if (
             isinstance(n, ast.Call)
             and isinstance(n.func, ast.Attribute)
-            and n.func.attr.endswith("_")
+            and (n.func.attr.endswith("_") or n.func.attr in ("append", "extend", "insert"))
             and isinstance(n.func.value, ast.Name)
         ):
             uses.add(n.func.value.id)

@@ -10,12 +10,13 @@ replaced by their values; what depends on tensors is emitted into blocks, and da
 exits and switches.
 
 Asserts on tensor data, `warnings.warn` and logging calls become host checks of their block
-(an `if` that only warns or logs adds no branch).
+(an `if` that only warns or logs adds no branch). A `with` whose manager comes from the model's
+code (hyperlight's `using_externals(params)`) stays whole in one block, its body as written.
 
 Modules: `state` (environments, blocks, frames, errors), `astutil` (AST helpers), `lowerer`
 (`Lowerer`, the entry), and its parts `statements`, `checks` (host checks), `loops`, `joins`
-(control-flow merges, module state cells), `inline` (inlined calls, switches) and `evaluate`
-(static evaluation and the rewrite of run-time expressions).
+(control-flow merges, module state cells), `inline` (inlined calls, switches), `withs` (`with`
+blocks kept whole) and `evaluate` (static evaluation and the rewrite of run-time expressions).
 """
 
 from .astutil import function_ast, has_control_flow

@@ -116,6 +116,8 @@ class EvaluateMixin:
             path = self.module_paths.get(id(value))
         elif isinstance(value, torch.Tensor):
             path = self.tensor_paths.get(id(value))
+        if path == "":
+            return ast.Name("__root", ast.Load())
         if path is not None:
             return ast.Call(
                 ast.Name("_hc_get", ast.Load()),
@@ -126,9 +128,12 @@ class EvaluateMixin:
             raise Unsupported(f"{loc(frame, node)}: {value.reason}")
         return self.const_ref(value)
 
-    def rewrite(self, node: ast.AST, env: Env, frame: Frame) -> Any:
-        """`node` as block code: see `_Rewriter`."""
-        return _Rewriter(self, env, frame).visit(node)
+    def rewrite(
+        self, node: ast.AST, env: Env, frame: Frame, live: bool = False, result: str = ""
+    ) -> Any:
+        """`node` as block code: see `_Rewriter`. `live`: only names are replaced (a `with`
+        kept whole), and a `return` assigns `result`."""
+        return _Rewriter(self, env, frame, live=live, result=result).visit(node)
 
     def emit(
         self,
@@ -213,20 +218,33 @@ class _Rewriter(CopyTransformer):
     speculative: a failing lookup leaves the expression to run time instead of failing."""
 
     def __init__(
-        self, lw: Any, env: Env, frame: Frame, bound: frozenset = frozenset(), lazy: bool = False
+        self,
+        lw: Any,
+        env: Env,
+        frame: Frame,
+        bound: frozenset = frozenset(),
+        lazy: bool = False,
+        live: bool = False,
+        result: str = "",
     ):
         self.lw, self.env, self.frame, self.bound, self.lazy = lw, env, frame, bound, lazy
+        self.live = live  # no partial evaluation: only names are replaced (see `withs`)
+        self.result = result  # live: the name a `return` in the statement assigns
 
     def _inner(self, bound: frozenset | None = None) -> _Rewriter:
         """A lazy rewriter for a part that need not run, with `bound` names if given."""
-        bound = self.bound if bound is None else bound
-        return _Rewriter(self.lw, self.env, self.frame, bound, lazy=True)
+        inner = copy.copy(self)
+        inner.bound = self.bound if bound is None else bound
+        inner.lazy = True
+        return inner
 
     def _dynamic(self, node: ast.AST) -> bool:
         return bool(free_names(node) & self.env.dynamic)
 
     def visit(self, node: ast.AST) -> Any:
-        if isinstance(node, ast.expr) and not isinstance(node, (ast.Starred, ast.Name)):
+        if self.live:
+            pass
+        elif isinstance(node, ast.expr) and not isinstance(node, (ast.Starred, ast.Name)):
             names = free_names(node)
             if names & set(self.env.static) and not names & (self.bound | self.env.dynamic):
                 ok, value = self.lw.static_eval(node, self.env, self.frame, speculative=self.lazy)
@@ -288,6 +306,8 @@ class _Rewriter(CopyTransformer):
         return self.generic_visit(node)
 
     def visit_IfExp(self, node: ast.IfExp) -> ast.expr:
+        if self.live:
+            return self.generic_visit(node)
         ok, value = self.lw.static_eval(node.test, self.env, self.frame, speculative=self.lazy)
         if ok:
             return self.visit(node.body if value else node.orelse)
@@ -309,6 +329,14 @@ class _Rewriter(CopyTransformer):
             ):
                 return self._helper(f"_hc_{f.id}", node.args, node)
         return self.generic_visit(node)
+
+    def visit_Return(self, node: ast.Return) -> ast.stmt:
+        """The final `return` of a `with` kept whole (`withs`): the with's result."""
+        if not (self.live and self.result):
+            raise Unsupported(f"{loc(self.frame, node)}: internal: a return in block code")
+        value = node.value if node.value is not None else ast.Constant(None)
+        new = ast.Assign([ast.Name(self.result, ast.Store())], self.visit(value))
+        return ast.copy_location(new, node)
 
     def visit_For(self, node: ast.For) -> ast.For:
         """A loop over a run-time iterable, emitted whole: its body may run zero times."""

@@ -79,11 +79,13 @@ class InlineMixin:
         trial = type(self)(self.root, self.opaque_state)
         trial._inline_cache = self._inline_cache  # shared: guards against recursion
         trial.speculative = True  # its arguments are stand-ins: lookups may fail
-        params = [a.arg for a in node.args.args]
+        a = node.args
+        params = [x.arg for x in a.args]
         env = Env()
         if isinstance(fn, torch.nn.Module) or inspect.ismethod(fn):
             params = params[1:]
             env.static["self"] = fn if isinstance(fn, torch.nn.Module) else fn.__self__
+        params += [x.arg for x in (*a.kwonlyargs, a.vararg, a.kwarg) if x is not None]
         env.dynamic |= set(params)
         b = trial.new_block()
         try:
@@ -119,6 +121,8 @@ class InlineMixin:
         joined = self.join(states, frame, call)
         if joined is None:
             return None
+        if isinstance(stmt, ast.Expr) and stmt.value is call:
+            return joined  # a call for its effects (host checks): its value is dropped
         new_stmt = replace_node(stmt, call, ast.Name(result_local, ast.Load()))
         return self.lower_simple(new_stmt, joined, frame)
 
@@ -126,34 +130,50 @@ class InlineMixin:
         self, fn: Any, call: ast.Call, node: ast.FunctionDef, st: St, frame: Frame, callee: Frame
     ) -> Env:
         """The callee's environment: static arguments bound to their values, dynamic ones
-        assigned to the callee's program names in the caller's block, defaults filled in."""
-        params = self._params(node, callee)
+        assigned to the callee's program names in the caller's block, defaults filled in;
+        `*args` and `**kwargs` collect the rest (a tuple and a dict, static when every item
+        is)."""
+        a = node.args
+        if a.posonlyargs:
+            raise Unsupported(
+                f"{loc(callee, node)}: positional-only parameters in a call to inline"
+            )
+        params = [x.arg for x in a.args]
         env = Env()
         if isinstance(fn, torch.nn.Module) or inspect.ismethod(fn):
             env.static["self"] = fn if isinstance(fn, torch.nn.Module) else fn.__self__
             params = params[1:]
         if call.keywords and any(k.arg is None for k in call.keywords):
             raise Unsupported(f"{loc(frame, call)}: **kwargs in a call that must be inlined")
-        if any(isinstance(a, ast.Starred) for a in call.args):
+        if any(isinstance(x, ast.Starred) for x in call.args):
             raise Unsupported(f"{loc(frame, call)}: *args in a call that must be inlined")
+        if len(call.args) > len(params) and a.vararg is None:
+            raise Unsupported(f"{loc(frame, call)}: too many arguments in a call to inline")
         bound: dict[str, ast.expr] = dict(zip(params, call.args))
-        bound |= {k.arg: k.value for k in call.keywords if k.arg}
-        defaults = dict(zip(params[len(params) - len(node.args.defaults) :], node.args.defaults))
-        for p in params:
+        extra_kw: dict[str, ast.expr] = {}
+        kwonly = [x.arg for x in a.kwonlyargs]
+        for k in call.keywords:
+            if k.arg in bound:
+                raise Unsupported(f"{loc(frame, call)}: argument {k.arg} given twice")
+            if k.arg in params or k.arg in kwonly:
+                bound[k.arg] = k.value  # type: ignore[index]
+            elif a.kwarg is not None:
+                extra_kw[k.arg] = k.value  # type: ignore[index]
+            else:
+                raise Unsupported(f"{loc(frame, call)}: unexpected keyword argument {k.arg}")
+        if a.vararg is not None:
+            elts = list(call.args[len(params) :])
+            bound[a.vararg.arg] = ast.copy_location(ast.Tuple(elts, ast.Load()), call)
+        if a.kwarg is not None:
+            keys: list[ast.expr | None] = [ast.Constant(k) for k in extra_kw]
+            value = ast.Dict(keys, list(extra_kw.values()))
+            bound[a.kwarg.arg] = ast.copy_location(value, call)
+        defaults = dict(zip(params[len(params) - len(a.defaults) :], a.defaults))
+        defaults |= {x.arg: d for x, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None}
+        names = params + kwonly + [x.arg for x in (a.vararg, a.kwarg) if x is not None]
+        for p in names:
             if p in bound:
-                arg = bound[p]
-                ok, value = self.static_eval(arg, st.env, frame, allow_list=True)
-                if ok and not isinstance(value, torch.Tensor):
-                    env.static[p] = value
-                else:
-                    self.emit(
-                        ast.Assign([ast.Name(callee.prog(p), ast.Store())], arg),
-                        st,
-                        frame,
-                        program_targets=True,
-                        node=call,
-                    )
-                    env.dynamic.add(p)
+                self._bind_one(p, bound[p], env, st, frame, callee, call)
             elif p in defaults:
                 ok, value = self.static_eval(defaults[p], Env(), callee)
                 if not ok:
@@ -162,6 +182,19 @@ class InlineMixin:
             else:
                 raise Unsupported(f"{loc(frame, call)}: missing argument {p}")
         return env
+
+    def _bind_one(
+        self, p: str, arg: ast.expr, env: Env, st: St, frame: Frame, callee: Frame, call: ast.AST
+    ) -> None:
+        """Bind parameter `p` to `arg`: its value when known at build time, else a program name
+        assigned in the caller's block."""
+        ok, value = self.static_eval(arg, st.env, frame, allow_list=True)
+        if ok and not isinstance(value, torch.Tensor):
+            env.static[p] = value
+            return
+        target = ast.Name(callee.prog(p), ast.Store())
+        self.emit(ast.Assign([target], arg), st, frame, program_targets=True, node=call)
+        env.dynamic.add(p)
 
     def _call_results(
         self, callee: Frame, result_local: str, st: St, frame: Frame, node: ast.FunctionDef

@@ -16,9 +16,18 @@ from .joins import JoinsMixin
 from .loops import LoopsMixin
 from .state import Block, Env, Frame, HardUnsupported, St, Unsupported, loc
 from .statements import StatementsMixin
+from .withs import WithsMixin
 
 
-class Lowerer(StatementsMixin, ChecksMixin, LoopsMixin, JoinsMixin, InlineMixin, EvaluateMixin):
+class Lowerer(
+    StatementsMixin,
+    WithsMixin,
+    ChecksMixin,
+    LoopsMixin,
+    JoinsMixin,
+    InlineMixin,
+    EvaluateMixin,
+):
     """Lowers `root.forward` into blocks; see the package docstring."""
 
     def __init__(self, root: torch.nn.Module, opaque_state: bool = False):

@@ -51,7 +51,8 @@ _STATIC_FACTS = {
 }  # fmt: skip
 
 
-def _value_neutral(ctx: Any) -> bool:
+def value_neutral(ctx: Any) -> bool:
+    """Whether a context manager object changes no value (grad modes and the like)."""
     if isinstance(ctx, torch.autocast):
         return not getattr(ctx, "_enabled", True)
     return isinstance(ctx, _NEUTRAL_CONTEXTS)
@@ -125,19 +126,19 @@ class StatementsMixin:
 
     def lower_with(self, stmt: ast.With, st: St, frame: Frame, loop: Loop | None):
         """Context managers that change no value (grad modes, disabled autocast, warning
-        filters, `nullcontext`): the body is lowered as plain statements."""
+        filters, `nullcontext`): the body is lowered as plain statements. Any other manager:
+        the statement stays whole in one block (`lower_managed_with`)."""
         for item in stmt.items:
+            if self.user_manager(item, st.env, frame):
+                return self.lower_managed_with(stmt, st, frame)
             grad = torch.is_grad_enabled()
             ok, ctx = self.static_eval(item.context_expr, st.env, frame)
             torch.set_grad_enabled(grad)  # `torch.set_grad_enabled(False)` sets it when built
-            src = ast.unparse(item.context_expr)
-            if not ok or not _value_neutral(ctx):
-                raise Unsupported(
-                    f"{loc(frame, stmt)}: `with {src}` is not supported in a split forward "
-                    "(only context managers that change no value: grad modes, "
-                    "autocast(enabled=False), warnings.catch_warnings(), nullcontext())"
-                )
+            if not ok or not value_neutral(ctx):
+                return self.lower_managed_with(stmt, st, frame)
+        for item in stmt.items:
             if item.optional_vars is not None:
+                src = ast.unparse(item.context_expr)
                 raise Unsupported(f"{loc(frame, stmt)}: `with {src} as ...` is not supported")
         return self._static_branch(stmt.body, st, frame, loop)
 
