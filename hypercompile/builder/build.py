@@ -314,14 +314,15 @@ def _materialize_all(
         # the state before the first call, kept apart from anything the export runs
         pristine = clone_module(target) if state else target
         # state is carried through one whole graph; the exporter refuses control flow on data
-        prog = None if state else _split(target, label)
+        prog, said = (None, None) if state else _split(target, label)
         v = Variant(id=vid, cond=as_json(cond), weights=f"weights/{vid}.safetensors", artifacts={})
         if prog is None:
             arch = architecture_signature(target, inputs) + (f" state={state}" if state else "")
             if arch not in by_arch:
                 gid = f"g{len(graphs)}"
                 t = time.perf_counter()
-                info = export_graph(target, inputs, tmp / "graphs" / f"{gid}.onnx", label, state)
+                path = tmp / "graphs" / f"{gid}.onnx"
+                info = _export_whole(target, inputs, path, label, state, said)
                 graphs[gid] = _graph_entry(gid, arch, info, time.perf_counter() - t)
                 _compile_graph(graphs[gid], tmp, tgt, backend_names, tune)
                 by_arch[arch] = gid
@@ -392,7 +393,8 @@ def _io(v: Variant, graphs: dict[str, Graph], programs: dict[str, ProgramEntry])
 
 
 def _split(target: torch.nn.Module, label: str):
-    """The host program of a target with data-dependent control flow, else None. When the
+    """The host program of a target with data-dependent control flow, else None, with why the
+    splitter left it to the whole-graph exporter (None when it had nothing to say). When the
     splitter meets something it cannot handle but forward has no control flow of its own, the
     whole-graph exporter gets its chance (it refuses data-dependent branches itself). Library
     layers that assign module state within a call (snntorch neurons) are inlined to carry it;
@@ -402,14 +404,25 @@ def _split(target: torch.nn.Module, label: str):
     from ..frontend.splitter import Unsupported
 
     try:
-        return split_module(target)
+        return split_module(target), None
     except Unsupported as e:
         if getattr(e, "hard", False) and _static_without_state_callees(target):
-            return None
+            return None, None
         if getattr(e, "hard", False) or _forward_has_control(target):
             where = "" if label == cond_label({}) else f"variant {label}: "
             raise UnsupportedModelError(f"{where}{e}") from None
-        return None
+        return None, str(e)
+
+
+def _export_whole(target, inputs, path: Path, label: str, state, said: str | None) -> GraphInfo:
+    """Export the whole target; when that fails and the splitter had given up on it first
+    (`said`: why), the splitter's file:line is the better message."""
+    try:
+        return export_graph(target, inputs, path, label, state)
+    except BuildError as e:
+        if said is None:
+            raise
+        raise UnsupportedModelError(f"{said} (and exporting it whole failed: {e})") from None
 
 
 def _static_without_state_callees(target: torch.nn.Module) -> bool:
