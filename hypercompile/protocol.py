@@ -52,6 +52,9 @@ class StaticModel:
 
         self.module = clone_module(module).eval()
         self._inputs = tuple(example_inputs)
+        sample = getattr(module, "sample_inputs", None)
+        if callable(sample):  # the module's own parity inputs: sample_inputs(cond, n)
+            self.sample_inputs = sample
 
     def conditions(self) -> list[dict[str, Any]]:
         return [{}]

@@ -370,3 +370,32 @@ class NeutralContexts(_Idiom):
         with torch.no_grad(), torch.set_grad_enabled(False):
             h = h * 2
         return h
+
+
+class PerSampleExit(nn.Module):
+    """Per-sample early exit at batch 8 (BranchyNet style): confident samples leave after the
+    first classifier; the rest go on, and their answers are written back in place
+    (`out[hard] = ...`), a tensor of data-dependent size in between."""
+
+    def __init__(self):
+        super().__init__()
+        self.stage1 = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+        self.exit1 = nn.Linear(16, 4)
+        self.stage2 = nn.Sequential(nn.Linear(16, 16), nn.ReLU())
+        self.exit2 = nn.Linear(16, 4)
+        self.example_inputs = (torch.randn(8, 8),)
+
+    def forward(self, x):
+        h = self.stage1(x)
+        logits = self.exit1(h)
+        conf = torch.softmax(logits, dim=1).max(dim=1).values
+        out = logits.clone()
+        hard = conf < 0.5
+        if hard.any():
+            h2 = self.stage2(h[hard])
+            out[hard] = self.exit2(h2)
+        return out
+
+    def sample_inputs(self, cond, n):
+        gen = torch.Generator().manual_seed(5)  # small inputs: unsure; large: all confident
+        return [(torch.randn(8, 8, generator=gen) * (0.2 if i % 2 else 20),) for i in range(n)]

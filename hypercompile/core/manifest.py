@@ -556,9 +556,9 @@ class Manifest:
             raise BundleError(f"{where}: the manifest lists no variants")
         if not self.outputs:
             raise BundleError(f"{where}: the manifest lists no outputs")
-        for gid, g in self.graphs.items():
-            if not g.outputs:
-                raise BundleError(f"{where}: graph {gid} has no outputs")
+        for v in self.variants:  # (a program's block may have none: its effect is a check)
+            if v.graph is not None and v.graph in self.graphs and not self.graphs[v.graph].outputs:
+                raise BundleError(f"{where}: graph {v.graph} of variant {v.id} has no outputs")
         if not 0 < self.rtol < 1:
             raise BundleError(f"{where}.rtol {self.rtol} is outside (0, 1)")
         seen: dict[str, str] = {}

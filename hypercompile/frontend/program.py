@@ -216,6 +216,12 @@ def _stmt_uses_defs(stmt: ast.stmt, names: set[str]) -> tuple[set[str], set[str]
     }
     if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name):
         uses.add(stmt.target.id)
+    for target in _store_targets(stmt):  # out[mask] = v, x.data = v: changes out, x in place
+        while isinstance(target, (ast.Subscript, ast.Attribute)):
+            target = target.value
+        if isinstance(target, ast.Name) and target.id in names:
+            uses.add(target.id)
+            defs.add(target.id)
     for n in ast.walk(stmt):  # x.add_(y) redefines x, and so does xs.append(y)
         if (
             isinstance(n, ast.Call)
@@ -226,6 +232,24 @@ def _stmt_uses_defs(stmt: ast.stmt, names: set[str]) -> tuple[set[str], set[str]
             uses.add(n.func.value.id)
             defs.add(n.func.value.id)
     return uses, defs
+
+
+def _store_targets(stmt: ast.stmt) -> list[ast.expr]:
+    """The subscript and attribute targets a statement stores into (tuple targets unpacked)."""
+    if isinstance(stmt, ast.Assign):
+        targets = list(stmt.targets)
+    elif isinstance(stmt, (ast.AugAssign, ast.AnnAssign)):
+        targets = [stmt.target]
+    else:
+        return []
+    out = []
+    while targets:
+        t = targets.pop()
+        if isinstance(t, (ast.Tuple, ast.List)):
+            targets.extend(t.elts)
+        elif isinstance(t, (ast.Subscript, ast.Attribute)):
+            out.append(t)
+    return out
 
 
 def _program_names(prog: Program) -> set[str]:
