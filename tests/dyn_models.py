@@ -370,3 +370,75 @@ class NeutralContexts(_Idiom):
         with torch.no_grad(), torch.set_grad_enabled(False):
             h = h * 2
         return h
+
+
+class DataGate(nn.Module):
+    """DyCL's BlockDrop idiom: a branch on `action.data` (the exporter crashes on `.data`)."""
+
+    def __init__(self):
+        super().__init__()
+        _seeded(20)
+        self.gate = nn.Linear(4, 1)
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.eval()
+
+    def example_inputs(self):
+        return (torch.randn(1, 4),)
+
+    def forward(self, x):
+        action = (self.gate(x) > 0).float()
+        if action.data.sum() == 0:
+            return self.a(x)
+        return self.b(x) * action.data[:, :1]
+
+
+class _CrashOnExport(nn.Module):
+    """Fine when run; kills its process when torch.export traces it (a native crash)."""
+
+    def forward(self, x):
+        if torch.compiler.is_exporting():
+            import ctypes
+
+            ctypes.string_at(0)  # reads address 0: SIGSEGV
+        return x * 2
+
+
+class CrashingExport(nn.Module):
+    """A gate, then a block whose export crashes the exporter."""
+
+    def __init__(self):
+        super().__init__()
+        _seeded(21)
+        self.a = nn.Linear(4, 4)
+        self.crash = _CrashOnExport()
+        self.eval()
+
+    def example_inputs(self):
+        return (torch.randn(1, 4),)
+
+    def forward(self, x):
+        x = self.a(x)
+        if x.sum() > 0:
+            x = self.crash(x)
+        return x + 1
+
+
+class ShapeShift(nn.Module):
+    """A value that is a tuple on one path and a tensor on the other."""
+
+    def __init__(self):
+        super().__init__()
+        _seeded(22)
+        self.a = nn.Linear(4, 4)
+        self.eval()
+
+    def example_inputs(self):
+        return (torch.randn(1, 4),)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            y = (self.a(x), x)
+        else:
+            y = x
+        return y
