@@ -670,6 +670,7 @@ class _Job:
     flat: list[torch.Tensor]
     dynamic: list[dict[int, Any]]
     outs: tuple[torch.Tensor, ...]
+    paths: set[str]  # of the root's submodules and tensors the block uses
 
 
 def _job(prog: Program, b: ir.Block, root: torch.nn.Module) -> _Job:
@@ -696,15 +697,56 @@ def _job(prog: Program, b: ir.Block, root: torch.nn.Module) -> _Job:
     module = BlockModule(root, prog.fns[b.id], in_specs, len(b.outputs))
     with torch.no_grad():
         outs = module(*flat)
-    return _Job(b, module, flat, dynamic, outs)
+    paths = {
+        n.args[1].value
+        for s in b.body
+        for n in ast.walk(s)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Name)
+        and n.func.id == "_hc_get"
+        and isinstance(n.args[1], ast.Constant)
+    }
+    return _Job(b, module, flat, dynamic, outs, paths)
 
 
-def _run_exporter(module: torch.nn.Module, jobs: list[_Job], prefixes: list[str]) -> Any:
-    """torch.onnx's graph of `module` over the jobs' inputs, named `<prefix>in<i>` and
-    `<prefix>out<i>` per job."""
+def _used_root(root: torch.nn.Module, paths: set[str]) -> torch.nn.Module:
+    """A module holding only what the blocks use of `root`, at the same paths (so weights keep
+    their state_dict names): the exporter's work grows with every parameter its module has."""
+    if "" in paths:
+        return root
+    keys = set(root.state_dict(keep_vars=True))
+    top = torch.nn.Module()
+    for path in sorted(paths, key=lambda p: p.count(".")):
+        *parents, name = path.split(".")
+        box = top
+        for part in parents:
+            if not hasattr(box, part):
+                box.add_module(part, torch.nn.Module())
+            box = getattr(box, part)
+        if hasattr(box, name):
+            continue  # inside a module already there
+        value = _hc_get(root, path)
+        if isinstance(value, torch.nn.Parameter):
+            box.register_parameter(name, value)
+        elif isinstance(value, torch.Tensor):
+            box.register_buffer(name, value, persistent=path in keys)
+        elif isinstance(value, torch.nn.Module):
+            box.add_module(name, value)
+        else:
+            return root
+    return top
+
+
+def _run_exporter(root: torch.nn.Module, jobs: list[_Job], prefixes: list[str]) -> Any:
+    """torch.onnx's graph of the jobs' blocks, one after another, over their inputs named
+    `<prefix>in<i>` and `<prefix>out<i>` per job."""
     from .export import OPSET, quiet, warm_exporter
 
     warm_exporter()
+    used = _used_root(root, set().union(*(j.paths for j in jobs)))
+    for j in jobs:
+        j.module.root = used
+    module = jobs[0].module if len(jobs) == 1 else _Batch(used, jobs)
     flat = tuple(x for j in jobs for x in j.flat)
     dynamic = [d for j in jobs for d in j.dynamic]
     with quiet():
@@ -755,7 +797,7 @@ def export_block(prog: Program, b: ir.Block, root: torch.nn.Module, path: Path) 
     """Export block `b` to `path`; returns (weight names, input specs, output specs)."""
     job = _job(prog, b, root)
     try:
-        proto = _run_exporter(job.module, [job], [""])
+        proto = _run_exporter(root, [job], [""])
     except Exception as e:
         raise export_failure(e, prog, b) from None
     return _save(proto, job, root, path)
@@ -779,7 +821,7 @@ def export_blocks(
         prefixes = [f"b{i}_" for i in range(len(jobs))]
         started([j.block.id for j in jobs])
         try:
-            whole = _run_exporter(_Batch(root, jobs), jobs, prefixes)
+            whole = _run_exporter(root, jobs, prefixes)
             parts = [
                 cut_graph(
                     whole,
@@ -796,7 +838,7 @@ def export_blocks(
     for j in jobs:
         started([j.block.id])
         try:
-            proto = _run_exporter(j.module, [j], [""])
+            proto = _run_exporter(root, [j], [""])
         except Exception as e:
             raise export_failure(e, prog, j.block) from None
         out[j.block.id] = _save(proto, j, root, paths[j.block.id])
