@@ -2,8 +2,9 @@
 and a warm exporter (nothing is pickled), each exporting its share of the blocks in batches
 (`program.export_blocks`) and sending back what the manifest records. A worker that dies (the
 exporter crashed in native code) fails the build with the file and line of the block it was
-exporting; the build then removes its temporary folder as for any error. Where processes
-cannot be forked, blocks are exported in the build's own process."""
+exporting; the build then removes its temporary folder as for any error. Elsewhere than on
+Linux (where forking a process that runs torch is not safe), blocks are exported in the build's
+own process."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import contextlib
 import os
 import pickle
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ def export_in_workers(
 
     if not blocks:
         return {}
-    if not hasattr(os, "fork") or not hasattr(os, "waitpid"):
+    if not sys.platform.startswith("linux"):  # forking a process that runs torch: Linux only
         return export_blocks(prog, blocks, root, paths)
     _warm_up()
     n = max(1, min(_cpus(), MAX_WORKERS, len(blocks) // MIN_SHARE))
