@@ -442,3 +442,30 @@ class ShapeShift(nn.Module):
         else:
             y = x
         return y
+
+
+class _RefuseExport(nn.Module):
+    def forward(self, x):
+        if torch.compiler.is_exporting():
+            raise RuntimeError("this layer refuses to export")
+        return x * 2
+
+
+class RefusingExport(nn.Module):
+    """A gate, then a block whose export raises inside a layer (not in forward itself)."""
+
+    def __init__(self):
+        super().__init__()
+        _seeded(23)
+        self.a = nn.Linear(4, 4)
+        self.refuse = _RefuseExport()
+        self.eval()
+
+    def example_inputs(self):
+        return (torch.randn(1, 4),)
+
+    def forward(self, x):
+        x = self.a(x)
+        if x.sum() > 0:
+            x = self.refuse(x) + 1
+        return x - 1

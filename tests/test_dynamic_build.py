@@ -21,6 +21,7 @@ from dyn_models import (
     NeutralContexts,
     RecurrentSkip,
     Refine,
+    RefusingExport,
     Router,
     ShapeAsserts,
     ShapeShift,
@@ -277,6 +278,16 @@ def test_exporter_crash_fails_the_build_at_the_block_and_cleans_up(tmp_path):
     )
     assert f"dyn_models.py:{line}: exporting this block crashed the exporter" in str(err.value)
     assert "SIGSEGV" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_errors_name_the_innermost_user_line(tmp_path):
+    """Blocks export together; when that fails each is exported alone, and the error names the
+    line inside the layer that raised, not the block's first line."""
+    lines = (ROOT / "tests" / "dyn_models.py").read_text().splitlines()
+    line = next(i for i, t in enumerate(lines, 1) if 'refuses to export")' in t)
+    with pytest.raises(hc.BuildError, match=rf"dyn_models\.py:{line}: .*this layer refuses"):
+        hc.build(RefusingExport(), out=tmp_path / "b", parity_inputs=20)
     assert list(tmp_path.iterdir()) == []
 
 
