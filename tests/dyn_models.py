@@ -399,3 +399,102 @@ class PerSampleExit(nn.Module):
     def sample_inputs(self, cond, n):
         gen = torch.Generator().manual_seed(5)  # small inputs: unsure; large: all confident
         return [(torch.randn(8, 8, generator=gen) * (0.2 if i % 2 else 20),) for i in range(n)]
+
+
+class DataGate(nn.Module):
+    """DyCL's BlockDrop idiom: a branch on `action.data` (the exporter crashes on `.data`)."""
+
+    def __init__(self):
+        super().__init__()
+        _seeded(20)
+        self.gate = nn.Linear(4, 1)
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.eval()
+
+    def example_inputs(self):
+        return (torch.randn(1, 4),)
+
+    def forward(self, x):
+        action = (self.gate(x) > 0).float()
+        if action.data.sum() == 0:
+            return self.a(x)
+        return self.b(x) * action.data[:, :1]
+
+
+class _CrashOnExport(nn.Module):
+    """Fine when run; kills its process when torch.export traces it (a native crash)."""
+
+    def forward(self, x):
+        if torch.compiler.is_exporting():
+            import ctypes
+
+            ctypes.string_at(0)  # reads address 0: SIGSEGV
+        return x * 2
+
+
+class CrashingExport(nn.Module):
+    """A gate, then a block whose export crashes the exporter."""
+
+    def __init__(self):
+        super().__init__()
+        _seeded(21)
+        self.a = nn.Linear(4, 4)
+        self.crash = _CrashOnExport()
+        self.eval()
+
+    def example_inputs(self):
+        return (torch.randn(1, 4),)
+
+    def forward(self, x):
+        x = self.a(x)
+        if x.sum() > 0:
+            x = self.crash(x)
+        return x + 1
+
+
+class ShapeShift(nn.Module):
+    """A value that is a tuple on one path and a tensor on the other."""
+
+    def __init__(self):
+        super().__init__()
+        _seeded(22)
+        self.a = nn.Linear(4, 4)
+        self.eval()
+
+    def example_inputs(self):
+        return (torch.randn(1, 4),)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            y = (self.a(x), x)
+        else:
+            y = x
+        return y
+
+
+class _RefuseExport(nn.Module):
+    def forward(self, x):
+        if torch.compiler.is_exporting():
+            raise RuntimeError("this layer refuses to export")
+        return x * 2
+
+
+class RefusingExport(nn.Module):
+    """A gate, then a block whose export raises inside a layer (not in forward itself)."""
+
+    def __init__(self):
+        super().__init__()
+        _seeded(23)
+        self.a = nn.Linear(4, 4)
+        self.refuse = _RefuseExport()
+        self.eval()
+
+    def example_inputs(self):
+        return (torch.randn(1, 4),)
+
+    def forward(self, x):
+        x = self.a(x)
+        if x.sum() > 0:
+            x = self.refuse(x) + 1
+        return x - 1

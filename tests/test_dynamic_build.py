@@ -13,14 +13,18 @@ import torch
 from conftest import ROOT
 from dyn_models import (
     CondExpr,
+    CrashingExport,
+    DataGate,
     DelInput,
     EarlyExit,
     Halving,
     NeutralContexts,
     RecurrentSkip,
     Refine,
+    RefusingExport,
     Router,
     ShapeAsserts,
+    ShapeShift,
     SharedLayer,
     Stack,
     TwoInputs,
@@ -252,3 +256,56 @@ def test_ordinary_idioms_build_and_agree(model_cls, dyn_bundle):
     (variant,) = m["variants"]
     assert "program" in variant
     _agree(model, hc.load(path))
+
+
+def test_data_attribute_builds_and_agrees(tmp_path):
+    """`.data` (DyCL's BlockDrop: `if action.data.sum() == 0:`) runs as `.detach()` in blocks;
+    the exporter crashed on it."""
+    model = DataGate()
+    path = hc.build(model, out=tmp_path / "b", parity_inputs=40)
+    _agree(model, hc.load(path), n=40)
+
+
+def test_exporter_crash_fails_the_build_at_the_block_and_cleans_up(tmp_path):
+    """A segfault inside the exporter kills a worker, not the build: the error names the
+    block's line, and no temporary folder is left."""
+    with pytest.raises(hc.BuildError) as err:
+        hc.build(CrashingExport(), out=tmp_path / "b", parity_inputs=20)
+    line = next(
+        i
+        for i, t in enumerate((ROOT / "tests" / "dyn_models.py").read_text().splitlines(), 1)
+        if "x = self.crash(x)" in t
+    )
+    assert f"dyn_models.py:{line}: exporting this block crashed the exporter" in str(err.value)
+    assert "SIGSEGV" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_errors_name_the_innermost_user_line(tmp_path):
+    """Blocks export together; when that fails each is exported alone, and the error names the
+    line inside the layer that raised, not the block's first line."""
+    lines = (ROOT / "tests" / "dyn_models.py").read_text().splitlines()
+    line = next(i for i, t in enumerate(lines, 1) if 'refuses to export")' in t)
+    with pytest.raises(hc.BuildError, match=rf"dyn_models\.py:{line}: .*this layer refuses"):
+        hc.build(RefusingExport(), out=tmp_path / "b", parity_inputs=20)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refusals_name_forward_values_and_lines(tmp_path):
+    with pytest.raises(
+        hc.BuildError,
+        match=r"dyn_models\.py:\d+: `y` is a tensor on one path "
+        r"and a tuple of 2 on another",
+    ) as err:
+        hc.build(ShapeShift(), out=tmp_path / "b", parity_inputs=20)
+    assert "__" not in str(err.value)
+
+
+def test_internal_value_names_are_shown_as_forward_writes_them():
+    from hypercompile.frontend.program import user_name
+
+    assert user_name("x__27") == "`x`"
+    assert user_name("h__3__12") == "`h`"
+    assert user_name("__ret10") == "the value returned"
+    assert user_name("__p4__2") == "a condition"
+    assert user_name("__st_0_hidden") == "attribute `hidden`"

@@ -546,9 +546,7 @@ def _build_program(prog, target, sets, ctx: _Ctx) -> tuple[Check, ProgramEntry]:
                 " give inputs it accepts (--parity-data, or sample_inputs)"
             )
         probe.explore()
-    graph_of = {
-        k: _block_graph(prog, b, target, ctx) for k, b in prog.blocks.items() if k in prog.fns
-    }
+    graph_of = _block_graphs(prog, target, ctx)
     with torch.no_grad():
         outs = flatten_outputs(target(*inputs))[1]
     entry = ProgramEntry(
@@ -567,35 +565,52 @@ def _side(side: str) -> str:
     return f"the {side} side" if side in ("then", "else") else f"case {side}"
 
 
-def _block_graph(prog, b, target, ctx: _Ctx) -> str:
-    """The graph id of block `b`: exported and compiled, unless an identical block (same code
-    over the same shapes, or the same ONNX bytes) already was."""
+def _block_graphs(prog, target, ctx: _Ctx) -> dict[int, str]:
+    """The graph id of every block that calls one. A block with the same code over the same
+    shapes as one exported before shares its graph; the others are exported together in
+    worker processes (see `exports`), then each compiled, unless its ONNX bytes equal a graph
+    the bundle already has."""
+    from ..frontend import program as P
+    from .exports import export_in_workers
+
+    calls = [k for k in prog.blocks if k in prog.fns]
+    keys = {k: P.block_key(prog, prog.blocks[k]) for k in calls}
+    todo: dict[str, Any] = {}  # key -> the first block with it
+    for k in calls:
+        if keys[k] not in ctx.block_cache:
+            todo.setdefault(keys[k], prog.blocks[k])
+    paths = {b.id: ctx.tmp / "graphs" / f".block{b.id}.onnx" for b in todo.values()}
+    t = time.perf_counter()
+    records = export_in_workers(prog, list(todo.values()), target, paths)
+    each = (time.perf_counter() - t) / max(len(todo), 1)  # exported together: a share each
+    for key, b in todo.items():
+        ctx.block_cache[key] = _add_block_graph(paths[b.id], records[b.id], each, ctx)
+    return {k: ctx.block_cache[keys[k]] for k in calls}
+
+
+def _add_block_graph(path: Path, record, export_s: float, ctx: _Ctx) -> str:
+    """The id of the graph exported to `path`: an identical graph's (structure and weight
+    names: stored once), else a new graph, compiled."""
     from ..frontend import program as P
 
-    key = P.block_key(prog, b)
-    if key in ctx.block_cache:
-        return ctx.block_cache[key]
-    gid = f"g{len(ctx.graphs)}"
-    path = ctx.tmp / "graphs" / f"{gid}.onnx"
-    t = time.perf_counter()
-    weights, ins, outs = P.export_block(prog, b, target, path)
+    weights, ins, outs = record
     digest = P.graph_digest(path)
     same = next((g for g in ctx.graphs.values() if g.digest == digest), None)
-    if same is not None:  # identical subgraph (structure and weight names): store once
+    if same is not None:
         path.unlink()
-        ctx.block_cache[key] = same.id
         return same.id
+    gid = f"g{len(ctx.graphs)}"
+    path.rename(ctx.tmp / "graphs" / f"{gid}.onnx")
     ctx.graphs[gid] = Graph(
         id=gid,
         path=f"graphs/{gid}.onnx",
         weights=weights,
         inputs=[TensorSpec(**i) for i in ins],
         outputs=[TensorSpec(**o) for o in outs],
-        export_s=round(time.perf_counter() - t, 3),
+        export_s=round(export_s, 3),
         digest=digest,
     )
     _compile_graph(ctx.graphs[gid], ctx.tmp, ctx.tgt, ctx.backend_names, ctx.tune)
-    ctx.block_cache[key] = gid
     return gid
 
 

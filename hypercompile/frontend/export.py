@@ -54,7 +54,8 @@ def input_names(module: torch.nn.Module, n: int) -> list[str]:
 
 @contextlib.contextmanager
 def quiet():
-    """The exporter prints progress and warnings; keep the build's output readable."""
+    """The exporter prints progress and warnings; keep the build's output readable. Exports
+    inside share one table of ONNX translations (see `warm_exporter`)."""
     buf = io.StringIO()
     prefixes = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript")
     names = [n for n in logging.Logger.manager.loggerDict if n.startswith(prefixes)]
@@ -67,6 +68,7 @@ def quiet():
             warnings.catch_warnings(),
             contextlib.redirect_stdout(buf),
             contextlib.redirect_stderr(buf),
+            _shared_registry(),
         ):
             warnings.simplefilter("ignore")
             yield buf
@@ -94,6 +96,45 @@ def _quiet_fds():
         os.dup2(saved[1], 2)
         for fd in (*saved, null):
             os.close(fd)
+
+
+_REGISTRIES: dict[int, Any] = {}
+
+
+def warm_exporter() -> None:
+    """Build torch.onnx's table of ONNX translations once per process (a third of a small
+    graph's export time); processes forked afterwards inherit it."""
+    try:
+        from torch.onnx._internal.exporter import _registration
+    except ImportError:  # another torch: it builds its own each time
+        return
+    if 18 not in _REGISTRIES:
+        with quiet():  # it warns of missing torchvision
+            _REGISTRIES[18] = _registration.ONNXRegistry.from_torchlib(18)
+
+
+@contextlib.contextmanager
+def _shared_registry():
+    """torch.onnx.export with the process's translation table instead of a new one per call
+    (it only reads it: no custom translations are passed)."""
+    try:
+        from torch.onnx._internal.exporter import _registration
+    except ImportError:
+        yield
+        return
+    cls = _registration.ONNXRegistry
+    own = cls.__dict__["from_torchlib"]
+
+    def from_torchlib(klass, opset_version=18):
+        if opset_version not in _REGISTRIES:
+            _REGISTRIES[opset_version] = own.__func__(klass, opset_version)
+        return _REGISTRIES[opset_version]
+
+    cls.from_torchlib = classmethod(from_torchlib)
+    try:
+        yield
+    finally:
+        cls.from_torchlib = own
 
 
 def _dims(value_info: Any, batch_symbol: str | None) -> list[int | str | None]:
@@ -540,3 +581,99 @@ def first_line(e: BaseException) -> str:
 
 def _np_dtype(t: torch.Tensor) -> np.dtype:
     return torch.empty(0, dtype=t.dtype).numpy().dtype
+
+
+def cut_graph(model: Any, inputs: dict[str, str], outputs: dict[str, str]) -> Any:
+    """The part of `model` that computes `outputs` from `inputs` (both renamed as the dicts
+    say), as a model of its own; a ValueError when it needs another input, or when a graph
+    holds subgraphs (their outer names are not followed)."""
+    import onnx
+
+    g = model.graph
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for n in g.node
+        for a in n.attribute
+    ):
+        raise ValueError("a node holds a subgraph")
+    produced = {o for n in g.node for o in n.output}
+    if any(o not in produced for o in outputs):
+        raise ValueError("an output is not computed by a node")
+    need, kept = set(outputs), []
+    for node in reversed(g.node):
+        if need.intersection(node.output):
+            kept.append(node)
+            need.update(i for i in node.input if i)
+    graph_inputs = {vi.name for vi in g.input}
+    if (need & graph_inputs) - set(inputs):
+        raise ValueError("a part needs another part's input")
+    names = {**inputs, **outputs}
+
+    def rename(n: str) -> str:
+        return names.get(n, n)
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    new = out.graph
+    for field_name in ("node", "input", "output", "initializer", "value_info"):
+        new.ClearField(field_name)
+    for node in reversed(kept):
+        copy_ = new.node.add()
+        copy_.CopyFrom(node)
+        copy_.input[:] = [rename(i) for i in node.input]
+        copy_.output[:] = [rename(o) for o in node.output]
+    by_name = {vi.name: vi for vi in [*g.input, *g.output]}
+    for src, dst in [*inputs.items(), *outputs.items()]:
+        vi = (new.input if src in inputs else new.output).add()
+        vi.CopyFrom(by_name[src])
+        vi.name = dst
+    new.initializer.extend(t for t in g.initializer if t.name in need)
+    new.value_info.extend(vi for vi in g.value_info if vi.name in need - set(names))
+    return out
+
+
+def canonical_names(model: Any, keep: set[str]) -> None:
+    """Name nodes and inner values by position (`n<i>`, `v<i>`), constants by first use
+    (`c<i>`), and order constants and value infos the same way, dropping the exporter's notes
+    on them: graphs computing the same thing are then the same bytes whatever their exporter
+    named them. Graph inputs and outputs and the names in `keep` (weights) stay; a graph with
+    subgraphs is left as it is."""
+    import onnx
+
+    g = model.graph
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for n in g.node
+        for a in n.attribute
+    ):
+        return
+    fixed = {vi.name for vi in [*g.input, *g.output]} | keep | {""}
+    consts = {t.name for t in g.initializer} - fixed
+    names: dict[str, str] = {}
+    order: list[str] = []  # values in the order nodes use or make them
+    for i, node in enumerate(g.node):
+        node.name = f"n{i}"
+        for x in [*node.input, *node.output]:
+            if x not in fixed and x not in names:
+                kind = "c" if x in consts else "v"
+                names[x] = f"{kind}{sum(v[0] == kind for v in names.values())}"
+                order.append(x)
+    if fixed.intersection(names.values()):  # a weight already has such a name
+        return
+    rank = {x: i for i, x in enumerate(order)}
+    inits = sorted(g.initializer, key=lambda t: rank.get(t.name, len(rank)))
+    infos = sorted((vi for vi in g.value_info if vi.name in rank), key=lambda vi: rank[vi.name])
+    for field_name, items in (("initializer", inits), ("value_info", infos)):
+        kept = [type(x)() for x in items]
+        for new, old in zip(kept, items):
+            new.CopyFrom(old)
+        g.ClearField(field_name)
+        getattr(g, field_name).extend(kept)
+    for t in g.initializer:
+        t.name = names.get(t.name, t.name)
+    for vi in [*g.value_info, *g.input, *g.output]:
+        vi.name = names.get(vi.name, vi.name)
+        del vi.metadata_props[:]
+    for node in g.node:
+        node.input[:] = [names.get(x, x) for x in node.input]
+        node.output[:] = [names.get(x, x) for x in node.output]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import copy
 import hashlib
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -18,7 +19,7 @@ import torch.utils._pytree as pytree
 
 from ..core import ir
 from ..errors import BuildError
-from .splitter import Lowerer, Unsupported
+from .splitter import STATE_PREFIX, Lowerer, Unsupported
 
 MAX_ITERATIONS = ir.DEFAULT_MAX_ITERATIONS
 _TAIL_DUP_MAX_STMTS = 16
@@ -61,6 +62,12 @@ def _hc_float(v: Any) -> Any:
     return v.reshape(()).to(torch.float64) if isinstance(v, torch.Tensor) else float(v)
 
 
+def _hc_data(v: Any) -> Any:
+    """`.data` of a tensor: the same values without autograd history, as `.detach()` (the
+    exporter crashes on `.data` in native code)."""
+    return v.detach() if isinstance(v, torch.Tensor) else v.data
+
+
 def _hc_get(root: torch.nn.Module, path: str) -> Any:
     obj: Any = root
     for part in path.split("."):
@@ -70,7 +77,7 @@ def _hc_get(root: torch.nn.Module, path: str) -> Any:
 
 HELPERS = {
     f.__name__: f
-    for f in (_hc_bool, _hc_and, _hc_or, _hc_not, _hc_item, _hc_int, _hc_float, _hc_get)
+    for f in (_hc_bool, _hc_and, _hc_or, _hc_not, _hc_item, _hc_int, _hc_float, _hc_data, _hc_get)
 }
 
 
@@ -378,6 +385,17 @@ def _finish(prog: Program) -> None:
             prog.fns[k] = _compile_block(b, prog)
 
 
+class _DataToDetach(ast.NodeTransformer):
+    """`x.data` read in a block becomes `_hc_data(x)` (see `_hc_data`)."""
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        self.generic_visit(node)
+        if node.attr != "data" or not isinstance(node.ctx, ast.Load):
+            return node
+        call = ast.Call(ast.Name("_hc_data", ast.Load()), [node.value], [])
+        return ast.copy_location(call, node)
+
+
 def _compile_block(b: ir.Block, prog: Program) -> Callable:
     args = [ast.arg("__root")] + [ast.arg(n) for n in b.inputs]
     ret = ast.Return(ast.Tuple([ast.Name(n, ast.Load()) for n in b.outputs], ast.Load()))
@@ -387,7 +405,7 @@ def _compile_block(b: ir.Block, prog: Program) -> Callable:
     fn = ast.FunctionDef(
         name=f"block{b.id}",
         args=ast.arguments(posonlyargs=[], args=args, kwonlyargs=[], kw_defaults=[], defaults=[]),
-        body=[*b.body, ret],
+        body=[_DataToDetach().visit(copy.deepcopy(s)) for s in b.body] + [ret],
         decorator_list=[],
         returns=None,
         **kw,
@@ -510,15 +528,19 @@ class Probe(ir.Interpreter):
 
     def _note_spec(self, name: str, value: Any) -> None:
         leaves, spec = pytree.tree_flatten(value)
+        shown = user_name(name)
         if not all(isinstance(x, torch.Tensor) for x in leaves):
             bad = next(type(x).__name__ for x in leaves if not isinstance(x, torch.Tensor))
             raise Unsupported(
-                f"value `{name}` holds a {bad}, which cannot cross between "
+                f"{value_line(self.prog, name)}{shown} holds a {bad}, which cannot cross between "
                 "subgraphs (only tensors, numbers and tuples/lists of them can)"
             )
         old = self.prog.specs.get(name)
         if old is not None and old != spec:
-            raise Unsupported(f"value `{name}` changes structure between paths ({old} vs {spec})")
+            raise Unsupported(
+                f"{value_line(self.prog, name)}{shown} is {_describe(old)} on one path and "
+                f"{_describe(spec)} on another; a value must keep its structure across branches"
+            )
         self.prog.specs[name] = spec
 
     def explore(self) -> None:
@@ -542,6 +564,49 @@ class Probe(ir.Interpreter):
                             self.reached.add(s)  # infeasible from here; try other decisions
                             continue
                         pending = True
+
+
+_INTERNAL = {
+    "ret": "the value returned",
+    "inl": "a call's result",
+    "p": "a condition",
+    "test": "a condition",
+    "ifx": "a conditional expression",
+    "idx": "an index",
+    "item": "a number read from a tensor",
+    "case": "a case",
+}
+
+
+def user_name(name: str) -> str:
+    """A program value's name as forward's reader knows it: without the suffix an inlined
+    call's locals carry (`x__27` is `x`), the splitter's own values said in words."""
+    if name.startswith(STATE_PREFIX):
+        return f"attribute `{name[len(STATE_PREFIX) :].partition('_')[2]}`"
+    m = re.fullmatch(r"__([a-z]+)\d+(__\d+)*", name)
+    if m:
+        return _INTERNAL.get(m.group(1), "an intermediate value")
+    plain = re.sub(r"(__\d+)+$", "", name)
+    return f"`{plain}`"
+
+
+def value_line(prog: Program, name: str) -> str:
+    """`file:line: ` of forward's first statement that assigns `name`, or '' (values of
+    inlined calls and of the splitter itself have no line in forward)."""
+    if name.startswith("__") or re.search(r"__\d+$", name):
+        return ""
+    for b in prog.blocks.values():
+        for stmt in b.body:
+            for n in ast.walk(stmt):
+                if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Store):
+                    return f"{prog.filename}:{stmt.lineno}: "
+    return ""
+
+
+def _describe(spec: Any) -> str:
+    if spec.is_leaf():
+        return "a tensor"
+    return f"a {spec.type.__name__} of {spec.num_children}"
 
 
 def parity_pair(
@@ -599,6 +664,22 @@ class BlockModule(torch.nn.Module):
         return tuple(x.clone() if id(x) in ins else x for x in leaves)  # an output is a node
 
 
+class _Batch(torch.nn.Module):
+    """Several blocks as one module: each on its own inputs, their outputs one after another."""
+
+    def __init__(self, root: torch.nn.Module, jobs: list[_Job]):
+        super().__init__()
+        self.root = root
+        self._parts = [(j.module, len(j.flat)) for j in jobs]
+
+    def forward(self, *flat: torch.Tensor):
+        outs, i = [], 0
+        for module, n in self._parts:
+            outs += module(*flat[i : i + n])
+            i += n
+        return tuple(outs)
+
+
 def leaves_of(prog: Program, name: str) -> list[str]:
     spec = prog.specs.get(name)
     if spec is None or spec.is_leaf():
@@ -606,14 +687,23 @@ def leaves_of(prog: Program, name: str) -> list[str]:
     return [f"{name}#{i}" for i in range(spec.num_leaves)]
 
 
-def export_block(
-    prog: Program, b: ir.Block, root: torch.nn.Module, path: Path
-) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Export block `b` to `path`; returns (weight names, input specs, output specs)."""
-    import onnx
+# what the manifest records of an exported block: weight names, input specs, output specs
+BlockGraph = tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]
 
-    from .export import OPSET, first_line, quiet, simplify, stub_weights
 
+@dataclass
+class _Job:
+    """One block ready to export: its module, example inputs, symbolic dims and eager outputs."""
+
+    block: ir.Block
+    module: BlockModule
+    flat: list[torch.Tensor]
+    dynamic: list[dict[int, Any]]
+    outs: tuple[torch.Tensor, ...]
+    paths: set[str]  # of the root's submodules and tensors the block uses
+
+
+def _job(prog: Program, b: ir.Block, root: torch.nn.Module) -> _Job:
     examples = list(prog.examples.get(b.id, {}).values())
     if not examples:
         line = getattr(b.body[0], "lineno", "?")
@@ -637,30 +727,78 @@ def export_block(
     module = BlockModule(root, prog.fns[b.id], in_specs, len(b.outputs))
     with torch.no_grad():
         outs = module(*flat)
-    in_names = [f"in{i}" for i in range(len(flat))]
-    out_names = [f"out{i}" for i in range(len(outs))]
-    try:
-        with quiet():
-            proto = torch.onnx.export(
-                module,
-                tuple(flat),
-                dynamo=True,
-                input_names=in_names,
-                output_names=out_names,
-                optimize=False,
-                opset_version=OPSET,
-                verbose=False,
-                dynamic_shapes=tuple(dynamic) if any(dynamic) else None,
-            ).model_proto
-    except Exception as e:
-        line = _user_line(e, prog.filename) or getattr(b.body[0], "lineno", "?")
-        text = first_line(e)
-        if "data-dependent" in text or "DataDependent" in text:
-            raise Unsupported(
-                f"{prog.filename}:{line}: a value computed from tensor data is used where the "
-                f"graph needs a fixed number (a shape or a size); it cannot be compiled ({text})"
-            ) from None
-        raise BuildError(f"{prog.filename}:{line}: exporting a block failed: {text}") from None
+    paths = {
+        n.args[1].value
+        for s in b.body
+        for n in ast.walk(s)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Name)
+        and n.func.id == "_hc_get"
+        and isinstance(n.args[1], ast.Constant)
+    }
+    return _Job(b, module, flat, dynamic, outs, paths)
+
+
+def _used_root(root: torch.nn.Module, paths: set[str]) -> torch.nn.Module:
+    """A module holding only what the blocks use of `root`, at the same paths (so weights keep
+    their state_dict names): the exporter's work grows with every parameter its module has."""
+    if "" in paths:
+        return root
+    keys = set(root.state_dict(keep_vars=True))
+    top = torch.nn.Module()
+    for path in sorted(paths, key=lambda p: p.count(".")):
+        *parents, name = path.split(".")
+        box = top
+        for part in parents:
+            if not hasattr(box, part):
+                box.add_module(part, torch.nn.Module())
+            box = getattr(box, part)
+        if hasattr(box, name):
+            continue  # inside a module already there
+        value = _hc_get(root, path)
+        if isinstance(value, torch.nn.Parameter):
+            box.register_parameter(name, value)
+        elif isinstance(value, torch.Tensor):
+            box.register_buffer(name, value, persistent=path in keys)
+        elif isinstance(value, torch.nn.Module):
+            box.add_module(name, value)
+        else:
+            return root
+    return top
+
+
+def _run_exporter(root: torch.nn.Module, jobs: list[_Job], prefixes: list[str]) -> Any:
+    """torch.onnx's graph of the jobs' blocks, one after another, over their inputs named
+    `<prefix>in<i>` and `<prefix>out<i>` per job."""
+    from .export import OPSET, quiet, warm_exporter
+
+    warm_exporter()
+    used = _used_root(root, set().union(*(j.paths for j in jobs)))
+    for j in jobs:
+        j.module.root = used
+    module = jobs[0].module if len(jobs) == 1 else _Batch(used, jobs)
+    flat = tuple(x for j in jobs for x in j.flat)
+    dynamic = [d for j in jobs for d in j.dynamic]
+    with quiet():
+        return torch.onnx.export(
+            module,
+            flat,
+            dynamo=True,
+            input_names=[f"{p}in{i}" for j, p in zip(jobs, prefixes) for i in range(len(j.flat))],
+            output_names=[f"{p}out{i}" for j, p in zip(jobs, prefixes) for i in range(len(j.outs))],
+            optimize=False,
+            opset_version=OPSET,
+            verbose=False,
+            dynamic_shapes=tuple(dynamic) if any(dynamic) else None,
+        ).model_proto
+
+
+def _save(proto: Any, job: _Job, root: torch.nn.Module, path: Path) -> BlockGraph:
+    """Stub the weights, simplify, drop source locations and save; the manifest's record."""
+    import onnx
+
+    from .export import canonical_names, simplify, stub_weights
+
     weights = stub_weights(proto, root.state_dict(keep_vars=True), prefix="root.")
     proto = simplify(proto, weights)
     for node in proto.graph.node:  # source locations would make identical blocks differ
@@ -668,20 +806,90 @@ def export_block(
         node.doc_string = ""
     del proto.metadata_props[:]
     proto.graph.doc_string = ""
+    canonical_names(proto, set(weights))  # so would the exporter's value names
     onnx.save(proto, str(path))
     ins = [
         {
-            "name": n,
+            "name": f"in{i}",
             "dtype": str(x.numpy().dtype),
             "shape": [None if d in dyn else s for d, s in enumerate(x.shape)],
         }
-        for n, x, dyn in zip(in_names, flat, dynamic)
+        for i, (x, dyn) in enumerate(zip(job.flat, job.dynamic))
     ]
-    outs_spec = [
-        {"name": n, "dtype": str(o.detach().numpy().dtype), "shape": list(o.shape)}
-        for n, o in zip(out_names, outs)
+    outs = [
+        {"name": f"out{i}", "dtype": str(o.detach().numpy().dtype), "shape": list(o.shape)}
+        for i, o in enumerate(job.outs)
     ]
-    return weights, ins, outs_spec
+    return weights, ins, outs
+
+
+def export_block(prog: Program, b: ir.Block, root: torch.nn.Module, path: Path) -> BlockGraph:
+    """Export block `b` to `path`; returns (weight names, input specs, output specs)."""
+    job = _job(prog, b, root)
+    try:
+        proto = _run_exporter(root, [job], [""])
+    except Exception as e:
+        raise export_failure(e, prog, b) from None
+    return _save(proto, job, root, path)
+
+
+def export_blocks(
+    prog: Program,
+    blocks: list[ir.Block],
+    root: torch.nn.Module,
+    paths: dict[int, Path],
+    started: Callable[[list[int]], None] = lambda ks: None,
+) -> dict[int, BlockGraph]:
+    """Export several blocks in one exporter call, then cut its graph into one graph per block:
+    the exporter's fixed cost, most of a small block's, is paid once. When the batch fails or
+    cannot be cut, each block is exported alone, so an error names its own block. `started` is
+    told the blocks of each exporter call before it runs."""
+    from .export import cut_graph
+
+    jobs = [_job(prog, b, root) for b in blocks]
+    if len(jobs) > 1:
+        prefixes = [f"b{i}_" for i in range(len(jobs))]
+        started([j.block.id for j in jobs])
+        try:
+            whole = _run_exporter(root, jobs, prefixes)
+            parts = [
+                cut_graph(
+                    whole,
+                    {f"{p}in{i}": f"in{i}" for i in range(len(j.flat))},
+                    {f"{p}out{i}": f"out{i}" for i in range(len(j.outs))},
+                )
+                for j, p in zip(jobs, prefixes)
+            ]
+        except Exception:  # noqa: BLE001 - each block alone says what is wrong
+            parts = None
+        if parts is not None:
+            return {j.block.id: _save(g, j, root, paths[j.block.id]) for j, g in zip(jobs, parts)}
+    out = {}
+    for j in jobs:
+        started([j.block.id])
+        try:
+            proto = _run_exporter(root, [j], [""])
+        except Exception as e:
+            raise export_failure(e, prog, j.block) from None
+        out[j.block.id] = _save(proto, j, root, paths[j.block.id])
+    return out
+
+
+def export_failure(e: BaseException, prog: Program, b: ir.Block) -> Exception:
+    """The exporter's error as a build error at the innermost user line that it came from."""
+    from .export import first_line, user_frame
+
+    where = user_frame(e)
+    if not where:
+        line = _user_line(e, prog.filename) or getattr(b.body[0], "lineno", "?")
+        where = f"{prog.filename}:{line}: "
+    text = first_line(e)
+    if "data-dependent" in text or "DataDependent" in text:
+        return Unsupported(
+            f"{where}a value computed from tensor data is used where the "
+            f"graph needs a fixed number (a shape or a size); it cannot be compiled ({text})"
+        )
+    return BuildError(f"{where}exporting a block failed: {text}")
 
 
 def _user_line(e: BaseException, filename: str) -> int | None:
@@ -698,9 +906,17 @@ def _user_line(e: BaseException, filename: str) -> int | None:
 
 
 def block_key(prog: Program, b: ir.Block) -> str:
-    """Blocks with the same code over the same input shapes export to the same graph."""
+    """Blocks with the same code over the same input shapes and dtypes, using equal constants,
+    export to the same graph."""
     shapes = sorted(prog.examples.get(b.id, {}))
-    text = "\n".join([block_source(b), repr(b.inputs), repr(b.outputs), repr(shapes)])
+    dtypes = [
+        str(x.dtype) for ex in prog.examples.get(b.id, {}).values() for x in pytree.tree_leaves(ex)
+    ]
+    used = sorted({int(i) for i in re.findall(r"\b__c\[(\d+)\]", block_source(b))})
+    consts = [repr(prog.consts[i]) for i in used]
+    text = "\n".join(
+        [block_source(b), repr(b.inputs), repr(b.outputs), repr(shapes), repr(dtypes), *consts]
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
