@@ -672,7 +672,7 @@ def export_block(
                 optimize=False,
                 opset_version=OPSET,
                 verbose=False,
-                dynamic_shapes=tuple(dynamic) if any(dynamic) else None,
+                dynamic_shapes=(tuple(dynamic),) if any(dynamic) else None,
             ).model_proto
     except Exception as e:
         line = _user_line(e, prog.filename) or getattr(b.body[0], "lineno", "?")
