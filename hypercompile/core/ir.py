@@ -147,6 +147,22 @@ class ListOp:
     index: int = 0  # get: the item (negative counts from the end); stack, cat: the dim
     where: str = ""
 
+    def text(self) -> str:
+        """The op as Python reads it (`xs = [*xs[:-1], a]`, `n = len(xs)`), for people."""
+        if self.op == "list":
+            parts = [
+                p
+                if isinstance(p, str)
+                else f"*{p[0]}[{_end(p[1])}:{_end(p[2])}]".replace("[:]", "")
+                for p in self.parts
+            ]
+            return f"{self.dst} = [{', '.join(parts)}]"
+        if self.op == "get":
+            return f"{self.dst} = {self.src}[{self.index}]"
+        if self.op == "len":
+            return f"{self.dst} = len({self.src})"
+        return f"{self.dst} = {self.op}({self.src}, dim={self.index})"
+
     def uses(self) -> list[str]:
         if self.op != "list":
             return [self.src]
@@ -154,6 +170,10 @@ class ListOp:
 
 
 LIST_OPS = ("list", "get", "len", "stack", "cat")
+
+
+def _end(i: int | None) -> str:
+    return "" if i is None else str(i)
 
 
 # -- blocks and programs ---------------------------------------------------------------------

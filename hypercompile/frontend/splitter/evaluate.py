@@ -154,6 +154,7 @@ class EvaluateMixin:
                 isinstance(t, ast.Name) and t.id.startswith("__") for t in read.targets
             )  # the splitter's own target (a return value): show the expression
             src = ast.unparse(read.value if internal else read)  # type: ignore[attr-defined]
+            src = src.splitlines()[0]
             src = src if len(src) <= 60 else src[:57] + "..."
             raise path_list(name, frame, loc_node, f"`{src}` reads it")
         where = loc(frame, loc_node)

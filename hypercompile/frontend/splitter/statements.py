@@ -431,7 +431,13 @@ class StatementsMixin:
         """`ys = <a host list>`: a copy when the source is the splitter's own (a read such as
         `xs[1:]`); another name for the user's list would alias it, which the host cannot."""
         if not src.startswith("__"):
-            raise path_list(src, frame, stmt, "a second name for it is not supported (copy it)")
+            targets = [t.id for t in stmt.targets]  # type: ignore[attr-defined]
+            what = (
+                "returning it from an inlined call is not supported"
+                if any(t.startswith("__ret") for t in targets)
+                else "a second name for it is not supported (copy it: `list(xs)`)"
+            )
+            raise path_list(src, frame, stmt, what)
         for t in stmt.targets:
             dst = frame.prog(t.id)  # type: ignore[attr-defined]
             parts = ((frame.prog(src), None, None),)
