@@ -606,6 +606,8 @@ def program_tree(pid: str, entry: Any, label: str) -> Any:
         f"[bold]program {pid}[/] ({escape(label)}): {len(prog.blocks)} blocks, "
         f"{len(graphs)} subgraphs"
     )
+    for note in prog.dropped:
+        root.add(f"[yellow]left out[/] {escape(note)}")
 
     def describe(b: ir.Block) -> str:
         head = f"[cyan]b{b.id}[/]"
@@ -618,6 +620,7 @@ def program_tree(pid: str, entry: Any, label: str) -> Any:
             head += " [magenta](loop header)[/]"
         extra = [f"{k} = {v.value}" for k, v in b.assign.items()]
         extra += [f"{d} = {s}" for d, s in b.moves]
+        extra += [op.text() for op in b.lists]
         if extra:
             head += f" [dim]host: {escape('; '.join(extra))}[/]"
         checks = [f"{c.kind} (line {c.line})" for c in b.host_checks]

@@ -2,12 +2,13 @@
 
 A dynamic network's `forward`, split into static blocks, is a `Program`: blocks that each call at
 most one compiled graph (named values in, named values out), then set host literals (`assign`)
-and copies (`moves`), then make their host checks (`host_checks`: the asserts, warnings and log
-lines of `forward`), then end in one terminator: `Goto`, `Branch` (on a boolean value), `Switch`
-(on an integer index) or `Return`. The splitter builds it, the manifest stores it (`to_json` /
-`from_json`), and `Interpreter` runs it: at build time over PyTorch blocks (the probe that proves
-the split equal to `forward`) and at run time over compiled runners, so the proof and the device
-run the same code. Torch-free.
+and copies (`moves`), then do their list work (`lists`: Python lists whose length depends on the
+path, held by the host as lists of arrays), then make their host checks (`host_checks`: the
+asserts, warnings and log lines of `forward`), then end in one terminator: `Goto`, `Branch` (on
+a boolean value), `Switch` (on an integer index) or `Return`. The splitter builds it, the
+manifest stores it (`to_json` / `from_json`), and `Interpreter` runs it: at build time over
+PyTorch blocks (the probe that proves the split equal to `forward`) and at run time over
+compiled runners, so the proof and the device run the same code. Torch-free.
 """
 
 from __future__ import annotations
@@ -130,6 +131,51 @@ def block_uses(b: Block) -> set[str]:
     return out
 
 
+# -- host lists ----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ListOp:
+    """Host work on a list of values (arrays or lists) whose length depends on the path:
+    `list` sets `dst` to its `parts` in order, each part a value (a name) or a slice of a
+    list (`(name, start, stop)`, None for an open end); `get` sets `dst` to item `index` of
+    list `src`; `len` to its length; `stack` and `cat` to its items joined along `index` (the
+    dim), as `torch.stack` and `torch.cat` do. `where` is the user's file:line, for errors."""
+
+    op: str  # "list" | "get" | "len" | "stack" | "cat"
+    dst: str
+    src: str = ""  # get, len, stack, cat: the list
+    parts: tuple[str | tuple[str, int | None, int | None], ...] = ()  # list
+    index: int = 0  # get: the item (negative counts from the end); stack, cat: the dim
+    where: str = ""
+
+    def text(self) -> str:
+        """The op as Python reads it (`xs = [*xs[:-1], a]`, `n = len(xs)`), for people."""
+        if self.op == "list":
+            parts = [
+                p
+                if isinstance(p, str)
+                else f"*{p[0]}[{_end(p[1])}:{_end(p[2])}]".replace("[:]", "")
+                for p in self.parts
+            ]
+            return f"{self.dst} = [{', '.join(parts)}]"
+        if self.op == "get":
+            return f"{self.dst} = {self.src}[{self.index}]"
+        if self.op == "len":
+            return f"{self.dst} = len({self.src})"
+        return f"{self.dst} = {self.op}({self.src}, dim={self.index})"
+
+    def uses(self) -> list[str]:
+        if self.op != "list":
+            return [self.src]
+        return [p if isinstance(p, str) else p[0] for p in self.parts]
+
+
+LIST_OPS = ("list", "get", "len", "stack", "cat")
+
+
+def _end(i: int | None) -> str:
+    return "" if i is None else str(i)
+
+
 # -- blocks and programs ---------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Literal:
@@ -156,7 +202,8 @@ class Block:
     outputs: list[str] = field(default_factory=list)  # values the graph sets, in its order
     assign: dict[str, Literal] = field(default_factory=dict)  # set after the graph runs
     moves: list[tuple[str, str]] = field(default_factory=list)  # (dst, src), after assign
-    host_checks: list[HostCheck] = field(default_factory=list)  # after moves, in order
+    lists: list[ListOp] = field(default_factory=list)  # after moves, in order
+    host_checks: list[HostCheck] = field(default_factory=list)  # after lists, in order
     loop_header: bool = False
     source: str | None = None  # the Python statements the graph was made from, for people
     body: Any = None  # build time only: the front end's statements and function, never stored
@@ -177,6 +224,10 @@ class Program:
     blocks: dict[int, Block]
     max_iterations: int = DEFAULT_MAX_ITERATIONS
     decisions: dict[str, Decision] = field(default_factory=dict)  # decision value -> source
+    # statements of forward left out because nothing they do can reach an answer, with why
+    dropped: list[str] = field(default_factory=list)
+    # a return holds a host list: the number of outputs depends on the path (named by position)
+    outputs_vary: bool = False
 
     def predecessors(self) -> dict[int, list[int]]:
         preds: dict[int, list[int]] = {b: [] for b in self.blocks}
@@ -223,15 +274,19 @@ class Program:
 
     # -- manifest form -------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        return {
-            "entry": self.entry,
-            "inputs": list(self.inputs),
-            "blocks": [_block_json(self.blocks[k]) for k in sorted(self.blocks)],
-            "max_iterations": self.max_iterations,
-            "decisions": {
-                n: {"line": d.line, "source": d.source} for n, d in self.decisions.items()
-            },
-        }
+        return (
+            {
+                "entry": self.entry,
+                "inputs": list(self.inputs),
+                "blocks": [_block_json(self.blocks[k]) for k in sorted(self.blocks)],
+                "max_iterations": self.max_iterations,
+                "decisions": {
+                    n: {"line": d.line, "source": d.source} for n, d in self.decisions.items()
+                },
+            }
+            | ({"dropped": list(self.dropped)} if self.dropped else {})
+            | ({"outputs_vary": True} if self.outputs_vary else {})
+        )
 
     @staticmethod
     def from_json(data: Any, where: str = "program") -> Program:
@@ -255,6 +310,8 @@ class Program:
                 )
                 for n, v in d.dict("decisions", {}).items()
             },
+            dropped=d.names("dropped", []),
+            outputs_vary=d.bool("outputs_vary", False),
         )
         d.ignore("coverage", "input_specs", "output_specs", "output_names")
         d.done()
@@ -300,6 +357,8 @@ def _block_json(b: Block) -> dict[str, Any]:
         "moves": [[d, s] for d, s in b.moves],
         "next": nxt,
     }
+    if b.lists:
+        out["lists"] = [_list_op_json(op) for op in b.lists]
     if b.host_checks:
         out["host_checks"] = [_host_check_json(c) for c in b.host_checks]
     if b.loop_header:
@@ -314,6 +373,49 @@ def _host_check_json(c: HostCheck) -> dict[str, Any]:
     out |= {"file": c.file, "line": c.line}
     for f in HOST_CHECK_KINDS[c.kind]:
         out[f] = getattr(c, f)
+    return out
+
+
+def _list_op_json(op: ListOp) -> dict[str, Any]:
+    out: dict[str, Any] = {"op": op.op, "dst": op.dst}
+    if op.op == "list":
+        out["parts"] = [p if isinstance(p, str) else list(p) for p in op.parts]
+    else:
+        out["src"] = op.src
+    if op.op in ("get", "stack", "cat"):
+        out["index"] = op.index
+    if op.where:
+        out["where"] = op.where
+    return out
+
+
+def _list_op_from_json(raw: Any, where: str) -> ListOp:
+    """A list op; fields of another op are refused like unknown ones."""
+    f = Fields(raw, where)
+    op = f.str("op")
+    if op not in LIST_OPS:
+        raise BundleError(f"{where}.op {op!r} is not one of {', '.join(LIST_OPS)}")
+    parts: list[Any] = []
+    src, index = "", 0
+    if op == "list":
+        for p in f.list("parts"):
+            if isinstance(p, str):
+                parts.append(p)
+            elif (
+                isinstance(p, list)
+                and len(p) == 3
+                and isinstance(p[0], str)
+                and all(x is None or (type(x) is int) for x in p[1:])
+            ):
+                parts.append((p[0], p[1], p[2]))
+            else:
+                raise BundleError(f"{where}.parts holds {p!r}, not a name or [name, start, stop]")
+    else:
+        src = f.str("src")
+    if op in ("get", "stack", "cat"):
+        index = f.int("index")
+    out = ListOp(op, f.str("dst"), src, tuple(parts), index, f.str("where", ""))
+    f.done()
     return out
 
 
@@ -385,6 +487,10 @@ def _block_from_json(raw: Any, where: str) -> Block:
         outputs=d.names("outputs"),
         assign=assign,
         moves=moves,
+        lists=[
+            _list_op_from_json(op, f"{where}.lists[{i}]")
+            for i, op in enumerate(d.list("lists", []))
+        ],
         host_checks=[
             _host_check_from_json(c, f"{where}.host_checks[{i}]")
             for i, c in enumerate(d.list("host_checks", []))
@@ -435,6 +541,7 @@ class Interpreter:
                 self.bind(blk),
                 list(blk.assign.items()),
                 blk.moves,
+                tuple(blk.lists),
                 tuple(blk.host_checks),
                 b in headers,
                 kind,
@@ -455,6 +562,47 @@ class Interpreter:
         return HypercompileError(
             f"program exceeded its bound of {self.max_iterations} loop iterations"
         )
+
+    def list_op(self, op: ListOp, env: dict[str, Any]) -> Any:
+        """The value one list op sets. A list is a Python list, copied on every change (no
+        value is ever changed in place, so environments can share them)."""
+        if op.op == "list":
+            out: list[Any] = []
+            for p in op.parts:
+                if isinstance(p, str):
+                    out.append(env[p])
+                else:
+                    out.extend(self._list(env, p[0], op)[p[1] : p[2]])
+            return out
+        items = self._list(env, op.src, op)
+        if op.op == "len":
+            return self.literal(Literal.of(len(items)))
+        if op.op == "get":
+            if not -len(items) <= op.index < len(items):
+                raise self.list_error(op, f"index {op.index} is out of range for {len(items)}")
+            return items[op.index]
+        try:
+            return self.join(items, op.index, op.op == "stack")
+        except (ValueError, IndexError, TypeError, RuntimeError) as e:
+            raise self.list_error(op, f"{op.op} of {len(items)} items: {e}") from None
+
+    def _list(self, env: dict[str, Any], name: str, op: ListOp) -> list[Any]:
+        items = env[name]
+        if type(items) is not list:
+            raise self.list_error(op, f"value {name!r} is not a list")
+        return items
+
+    def join(self, items: list[Any], dim: int, stack: bool) -> Any:
+        """Hook: `torch.stack(items, dim)` (or `torch.cat` when not `stack`) in this
+        interpreter's arrays; numpy here."""
+        if not items:
+            raise ValueError("expected a non-empty list")
+        arrays = [np.asarray(a) for a in items]
+        return np.stack(arrays, axis=dim) if stack else np.concatenate(arrays, axis=dim)
+
+    def list_error(self, op: ListOp, why: str) -> Exception:
+        where = f"{op.where}: " if op.where else ""
+        return HypercompileError(f"{where}a list whose length depends on the path: {why}")
 
     def check(self, c: HostCheck, env: dict[str, Any]) -> None:
         """Make one host check: raise `failed(c)` for a failing assert, `notify(c)` for a
@@ -495,7 +643,7 @@ class Interpreter:
         b = self.program.entry if start is None else start
         visits = 0
         while True:
-            blk, call, assign, moves, checks, header, kind, arg = steps[b]
+            blk, call, assign, moves, lists, checks, header, kind, arg = steps[b]
             if observer is not None:
                 observer.enter(blk, env)
             if call is not None:
@@ -504,6 +652,8 @@ class Interpreter:
                 env[n] = literal(lit)
             for dst, src in moves:
                 env[dst] = env[src]
+            for op in lists:
+                env[op.dst] = self.list_op(op, env)
             for c in checks:
                 self.check(c, env)
             if kind == 3:

@@ -333,7 +333,7 @@ class ProgramEntry:
         if f.names("output_names", p.output_names) != p.output_names:
             raise BundleError(f"{where}.output_names disagree with its output_specs")
         n_out = [len(b.term.values) for b in host.blocks.values() if isinstance(b.term, ir.Return)]
-        if any(n != len(p.output_specs) for n in n_out):
+        if not host.outputs_vary and any(n != len(p.output_specs) for n in n_out):
             raise BundleError(f"{where}: a return gives a different number of outputs")
         return p
 

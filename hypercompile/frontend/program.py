@@ -95,6 +95,8 @@ class Program(ir.Program):
     # nothing is exported for them
     build_checks: dict[int, Callable] = field(default_factory=dict)
     specs: dict[str, Any] = field(default_factory=dict)  # value name -> pytree spec
+    host_lists: set[str] = field(default_factory=set)  # values the host holds as lists
+    origins: dict[str, tuple[str, str]] = field(default_factory=dict)  # -> (user's name, file:line)
     examples: dict[int, dict[str, list[Any]]] = field(default_factory=dict)  # by shapes
 
 
@@ -116,22 +118,31 @@ def split_module(module: torch.nn.Module, opaque_state: bool = False) -> Program
                 b.term,
                 body=list(b.stmts),
                 assign={k: ir.Literal.of(v) for k, v in b.assign.items()},
+                lists=list(b.lists),
                 host_checks=list(b.host_checks),
             )
             for b in lw.blocks
         },
+        dropped=list(lw.dropped),
+        outputs_vary=lw.outputs_vary,
         max_iterations=MAX_ITERATIONS,
         decisions={n: ir.Decision(line, src) for n, (line, src) in lw.decisions.items()},
         consts=lw.consts,
         globals=lw.globals,
         filename=sys.modules[type(module).__module__].__file__ or "<forward>",
+        host_lists={op.dst for b in lw.blocks for op in b.lists if op.op == "list"},
+        origins=dict(lw.origins),
     )
     _clean(prog)
     only = prog.blocks[prog.entry]
-    if len(prog.blocks) == 1 and isinstance(only.term, ir.Return) and not only.host_checks:
+    if len(prog.blocks) == 1 and isinstance(only.term, ir.Return) and not _host_work(only):
         return None
     _finish(prog)
     return prog
+
+
+def _host_work(b: ir.Block) -> bool:
+    return bool(b.host_checks or b.lists)
 
 
 def _reachable(prog: Program) -> None:
@@ -140,7 +151,7 @@ def _reachable(prog: Program) -> None:
 
 
 def _empty(b: ir.Block) -> bool:
-    return not b.body and not b.assign and not b.moves and not b.host_checks
+    return not b.body and not b.assign and not b.moves and not b.lists and not b.host_checks
 
 
 def _thread_jumps(prog: Program) -> bool:
@@ -170,16 +181,20 @@ def _merge_chain(prog: Program) -> bool:
         t = prog.blocks.get(s)
         if t is None or t.id == b.id or preds[s] != [b.id] or s == prog.entry:
             continue
+        if b.lists and (t.body or t.assign or t.moves):
+            continue  # t's work must follow b's list work
         if b.assign or b.moves:
             if t.body:
                 continue
             # host-only tail: carry t's host work after b's
             b.assign.update(t.assign)
             b.moves += t.moves
+            b.lists = b.lists + t.lists
         else:
             b.body = b.body + t.body
             b.assign = dict(t.assign)
             b.moves = list(t.moves)
+            b.lists = b.lists + t.lists
         b.host_checks = b.host_checks + t.host_checks  # b's now after t's graph: it is pure
         b.term = t.term
         del prog.blocks[s]
@@ -262,7 +277,7 @@ def _store_targets(stmt: ast.stmt) -> list[ast.expr]:
 def _program_names(prog: Program) -> set[str]:
     names = set(prog.inputs)
     for b in prog.blocks.values():
-        names |= set(b.assign) | {m[0] for m in b.moves}
+        names |= set(b.assign) | {m[0] for m in b.moves} | {op.dst for op in b.lists}
         for s in b.body:
             names |= {
                 n.id
@@ -289,6 +304,9 @@ def _block_use_def(b: ir.Block, names: set[str]) -> tuple[set[str], set[str]]:
             uses.add(src)
         defs.add(dst)
     defs |= set(b.assign)
+    for op in b.lists:
+        uses |= set(op.uses()) - defs
+        defs.add(op.dst)
     uses |= ir.block_uses(b) - defs
     return uses, defs
 
@@ -316,6 +334,9 @@ def _eliminate_dead(prog: Program) -> None:
     _, live_out = _liveness(prog)
     for k, b in prog.blocks.items():
         live = set(live_out[k]) | ir.block_uses(b)
+        for op in reversed(b.lists):  # list work is kept: a `get` raises as forward would
+            live.discard(op.dst)
+            live |= set(op.uses())
         for dst, src in reversed(b.moves):
             live.discard(dst)
             live.add(src)
@@ -354,11 +375,13 @@ def _tail_duplicate(prog: Program) -> None:
     for b in list(prog.blocks.values()):
         if isinstance(b.term, ir.Goto) or b.assign or b.moves or len(b.body) > _TAIL_DUP_MAX_STMTS:
             continue
+        if b.lists:
+            continue
         if b.id in headers and not b.body:
             continue
         for p in preds[b.id]:
             pb = prog.blocks[p]
-            if pb.term == ir.Goto(b.id) and not pb.assign and not pb.moves and p != b.id:
+            if pb.term == ir.Goto(b.id) and not (pb.assign or pb.moves or pb.lists) and p != b.id:
                 pb.body = pb.body + [copy.deepcopy(s) for s in b.body]
                 pb.host_checks = pb.host_checks + b.host_checks
                 pb.term = b.term
@@ -376,6 +399,7 @@ def _finish(prog: Program) -> None:
     for k, b in prog.blocks.items():
         uses, defs = _stmts_use_def(b.body, names)
         needed_after = set(live_out[k]) | ir.block_uses(b) | {src for _, src in b.moves}
+        needed_after |= {n for op in b.lists for n in op.uses()}
         b.inputs = sorted(uses)
         b.outputs = sorted(defs & needed_after)
         if b.body and not b.outputs and all(isinstance(s, ast.Assert) for s in b.body):
@@ -484,6 +508,9 @@ class Probe(ir.Interpreter):
     def exceeded(self) -> Exception:
         return BuildError(f"program exceeded {self.max_iterations} loop iterations")
 
+    def join(self, items: list[Any], dim: int, stack: bool) -> Any:
+        return torch.stack(items, dim) if stack else torch.cat(items, dim)
+
     def failed(self, c: ir.HostCheck) -> Exception:
         return Rejected(c)
 
@@ -493,9 +520,9 @@ class Probe(ir.Interpreter):
     def run(self, env: dict[str, Any], start: int | None = None) -> Any:  # type: ignore[override]
         """The value `forward` returns, run from the entry (or from block `start`)."""
         self._last = None
-        (out,) = super().run(env, start=start, observer=self)
+        outs = super().run(env, start=start, observer=self)
         self._note_host_values(env)
-        return out
+        return outs[0] if len(outs) == 1 else tuple(outs)
 
     # -- observer ----------------------------------------------------------------------------
     def enter(self, block: ir.Block, env: dict[str, Any]) -> None:
@@ -527,21 +554,29 @@ class Probe(ir.Interpreter):
             self._last = None
 
     def _note_spec(self, name: str, value: Any) -> None:
+        if name in self.prog.host_lists:
+            return
         leaves, spec = pytree.tree_flatten(value)
-        shown = user_name(name)
         if not all(isinstance(x, torch.Tensor) for x in leaves):
             bad = next(type(x).__name__ for x in leaves if not isinstance(x, torch.Tensor))
             raise Unsupported(
-                f"{value_line(self.prog, name)}{shown} holds a {bad}, which cannot cross between "
+                f"{self._where(name)} holds a {bad}, which cannot cross between "
                 "subgraphs (only tensors, numbers and tuples/lists of them can)"
             )
         old = self.prog.specs.get(name)
         if old is not None and old != spec:
             raise Unsupported(
-                f"{value_line(self.prog, name)}{shown} is {_describe(old)} on one path and "
-                f"{_describe(spec)} on another; a value must keep its structure across branches"
+                f"{self._where(name)} is {_describe(old)} on one path and {_describe(spec)} "
+                "on another; a value must keep its structure across branches"
             )
         self.prog.specs[name] = spec
+
+    def _where(self, name: str) -> str:
+        """`file:line: value `x`` in the user's words (never a program name)."""
+        user, where = self.prog.origins.get(name, ("", ""))
+        if not user:
+            return f"{self.prog.filename}: a value of forward"
+        return f"{where}: `{user}`" if user.isidentifier() else f"{where}: {user}"
 
     def explore(self) -> None:
         """Reach blocks that no input reached by forcing the other side of recorded decisions,
@@ -606,7 +641,8 @@ def value_line(prog: Program, name: str) -> str:
 def _describe(spec: Any) -> str:
     if spec.is_leaf():
         return "a tensor"
-    return f"a {spec.type.__name__} of {spec.num_children}"
+    what = getattr(spec.type, "__name__", str(spec.type))
+    return f"a {what} of {spec.num_children}"
 
 
 def parity_pair(
@@ -789,7 +825,7 @@ def _run_exporter(root: torch.nn.Module, jobs: list[_Job], prefixes: list[str]) 
             optimize=False,
             opset_version=OPSET,
             verbose=False,
-            dynamic_shapes=tuple(dynamic) if any(dynamic) else None,
+            dynamic_shapes=(tuple(dynamic),) if any(dynamic) else None,
         ).model_proto
 
 
@@ -950,6 +986,7 @@ def program_ir(prog: Program, graph_of: dict[int, str]) -> ir.Program:
                 for dst, src in b.moves
                 for d, s in zip(leaves_of(prog, dst), leaves_of(prog, src))
             ],
+            lists=[_list_op(prog, op) for op in b.lists],
             host_checks=[
                 c if c.value is None else replace(c, value=leaves_of(prog, c.value)[0])
                 for c in b.host_checks
@@ -957,10 +994,25 @@ def program_ir(prog: Program, graph_of: dict[int, str]) -> ir.Program:
             loop_header=b.loop_header,
             source=block_source(b) if calls else None,
         )
+    counts = {len(b.term.values) for b in blocks.values() if isinstance(b.term, ir.Return)}
     return ir.Program(
         entry=prog.entry,
         inputs=list(prog.inputs),
         blocks=blocks,
         max_iterations=prog.max_iterations,
         decisions={leaves_of(prog, n)[0]: d for n, d in prog.decisions.items()},
+        dropped=list(prog.dropped),
+        # host lists in a return, or returns of different structures (`x` or `(x, aux)`)
+        outputs_vary=prog.outputs_vary or len(counts) > 1,
     )
+
+
+def _list_op(prog: Program, op: ir.ListOp) -> ir.ListOp:
+    """A list op as the runtime runs it: every item it takes must be one tensor."""
+    for n in op.uses():
+        if len(leaves_of(prog, n)) != 1:
+            raise Unsupported(
+                f"{op.where}: an item of a list whose length depends on a data-dependent path "
+                f"is {_describe(prog.specs[n])}; only tensors can be (stack them first)"
+            )
+    return op

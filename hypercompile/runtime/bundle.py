@@ -347,7 +347,10 @@ class Bundle:
         if not plan.fits(inputs):
             _check_inputs(inputs, plan.specs)  # raises the precise error
         runner = self._runner(variant, backend or plan.backend)
-        return dict(zip(plan.output_names, runner.run(inputs)))
+        outs = runner.run(inputs)
+        if plan.outputs_vary:  # a returned list whose length depends on the path
+            return {f"output_{i}": o for i, o in enumerate(outs)}
+        return dict(zip(plan.output_names, outs))
 
     def stream(self, *, backend: str | None = None, **cond: Any) -> Stream:
         """A new sequence of calls of the stateful variant `cond` selects (a model that keeps
@@ -377,6 +380,8 @@ class Bundle:
                 *self.manifest.io(variant), self._default_backend(variant)
             )
             plan.stateful = bool(self.manifest.state_of(variant))
+            if variant.program is not None:
+                plan.outputs_vary = self.manifest.programs[variant.program].host.outputs_vary
         return plan
 
     def _default_backend(self, variant: Variant) -> str:
@@ -528,6 +533,7 @@ class _Plan:
         self.output_names = [o.name for o in outputs]
         self.backend = backend
         self.stateful = False
+        self.outputs_vary = False
         self.names = frozenset(s.name for s in inputs)
         self.items = []
         for spec in inputs:

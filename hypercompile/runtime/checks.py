@@ -11,9 +11,11 @@ from ..errors import ParityError
 
 
 def parity(got: list[np.ndarray], want: list[np.ndarray]) -> tuple[float, float]:
-    """(max abs error, max abs error / max finite |want|) over all outputs; inf when shapes,
-    NaN or infinities differ in position."""
+    """(max abs error, max abs error / max finite |want|) over all outputs; inf when the
+    number of outputs, shapes, or the positions of NaN or infinities differ."""
     max_abs, max_rel = 0.0, 0.0
+    if len(got) != len(want):
+        return float("inf"), float("inf")
     for g, w in zip(got, want):
         if g.shape != w.shape:
             return float("inf"), float("inf")

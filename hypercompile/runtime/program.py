@@ -52,4 +52,16 @@ class ProgramRunner(ir.Interpreter):
     def run(  # type: ignore[override]
         self, feeds: dict[str, np.ndarray], observer: ir.Observer | None = None
     ) -> list[np.ndarray]:
-        return super().run(dict(feeds), observer=observer)
+        """The program's outputs, host lists flattened in order (as `forward`'s are)."""
+        out: list[np.ndarray] = []
+        for v in super().run(dict(feeds), observer=observer):
+            _flatten(v, out)
+        return out
+
+
+def _flatten(v: Any, out: list[np.ndarray]) -> None:
+    if type(v) is list:
+        for x in v:
+            _flatten(x, out)
+    else:
+        out.append(v)

@@ -15,8 +15,10 @@ code (hyperlight's `using_externals(params)`) stays whole in one block, its body
 
 Modules: `state` (environments, blocks, frames, errors), `astutil` (AST helpers), `lowerer`
 (`Lowerer`, the entry), and its parts `statements`, `checks` (host checks), `loops`, `joins`
-(control-flow merges, module state cells), `inline` (inlined calls, switches), `withs` (`with`
-blocks kept whole) and `evaluate` (static evaluation and the rewrite of run-time expressions).
+(control-flow merges, module state cells), `lists` (host lists: lists of tensors whose length
+depends on the path), `effects` (calls left out because they cannot reach an answer), `inline`
+(inlined calls, switches), `withs` (`with` blocks kept whole) and `evaluate` (static evaluation
+and the rewrite of run-time expressions).
 """
 
 from .astutil import function_ast, has_control_flow

@@ -142,6 +142,7 @@ class ChecksMixin:
         if (
             self.find_special_call(ast.Expr(test), st.env, frame) is None
             and self.find_dynamic_ifexp(test, st.env, frame) is None
+            and not self.reads_host_list(test, st.env)
         ):
             return test, st
         local = self.fresh("test")

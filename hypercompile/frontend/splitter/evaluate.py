@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .astutil import CopyTransformer, assigned_names, bound_names, free_names, subscript
+from .lists import path_list
 from .state import (
     SIDE_EFFECTS,
     STATE_PREFIX,
@@ -55,11 +56,10 @@ class EvaluateMixin:
         A missing attribute, key or index of a build-time object (`self.typo`) raises
         `StaticLookupError`, because forward fails there too; unless `speculative` (a probe of
         a subexpression that need not run) or the lowering is a trial."""
-        if isinstance(node, ast.List) and not node.elts and allow_list:
-            return True, SymList()
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and allow_list:
-            if node.func.id == "list" and not node.args and node.func.id not in env.static:
-                return True, SymList()
+        if allow_list:
+            fresh = _new_lists(node, env)
+            if fresh is not None:
+                return True, fresh
         scope = _static_scope(node, env, frame)
         if scope is None:
             return False, None
@@ -147,14 +147,31 @@ class EvaluateMixin:
         dynamic; with `program_targets`, `stmt` is an assignment to program names, kept as
         they are (only its value is rewritten). `node` gives the line, else `stmt`."""
         loc_node = node or stmt
+        read = stmt.value if program_targets else stmt  # type: ignore[attr-defined]
+        if st.env.lists and free_names(read) & st.env.lists:
+            name = sorted(free_names(read) & st.env.lists)[0]
+            internal = isinstance(read, ast.Assign) and all(
+                isinstance(t, ast.Name) and t.id.startswith("__") for t in read.targets
+            )  # the splitter's own target (a return value): show the expression
+            src = ast.unparse(read.value if internal else read)  # type: ignore[attr-defined]
+            src = src.splitlines()[0]
+            src = src if len(src) <= 60 else src[:57] + "..."
+            raise path_list(name, frame, loc_node, f"`{src}` reads it")
+        where = loc(frame, loc_node)
         if program_targets:
             assert isinstance(stmt, ast.Assign)
+            src = ast.unparse(stmt.value)
+            for t in stmt.targets:
+                if isinstance(t, ast.Name) and "__" not in src:
+                    self.origins.setdefault(t.id, (f"the value of `{src[:60]}`", where))
             value = self.rewrite(stmt.value, st.env, frame)
             new: ast.stmt = ast.Assign(stmt.targets, value)
         else:
             new = self.rewrite(stmt, st.env, frame)
             for name in assigned_names([stmt]):
                 st.env.set_dynamic(name)
+                if not name.startswith("__"):
+                    self.origins.setdefault(frame.prog(name), (name, where))
         ast.copy_location(new, loc_node)
         ast.fix_missing_locations(new)
         st.block.stmts.append(new)
@@ -175,6 +192,19 @@ class EvaluateMixin:
             node=test,
         )
         return name
+
+
+def _new_lists(node: ast.expr, env: Env) -> Any:
+    """New empty lists to track: `[]`, `list()`, and tuples of them (`a, b = [], []`)."""
+    if isinstance(node, ast.List) and not node.elts:
+        return SymList()
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        if node.func.id == "list" and not node.args and not node.keywords:
+            return SymList() if node.func.id not in env.static else None
+    if isinstance(node, ast.Tuple) and node.elts:
+        parts = [_new_lists(e, env) for e in node.elts]
+        return None if any(p is None for p in parts) else tuple(parts)
+    return None
 
 
 def _static_scope(node: ast.expr, env: Env, frame: Frame) -> dict[str, Any] | None:
@@ -258,6 +288,8 @@ class _Rewriter(CopyTransformer):
             return node
         if isinstance(node.ctx, ast.Store):
             return ast.copy_location(ast.Name(frame.prog(node.id), ast.Store()), node)
+        if node.id in env.lists:
+            raise path_list(node.id, frame, node, f"`{ast.unparse(node)}` is read here")
         if node.id in env.dynamic:
             return ast.copy_location(ast.Name(frame.prog(node.id), ast.Load()), node)
         if node.id in env.static:

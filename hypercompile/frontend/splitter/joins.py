@@ -33,7 +33,8 @@ class JoinsMixin:
     def join(self, states: list[St], frame: Frame, node: ast.AST) -> St | None:
         """A new block that all `states` go to, with their environments merged: a name keeps a
         static value all paths agree on; a scalar that differs is demoted (the host carries
-        it); other differences, and names missing on some path, poison the name."""
+        it), and so is a list of tensors (a host list); other differences, and names missing on
+        some path, poison the name."""
         if not states:
             return None
         if len(states) == 1:
@@ -48,8 +49,18 @@ class JoinsMixin:
                 merged.static[name] = Poisoned(f"`{name}` is not defined on every path")
                 continue
             first = vals[0]
+            lists = [isinstance(v, SymList) or name in s.env.lists for s, v in zip(states, vals)]
             if all(v is not DYN and same(v, first) for v in vals):
                 merged.static[name] = first
+            elif any(lists):
+                why = "" if all(lists) else "a list on some paths only"
+                why = why or self.join_lists(name, states, vals, frame, node)
+                if why:
+                    merged.static[name] = Poisoned(
+                        f"`{name}` differs between data-dependent paths ({why})"
+                    )
+                else:
+                    merged.set_dynamic(name, host_list=True)
             elif any(isinstance(v, (SymList, Poisoned)) for v in vals):
                 merged.static[name] = Poisoned(f"`{name}` differs between data-dependent paths")
             elif all(v is DYN or isinstance(v, SCALARS) for v in vals):

@@ -99,24 +99,29 @@ class LoopsMixin:
         henv = st.env.copy()
         for name in assigned - set(kept):
             if not isinstance(henv.static.get(name), Poisoned):
-                henv.set_dynamic(name)
+                henv.set_dynamic(name, host_list=name in henv.lists)
         ok, value = self.static_eval(stmt.test, henv, frame)
         body_b, exit_b = self.new_block(), self.new_block()
         if ok:
             header.term = Goto(body_b.id if value else exit_b.id)
         else:
-            pred = self.emit_predicate(stmt.test, St(header, henv), frame)
-            header.term = Branch(pred, body_b.id, exit_b.id)
+            test, hst = stmt.test, St(header, henv)
+            if self.reads_host_list(test, henv):  # `while len(xs) < n`: the host reads first
+                expr, hst = self.host_list_reads(ast.Expr(test), hst, frame)
+                test = expr.value  # type: ignore[attr-defined]
+            pred = self.emit_predicate(test, hst, frame)
+            hst.block.term = Branch(pred, body_b.id, exit_b.id)
         inner = Loop()
         end = self.lower_body(stmt.body, St(body_b, henv.copy()), frame, inner)
         for s in [end, *inner.continues]:
             if s is not None:
-                self._back_edge(s, header, assigned, kept, frame, stmt)
+                self._back_edge(s, header, assigned, kept, henv.lists, frame, stmt)
         return self.join([St(exit_b, henv.copy()), *inner.breaks], frame, stmt)
 
     def _loop_entry(self, assigned: set[str], st: St, frame: Frame, stmt: ast.While):
-        """Before a data-dependent loop: the host carries the scalars the body assigns, lists
-        it grows become unusable, other static values must stay as they are (returned)."""
+        """Before a data-dependent loop: the host carries the scalars the body assigns and the
+        lists it grows (or else they become unusable), other static values must stay as they
+        are (returned)."""
         kept: dict[str, Any] = {}
         for name in assigned:
             value = st.env.static.get(name, MISSING)
@@ -125,7 +130,11 @@ class LoopsMixin:
             if isinstance(value, SCALARS) or value is None:
                 self.demote(name, st, frame, stmt)
             elif isinstance(value, SymList):
-                st.env.static[name] = Poisoned(f"list `{name}` grows inside a data-dependent loop")
+                why = self.hold_list(name, value, st, frame, stmt)
+                if why:
+                    st.env.static[name] = Poisoned(
+                        f"list `{name}` grows inside a data-dependent loop ({why})"
+                    )
             else:
                 kept[name] = value
         return kept
@@ -136,10 +145,12 @@ class LoopsMixin:
         header: Block,
         assigned: set[str],
         kept: dict[str, Any],
+        lists: set[str],
         frame: Frame,
         stmt: ast.While,
     ) -> None:
-        """From the end of one pass through the loop body back to its header."""
+        """From the end of one pass through the loop body back to its header; `lists`: the
+        host lists at the header."""
         for name, value in kept.items():
             if s.env.static.get(name, MISSING) is not value:
                 raise Unsupported(
@@ -147,6 +158,17 @@ class LoopsMixin:
                 )
         for name in assigned:
             v = s.env.static.get(name, MISSING)
-            if v is not MISSING and name not in kept and not isinstance(v, Poisoned):
+            if name in lists and isinstance(v, SymList):
+                why = self.hold_list(name, v, s, frame, stmt)
+                if why:
+                    raise Unsupported(f"{loc(frame, stmt)}: list `{name}` in the loop: {why}")
+            elif (name in lists) != (name in s.env.lists) and (
+                v is not MISSING or name in s.env.dynamic
+            ):
+                raise Unsupported(
+                    f"{loc(frame, stmt)}: `{name}` is a list on some passes through a "
+                    "data-dependent loop and not on others"
+                )
+            elif v is not MISSING and name not in kept and not isinstance(v, Poisoned):
                 self.demote(name, s, frame, stmt)
         s.block.term = Goto(header.id)

@@ -10,9 +10,11 @@ import torch
 
 from .astutil import function_ast
 from .checks import ChecksMixin
+from .effects import EffectsMixin
 from .evaluate import EvaluateMixin
 from .inline import InlineMixin
 from .joins import JoinsMixin
+from .lists import ListsMixin
 from .loops import LoopsMixin
 from .state import Block, Env, Frame, HardUnsupported, St, Unsupported, loc
 from .statements import StatementsMixin
@@ -25,6 +27,8 @@ class Lowerer(
     ChecksMixin,
     LoopsMixin,
     JoinsMixin,
+    ListsMixin,
+    EffectsMixin,
     InlineMixin,
     EvaluateMixin,
 ):
@@ -46,6 +50,10 @@ class Lowerer(
         self.decisions: dict[str, tuple[int, str]] = {}  # predicate/index name -> (line, source)
         self.cells: dict[tuple[int, str], str] = {}  # (module id, attribute) -> program name
         self.speculative = False  # a trial lowering: failed lookups are no errors
+        self.outputs_vary = False  # a return holds a host list
+        self.dropped: list[str] = []  # statements left out (nothing they do reaches an answer)
+        self._reads: set[str] | None = None  # attribute names inference reads (effects)
+        self.origins: dict[str, tuple[str, str]] = {}  # program name -> (user's name, file:line)
 
     def new_block(self) -> Block:
         b = Block(len(self.blocks))

@@ -7,7 +7,7 @@ import ast
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...core.ir import HostCheck, Terminator
+from ...core.ir import HostCheck, ListOp, Terminator
 from ...errors import UnsupportedModelError
 
 MAX_UNROLL = 10_000
@@ -79,22 +79,35 @@ class Poisoned:
 class Env:
     static: dict[str, Any] = field(default_factory=dict)
     dynamic: set[str] = field(default_factory=set)
+    # dynamic names that are host lists: lists of tensors whose length depends on the path
+    lists: set[str] = field(default_factory=set)
 
     def copy(self) -> Env:
         memo: dict[int, Any] = {}
-        static = {}
-        for k, v in self.static.items():
-            if isinstance(v, SymList):
-                v = memo.setdefault(id(v), SymList(list(v.items)))
-            static[k] = v
-        return Env(static, set(self.dynamic))
 
-    def set_dynamic(self, name: str) -> None:
+        def cp(v: Any) -> Any:
+            if not isinstance(v, SymList):
+                return v
+            if id(v) not in memo:  # nested lists too, aliases kept
+                memo[id(v)] = new = SymList()
+                new.items = [(k, cp(x) if k == "s" else x) for k, x in v.items]
+            return memo[id(v)]
+
+        static = {k: cp(v) for k, v in self.static.items()}
+        return Env(static, set(self.dynamic), set(self.lists))
+
+    def set_dynamic(self, name: str, host_list: bool = False) -> None:
+        """`name` is a run-time value: a host list, or else a graph value."""
         self.static.pop(name, None)
         self.dynamic.add(name)
+        if host_list:
+            self.lists.add(name)
+        else:
+            self.lists.discard(name)
 
     def set_static(self, name: str, value: Any) -> None:
         self.dynamic.discard(name)
+        self.lists.discard(name)
         self.static[name] = value
 
 
@@ -104,6 +117,7 @@ class Block:
     stmts: list[ast.stmt] = field(default_factory=list)
     assign: dict[str, Any] = field(default_factory=dict)  # host literals, set after stmts
     host_checks: list[HostCheck] = field(default_factory=list)  # asserts, warnings, log lines
+    lists: list[ListOp] = field(default_factory=list)  # host list work, after stmts and assign
     term: Terminator | None = None
 
 

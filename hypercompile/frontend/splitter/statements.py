@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
-from ...core.ir import Branch, Return
+from ...core.ir import Branch, ListOp, Return
 from .astutil import is_name_target, replace_node, with_test
+from .lists import path_list
 from .state import (
     DYN,
     MISSING,
@@ -143,8 +144,12 @@ class StatementsMixin:
         return self._static_branch(stmt.body, st, frame, loop)
 
     def lower_delete(self, stmt: ast.Delete, st: St, frame: Frame):
-        """`del name` unbinds the name: reading it later is an error (at its line)."""
+        """`del name` unbinds the name: reading it later is an error (at its line). `del xs[i]`
+        removes an item of a list (`lists.delete_item`)."""
         for t in stmt.targets:
+            if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name):
+                st = self.delete_item(t, st, frame)
+                continue
             if not isinstance(t, ast.Name):
                 raise Unsupported(
                     f"{loc(frame, stmt)}: `del {ast.unparse(t)}` is not supported (only `del name`)"
@@ -207,6 +212,11 @@ class StatementsMixin:
 
     def lower_return(self, stmt: ast.Return, st: St, frame: Frame):
         value_node = stmt.value if stmt.value is not None else ast.Constant(None)
+        elts = value_node.elts if isinstance(value_node, (ast.Tuple, ast.List)) else [value_node]
+        if frame.ret_name is None and any(
+            isinstance(e, ast.Name) and e.id in st.env.lists for e in elts
+        ):
+            return self.return_lists(stmt, elts, st, frame)
         local = self.fresh("ret")
         assign = ast.copy_location(ast.Assign([ast.Name(local, ast.Store())], value_node), stmt)
         end = self.lower_simple(assign, st, frame)  # dispatch / inlining inside the value
@@ -221,6 +231,7 @@ class StatementsMixin:
             frame.rets.append((end, static))
             return None
         target = frame.ret_name or frame.prog(local)
+        self.origins.setdefault(target, ("the value returned", loc(frame, stmt)))
         if static is not MISSING or frame.ret_name is not None:
             self.emit(
                 ast.Assign([ast.Name(target, ast.Store())], ast.Name(local, ast.Load())),
@@ -235,9 +246,34 @@ class StatementsMixin:
             frame.rets.append((end, DYN))
         return None
 
+    def return_lists(self, stmt: ast.Return, elts: list[ast.expr], st: St | None, frame: Frame):
+        """`return xs` or `return out, xs` with host lists in it: the program returns each
+        part, and the host flattens the lists (so the number of outputs depends on the path)."""
+        names = []
+        for e in elts:
+            if st is None:
+                return None
+            if isinstance(e, ast.Name) and e.id in st.env.lists:
+                names.append(frame.prog(e.id))
+                continue
+            local = self.fresh("ret")
+            assign = ast.Assign([ast.Name(local, ast.Store())], e)
+            st = self.lower_simple(ast.copy_location(assign, stmt), st, frame)
+            if st is not None and local in st.env.static:
+                target = ast.Name(frame.prog(local), ast.Store())
+                value = ast.Name(local, ast.Load())
+                self.emit(ast.Assign([target], value), st, frame, program_targets=True, node=stmt)
+            names.append(frame.prog(local))
+        if st is not None:
+            st.block.term = Return(tuple(names))
+            self.outputs_vary = True
+        return None
+
     # -- simple statements ---------------------------------------------------------------------
     def lower_simple(self, stmt: ast.stmt, st: St, frame: Frame):
         stmt = self.state_cells(stmt, st.env, frame)
+        if self.reads_host_list(stmt, st.env):
+            stmt, st = self.host_list_reads(stmt, st, frame)
         ifexp = self.find_dynamic_ifexp(stmt, st.env, frame)
         if ifexp is not None:
             return self.lower_ifexp(stmt, ifexp, st, frame)
@@ -251,6 +287,13 @@ class StatementsMixin:
             return self.lower_expr_stmt(stmt, st, frame)
         if isinstance(stmt, ast.AugAssign):
             target = stmt.target
+            if isinstance(target, ast.Name) and isinstance(stmt.op, ast.Add):
+                if target.id in st.env.lists:  # xs += [...]: extends the list in place
+                    parts = self.added_parts(stmt.value, st, frame, stmt, one=False)
+                    return self.grow_list(target.id, parts, st, frame, stmt)
+                lst = st.env.static.get(target.id)
+                if isinstance(lst, SymList):
+                    return self.extend_tracked(lst, stmt, st, frame)
             if isinstance(target, ast.Name) and target.id in st.env.static:
                 binop = ast.BinOp(ast.Name(target.id, ast.Load()), stmt.op, stmt.value)
                 ast.copy_location(binop, stmt)
@@ -265,6 +308,19 @@ class StatementsMixin:
         assert isinstance(stmt, ast.Assign)
         for t in stmt.targets:
             self._check_store_target(t, st.env, frame)
+        if isinstance(stmt.value, ast.Name) and all(isinstance(t, ast.Name) for t in stmt.targets):
+            src = stmt.value.id
+            if isinstance(st.env.static.get(src), SymList):  # another name for the same list
+                for t in stmt.targets:
+                    st.env.set_static(t.id, st.env.static[src])  # type: ignore[attr-defined]
+                return st
+            if src in st.env.lists:
+                return self.copy_host_list(stmt, src, st, frame)
+        if isinstance(stmt.value, ast.List) and all(isinstance(t, ast.Name) for t in stmt.targets):
+            if not any(isinstance(e, ast.Starred) for e in stmt.value.elts):
+                ok, _ = self.static_eval(stmt.value, st.env, frame, allow_list=True)
+                if not ok:  # holds tensors: track it (a list of build-time values is one)
+                    return self.new_tracked(stmt, st, frame)
         if all(is_name_target(t) for t in stmt.targets):
             ok, value = self.static_eval(stmt.value, st.env, frame, allow_list=True)
             if ok and not isinstance(value, torch.Tensor):
@@ -320,6 +376,8 @@ class StatementsMixin:
             raise HardUnsupported(f"{loc(frame, stmt)}: generators (yield) are not supported")
         if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute):
             recv = call.func.value
+            if isinstance(recv, ast.Name) and recv.id in st.env.lists:
+                return self.lower_host_list_method(call, recv.id, st, frame)
             if isinstance(recv, ast.Name) and isinstance(st.env.static.get(recv.id), SymList):
                 return self.lower_list_method(call, st.env.static[recv.id], st, frame)
             if isinstance(recv, ast.Name) and isinstance(st.env.static.get(recv.id), Poisoned):
@@ -338,10 +396,65 @@ class StatementsMixin:
             if isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name):
                 if call.func.value.id in st.env.dynamic:
                     return self.emit(stmt, st, frame)  # e.g. x.add_(1): mutates a tensor
+            why = self.dropped_effect(call, st.env, frame)
+            if why:
+                return self.drop_effect(stmt, call, why, st, frame)
         raise Unsupported(
             f"{loc(frame, stmt)}: expression statement `{ast.unparse(stmt)[:60]}` has effects "
             "hypercompile cannot reproduce"
         )
+
+    def new_tracked(self, stmt: ast.Assign, st: St, frame: Frame):
+        """`xs = [a, b]`: a tracked list, as if made empty and grown with `append`."""
+        lst = SymList()
+        for e in stmt.value.elts:  # type: ignore[attr-defined]
+            func = ast.Attribute(ast.Name("_", ast.Load()), "append", ast.Load())
+            call = ast.copy_location(ast.Call(func, [e], []), stmt)
+            st = self.lower_list_method(call, lst, st, frame)
+        for t in stmt.targets:
+            st.env.set_static(t.id, lst)  # type: ignore[attr-defined]
+        return st
+
+    def extend_tracked(self, lst: SymList, stmt: ast.AugAssign, st: St, frame: Frame):
+        """`xs += [a, b]` (or `+= ys`) on a tracked list: extends it in place, as Python does."""
+        if isinstance(stmt.value, (ast.List, ast.Tuple)):
+            calls = [("append", e) for e in stmt.value.elts]
+        else:
+            calls = [("extend", stmt.value)]
+        for method, arg in calls:
+            func = ast.Attribute(stmt.target, method, ast.Load())
+            call = ast.copy_location(ast.Call(func, [arg], []), stmt)
+            st = self.lower_list_method(call, lst, st, frame)
+        return st
+
+    def copy_host_list(self, stmt: ast.Assign, src: str, st: St, frame: Frame):
+        """`ys = <a host list>`: a copy when the source is the splitter's own (a read such as
+        `xs[1:]`); another name for the user's list would alias it, which the host cannot."""
+        if not src.startswith("__"):
+            targets = [t.id for t in stmt.targets]  # type: ignore[attr-defined]
+            what = (
+                "returning it from an inlined call is not supported"
+                if any(t.startswith("__ret") for t in targets)
+                else "a second name for it is not supported (copy it: `list(xs)`)"
+            )
+            raise path_list(src, frame, stmt, what)
+        for t in stmt.targets:
+            dst = frame.prog(t.id)  # type: ignore[attr-defined]
+            parts = ((frame.prog(src), None, None),)
+            st.block.lists.append(ListOp("list", dst, parts=parts, where=loc(frame, stmt)))
+            st.env.set_dynamic(t.id, host_list=True)  # type: ignore[attr-defined]
+        return st
+
+    def drop_effect(self, stmt: ast.Expr, call: ast.Call, why: str, st: St, frame: Frame):
+        """Leave the call out, noted in the manifest; its arguments are still computed (what
+        they change in passing, `x.add_(1)`, stays), then dropped if nothing reads them."""
+        src = ast.unparse(stmt)
+        self.dropped.append(f"{loc(frame, stmt)}: `{src[:80]}` left out: {why}")
+        if not call.args:
+            return st
+        args = ast.Tuple(list(call.args), ast.Load())
+        assign = ast.Assign([ast.Name(self.fresh("drop"), ast.Store())], args)
+        return self.lower_simple(ast.copy_location(assign, stmt), st, frame)
 
     def lower_list_method(self, call: ast.Call, lst: SymList, st: St, frame: Frame):
         method = call.func.attr  # type: ignore[attr-defined]
