@@ -763,15 +763,17 @@ def _job(prog: Program, b: ir.Block, root: torch.nn.Module) -> _Job:
     module = BlockModule(root, prog.fns[b.id], in_specs, len(b.outputs))
     with torch.no_grad():
         outs = module(*flat)
-    paths = {
-        n.args[1].value
+    gets = [
+        n
         for s in b.body
         for n in ast.walk(s)
-        if isinstance(n, ast.Call)
-        and isinstance(n.func, ast.Name)
-        and n.func.id == "_hc_get"
-        and isinstance(n.args[1], ast.Constant)
-    }
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "_hc_get"
+    ]
+    paths = {n.args[1].value for n in gets if isinstance(n.args[1], ast.Constant)}
+    roots = sum(isinstance(n, ast.Name) and n.id == "__root" for s in b.body for n in ast.walk(s))
+    constant = sum(isinstance(n.args[1], ast.Constant) for n in gets)
+    if roots > constant:  # the root used otherwise (a model-owned `with` reads it as it runs)
+        paths.add("")
     return _Job(b, module, flat, dynamic, outs, paths)
 
 
