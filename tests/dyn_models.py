@@ -498,3 +498,37 @@ class RefusingExport(nn.Module):
         if x.sum() > 0:
             x = self.refuse(x) + 1
         return x - 1
+
+
+class TokenMoE(nn.Module):
+    """Switch-Transformer-style token dispatch: every token goes to its top-1 expert, experts
+    run on their own tokens only (sizes from data) and write their answers back in place."""
+
+    def __init__(self, d: int = 16, n_experts: int = 4, tokens: int = 12):
+        super().__init__()
+        self.router = nn.Linear(d, n_experts)
+        self.experts = nn.ModuleList(
+            nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+            for _ in range(n_experts)
+        )
+        self.example_inputs = (torch.randn(tokens, d),)
+
+    def forward(self, x):
+        probs = torch.softmax(self.router(x), dim=-1)
+        gate, idx = probs.max(dim=-1)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            mask = idx == e
+            if mask.any():
+                out[mask] = expert(x[mask]) * gate[mask].unsqueeze(-1)
+        return out + x
+
+    def sample_inputs(self, cond, n):
+        """Varied tokens, and sequences of one repeated token (one expert gets them all)."""
+        gen = torch.Generator().manual_seed(6)
+        shape = self.example_inputs[0].shape
+        out = []
+        for i in range(n):
+            x = torch.randn(shape, generator=gen)
+            out.append((x if i % 2 else x[:1].expand(shape).clone(),))
+        return out

@@ -20,3 +20,19 @@ def test_per_sample_exit_writes_back_in_place(tmp_path):
         with torch.no_grad():
             want = model(x).numpy()
         np.testing.assert_allclose(b.run({"x": x.numpy()})["output"], want, rtol=1e-4, atol=1e-5)
+
+
+def test_token_dispatch_moe_runs_experts_on_their_tokens(tmp_path):
+    from dyn_models import TokenMoE
+
+    torch.manual_seed(0)
+    model = TokenMoE().eval()
+    b = hc.load(hc.build(model, out=tmp_path / "b", parity_inputs=20))
+    (v,) = b.manifest.variants
+    assert v.program is not None and not v.untested  # every expert both used and idle
+    gen = torch.Generator().manual_seed(10)
+    for _ in range(40):
+        x = torch.randn(12, 16, generator=gen) * 3
+        with torch.no_grad():
+            want = model(x).numpy()
+        np.testing.assert_allclose(b.run({"x": x.numpy()})["output"], want, rtol=1e-4, atol=1e-5)
