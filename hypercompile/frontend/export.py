@@ -40,7 +40,6 @@ class GraphInfo:
     exporter: str = EXPORTERS[0]
     fixed_batch_reason: str | None = None  # why batch is fixed, when it could have been dynamic
     state: list[dict[str, str]] = field(default_factory=list)  # key, input, output
-    initial_state: dict[str, torch.Tensor] = field(default_factory=dict)  # by state input name
 
 
 def input_names(module: torch.nn.Module, n: int) -> list[str]:
@@ -489,7 +488,6 @@ def export_graph(
         state=[
             {"key": k, "input": i, "output": o} for k, i, o in zip(state_keys, state_in, state_out)
         ],
-        initial_state=dict(zip(state_in, initial)),
     )
 
 
