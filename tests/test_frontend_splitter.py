@@ -250,3 +250,70 @@ def test_with_blocks_that_change_no_value():
 
     with pytest.raises(UnsupportedModelError, match=_HERE + r"`with torch.autocast"):
         split_module(Autocast())
+
+
+class _PolicySkips(torch.nn.Module):
+    """BlockDrop in small: a policy decides up front which of four layers run."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.policy = torch.nn.Linear(6, 4)
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(6, 6) for _ in range(4))
+
+    def example_inputs(self):
+        return (torch.randn(1, 6),)
+
+    def forward(self, x):
+        action = (self.policy(x) > 0).float()
+        for i, layer in enumerate(self.layers):
+            if action[:, i].sum() > 0:
+                x = torch.relu(layer(x))
+        return x
+
+
+class _SpeculativeOnly(torch.nn.Module):
+    """The second decision is made on one side only, or reads a value changed in between: it
+    must stay where it is (moving it would compute it on paths that never did)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.a = torch.nn.Linear(6, 6)
+
+    def example_inputs(self):
+        return (torch.randn(1, 6),)
+
+    def forward(self, x):
+        p = self.a(x)
+        if p.sum() > 0:
+            if p[:, 1].sum() > 0:  # only on this side
+                return p * 2
+            return p
+        x = self.a(p)
+        if x[:, 2].sum() > 0:  # reads x, set in between
+            return x
+        return -x
+
+
+def test_decisions_move_up_into_the_block_that_computes_their_values():
+    prog, probe = _run_probe(_PolicySkips(), n=60)
+    entry = prog.blocks[prog.entry]
+    decided = {b.term.cond for b in prog.blocks.values() if isinstance(b.term, Branch)}
+    assert len(decided) == 4 and decided <= set(entry.outputs)  # one call decides every skip
+    for b in prog.blocks.values():  # no block computes a decision but the entry
+        assert not (set(b.outputs) & decided) or b.id == prog.entry
+    assert all(set(c) == {"then", "else"} for c in probe.counts.values())
+
+
+def test_decisions_that_would_be_speculated_stay_put():
+    prog, _ = _run_probe(_SpeculativeOnly(), n=60)
+    entry = prog.blocks[prog.entry]
+    assert [o for o in entry.outputs if o.startswith("__p")] == [entry.term.cond]
+
+
+def test_loop_entry_check_merges_into_the_block_before_the_loop():
+    prog, _ = _run_probe(Refine())
+    entry = prog.blocks[prog.entry]
+    assert isinstance(entry.term, Branch)  # the first `while` test runs in the entry's graph
+    assert entry.assign["steps"].value == 0 and "steps" not in entry.outputs

@@ -369,9 +369,12 @@ def _copies_to_moves(b: ir.Block) -> None:
 
 def _tail_duplicate(prog: Program) -> None:
     """A small block that ends in a branch, switch or return and is reached by plain jumps is
-    copied into those predecessors: one subgraph call instead of two on each path."""
+    copied into those predecessors: one subgraph call instead of two on each path. A
+    predecessor's host literals (`steps = 0` before a `while`) do not block it: the copy reads
+    them as graph constants."""
     preds = prog.predecessors()
     headers = prog.find_loop_headers()
+    names = _program_names(prog)
     for b in list(prog.blocks.values()):
         if isinstance(b.term, ir.Goto) or b.assign or b.moves or len(b.body) > _TAIL_DUP_MAX_STMTS:
             continue
@@ -379,18 +382,162 @@ def _tail_duplicate(prog: Program) -> None:
             continue
         if b.id in headers and not b.body:
             continue
+        uses, defs = _stmts_use_def(b.body, names)
         for p in preds[b.id]:
             pb = prog.blocks[p]
-            if pb.term == ir.Goto(b.id) and not (pb.assign or pb.moves or pb.lists) and p != b.id:
-                pb.body = pb.body + [copy.deepcopy(s) for s in b.body]
-                pb.host_checks = pb.host_checks + b.host_checks
-                pb.term = b.term
+            if pb.term != ir.Goto(b.id) or pb.moves or pb.lists or p == b.id:
+                continue
+            if defs & set(pb.assign):
+                continue  # the host literal, set after the graph, would overwrite b's value
+            consts = [
+                _at(ast.Assign([ast.Name(n, ast.Store())], ast.Constant(lit.value)), b.body[0])
+                for n, lit in sorted(pb.assign.items())
+                if n in uses
+            ]
+            pb.body = pb.body + consts + [copy.deepcopy(s) for s in b.body]
+            pb.host_checks = pb.host_checks + b.host_checks
+            pb.term = b.term
     _reachable(prog)
+
+
+def _at(node: ast.stmt, where: ast.stmt) -> ast.stmt:
+    """`node` (and everything in it) at the source location of `where`."""
+    for n in ast.walk(node):
+        ast.copy_location(n, where)
+    return node
+
+
+# -- hoisting decisions ----------------------------------------------------------------------------
+# A decision may move up only when it is cheap and has no effects: names, constants, indexing,
+# arithmetic, comparisons, reductions and the _hc_ helpers (no module calls, no in-place ops).
+_PURE_FUNCS = {"_hc_bool", "_hc_and", "_hc_or", "_hc_not", "_hc_item", "_hc_int", "_hc_float"}
+_PURE_METHODS = {
+    "sum", "mean", "amax", "amin", "max", "min", "any", "all", "abs", "float", "int", "long",
+    "bool", "item", "numel", "dim", "size", "argmax", "argmin",
+}  # fmt: skip
+_PURE_NODES = (
+    ast.Name, ast.Constant, ast.Subscript, ast.Slice, ast.Tuple, ast.Compare, ast.BinOp,
+    ast.UnaryOp, ast.BoolOp, ast.Call, ast.Attribute, ast.keyword, ast.expr_context,
+    ast.operator, ast.cmpop, ast.boolop, ast.unaryop,
+)  # fmt: skip
+
+
+def _pure_decision(stmt: ast.stmt) -> str | None:
+    """The name `stmt` sets when it is `name = <cheap pure expression>`, else None."""
+    if not (
+        isinstance(stmt, ast.Assign)
+        and len(stmt.targets) == 1
+        and isinstance(stmt.targets[0], ast.Name)
+    ):
+        return None
+    for n in ast.walk(stmt.value):
+        if not isinstance(n, _PURE_NODES):
+            return None
+        if isinstance(n, ast.Call):
+            f = n.func
+            if not (
+                (isinstance(f, ast.Name) and f.id in _PURE_FUNCS)
+                or (isinstance(f, ast.Attribute) and f.attr in _PURE_METHODS)
+            ):
+                return None
+    return stmt.targets[0].id
+
+
+def _dominators(prog: Program) -> dict[int, set[int]]:
+    order = prog.reachable()
+    preds = prog.predecessors()
+    dom = {k: set(order) for k in order}
+    dom[prog.entry] = {prog.entry}
+    changed = True
+    while changed:
+        changed = False
+        for k in order[1:]:
+            ps = [dom[p] for p in preds[k] if p in dom]
+            new = {k} | (set.intersection(*ps) if ps else set())
+            if new != dom[k]:
+                dom[k], changed = new, True
+    return dom
+
+
+def _hoist_decisions(prog: Program) -> None:
+    """Move the statement computing a branch's or switch's decision up into the end of a
+    dominating block's graph when every path from there computes it from the same values
+    (BlockDrop: the policy block decides every skip, so a skipped residual block costs no
+    graph call). Only cheap pure statements move, only over blocks without host checks, list
+    work or loops, and only where they were computed on every path anyway, so no path gains an
+    exception it did not raise."""
+    changed = True
+    while changed:
+        changed = False
+        live_out = _liveness(prog)[1]
+        dom = _dominators(prog)
+        names = _program_names(prog)
+        for b in list(prog.blocks.values()):
+            decided = ir.term_uses(b.term) if isinstance(b.term, (ir.Branch, ir.Switch)) else set()
+            stmt = next((s for s in reversed(b.body) if _pure_decision(s) in decided), None)
+            if stmt is None or b.id not in dom:
+                continue
+            for d in sorted(dom[b.id] - {b.id}, key=lambda k: -len(dom[k])):  # nearest first
+                if _hoist_into(prog, d, stmt, names, live_out[d]):
+                    changed = True
+                    break
+            if changed:
+                break
+
+
+def _hoist_into(prog: Program, d: int, stmt: ast.stmt, names: set[str], live_out: set[str]) -> bool:
+    """Hoist `stmt` to the end of block `d`'s graph when the blocks computing it cut every path
+    from `d`; True when it moved."""
+    db = prog.blocks[d]
+    target = _pure_decision(stmt)
+    uses, _ = _stmt_uses_defs(stmt, names)
+    watched = uses | {target}
+    host_set = set(db.assign) | {m[0] for m in db.moves} | {op.dst for op in db.lists}
+    _, d_defs = _stmts_use_def(db.body, names)
+    if not db.body or db.host_checks or db.lists or target in live_out:
+        return False
+    if host_set & watched or target in d_defs:
+        return False
+    key = ast.dump(stmt)
+    headers = prog.find_loop_headers()
+    preds = prog.predecessors()
+    seen: set[int] = set()
+    stops: dict[int, int] = {}  # block -> index of the statement in its body
+    stack = list(ir.successors(db.term))
+    while stack:
+        x = stack.pop()
+        if x in seen or x in stops:
+            continue
+        if x == d or x in headers:
+            return False
+        xb = prog.blocks[x]
+        at = next((i for i, s in enumerate(xb.body) if ast.dump(s) == key), None)
+        before = xb.body if at is None else xb.body[:at]
+        if _stmts_use_def(before, names)[1] & watched:
+            return False
+        if at is not None:
+            stops[x] = at
+            continue
+        x_host = set(xb.assign) | {m[0] for m in xb.moves} | {op.dst for op in xb.lists}
+        if xb.host_checks or xb.lists or x_host & watched or isinstance(xb.term, ir.Return):
+            return False
+        seen.add(x)
+        stack.extend(ir.successors(xb.term))
+    region = seen | set(stops)
+    if not stops or any(p not in region and p != d for x in region for p in preds[x]):
+        return False
+    db.body = db.body + [copy.deepcopy(stmt)]
+    for x, at in stops.items():
+        xb = prog.blocks[x]
+        xb.body = xb.body[:at] + xb.body[at + 1 :]
+    return True
 
 
 def _finish(prog: Program) -> None:
     _eliminate_dead(prog)
     _tail_duplicate(prog)
+    _eliminate_dead(prog)
+    _hoist_decisions(prog)
     _eliminate_dead(prog)
     _clean(prog)
     prog.mark_loop_headers()
@@ -401,7 +548,7 @@ def _finish(prog: Program) -> None:
         needed_after = set(live_out[k]) | ir.block_uses(b) | {src for _, src in b.moves}
         needed_after |= {n for op in b.lists for n in op.uses()}
         b.inputs = sorted(uses)
-        b.outputs = sorted(defs & needed_after)
+        b.outputs = sorted(defs & needed_after - set(b.assign))  # host literals overwrite
         if b.body and not b.outputs and all(isinstance(s, ast.Assert) for s in b.body):
             prog.build_checks[k] = _compile_block(b, prog)
             b.body = []
