@@ -1,7 +1,8 @@
 """A zoo of small dynamic neural networks (DyNNs) for CIFAR-sized inputs.
 
-Every model takes one ``1x3x32x32`` float32 image and has Python control flow in ``forward`` that
-depends on tensor *values* (early exits, skipped blocks, data-dependent loops, top-1 routing).
+Every model takes one ``1x3x32x32`` float32 image (``BranchyNet``: a batch of eight) and has
+Python control flow in ``forward`` that depends on tensor *values* (early exits, skipped blocks,
+data-dependent loops, top-1 routing, lists whose length follows the input).
 Each is written the way its paper's reference code is written -- ``getattr`` on formatted names,
 ``for`` over ``ModuleList``s, ``while`` loops, early ``return``, ``break``/``continue`` -- and
 not simplified for a compiler. All data-dependent control flow lives in the top-level
