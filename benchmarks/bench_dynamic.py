@@ -8,6 +8,10 @@ latency per inference of
 (d) hypercompile: static ONNX subgraphs plus a host program, interpreted on ONNX Runtime,
 then the share of (d)'s time spent in the host interpreter and its ONNX Runtime calls per
 inference. All contenders see the same pool of random inputs (the path taken depends on it).
+Every model takes one 1x3x32x32 image except `branchynet_b8` (per-sample exit), which takes a
+batch of eight: its latency is per batch. The models that return a list of path-dependent length
+or stop decoding at a token (shallow_deep_outputs, ranet, captioner) and branchynet_b8 and
+blockdrop_data have no torch.cond form here.
 
     python benchmarks/bench_dynamic.py [--models skipnet_ff,blockdrop] [--no-compile]
         [--rounds 20] [--pool 64] [--compile-timeout 120] [--torch-threads N]
@@ -271,9 +275,9 @@ class Result:
     phases: dict[str, float] = field(default_factory=dict)  # wall seconds of each stage
 
 
-def random_inputs(n: int, seed: int) -> list[torch.Tensor]:
+def random_inputs(n: int, seed: int, shape: Sequence[int] = (1, 3, 32, 32)) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(1, 3, 32, 32, generator=g) for _ in range(n)]
+    return [torch.randn(*shape, generator=g) for _ in range(n)]
 
 
 def as_arrays(out: Any) -> list[np.ndarray]:
@@ -521,7 +525,8 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> Result:
     res = Result(name)
     cls = ZOO[name]
     model = cls()
-    pool = random_inputs(args.pool, seed=0)
+    shape = model.example_inputs()[0].shape  # 1x3x32x32, or a batch of 8 for branchynet_b8
+    pool = random_inputs(args.pool, seed=0, shape=shape)
     pool_np = [np.ascontiguousarray(x.numpy()) for x in pool]
     with torch.no_grad():
         ref = [as_arrays(model(x)) for x in pool]
@@ -562,7 +567,9 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> Result:
     res.eager, res.hc = per["eager"], per["hc"]
     res.compiled, res.cond = per.get("compile"), per.get("cond")
 
-    share_xs = [np.ascontiguousarray(x.numpy()) for x in random_inputs(SHARE_INPUTS, seed=1)]
+    share_xs = [
+        np.ascontiguousarray(x.numpy()) for x in random_inputs(SHARE_INPUTS, seed=1, shape=shape)
+    ]
     with phase(res, "host share"):
         host_share(bundle, in_name, share_xs, res)
     torch._dynamo.reset()

@@ -249,7 +249,8 @@ def stats(name, ctor, n=300, seed=0):
     decisions = _decisions_of(forward)
     tracer = Tracer(forward.__code__, decisions)
     g = torch.Generator().manual_seed(seed)
-    inputs = [torch.randn(1, 3, 32, 32, generator=g) for _ in range(n)]
+    shape = model.example_inputs()[0].shape  # one image, or a batch for branchynet_b8
+    inputs = [torch.randn(shape, generator=g) for _ in range(n)]
     for x in inputs:
         tracer.run(model, x)
     with torch.no_grad():  # eager latency, untraced: median over the inputs

@@ -1,7 +1,8 @@
 """A zoo of small dynamic neural networks (DyNNs) for CIFAR-sized inputs.
 
-Every model takes one ``1x3x32x32`` float32 image and has Python control flow in ``forward`` that
-depends on tensor *values* (early exits, skipped blocks, data-dependent loops, top-1 routing).
+Every model takes one ``1x3x32x32`` float32 image (``BranchyNet``: a batch of eight) and has
+Python control flow in ``forward`` that depends on tensor *values* (early exits, skipped blocks,
+data-dependent loops, top-1 routing, lists whose length follows the input).
 Each is written the way its paper's reference code is written -- ``getattr`` on formatted names,
 ``for`` over ``ModuleList``s, ``while`` loops, early ``return``, ``break``/``continue`` -- and
 not simplified for a compiler. All data-dependent control flow lives in the top-level
@@ -17,8 +18,8 @@ names to zero-argument constructors (each returns the model in eval mode).
 """
 
 # The model code keeps the idioms of the papers' reference implementations on purpose
-# (str.format names, getattr with constant names).
-# ruff: noqa: UP032, B009
+# (str.format names, getattr with constant names, unused loop indices).
+# ruff: noqa: UP032, B009, B007
 
 from __future__ import annotations
 
@@ -786,6 +787,280 @@ class NestedIfLoopIf(_ZooModel):
         return self.head(x)
 
 
+# ---------------------------------------------------------------------------------------------
+# 8. Shallow-Deep Network, SDN's ``early_exit`` as written: every internal classifier's output
+#    is kept in ``outputs`` and the list up to the exit is returned (a list whose length depends
+#    on the input).
+# ---------------------------------------------------------------------------------------------
+
+
+class ShallowDeepOutputs(ShallowDeep):
+    """The ShallowDeep network (same weights) returning ``outputs``, the list of the classifier
+    outputs computed before it exits: one to four ``1x10`` logits."""
+
+    def forward(self, x):
+        outputs = []
+        fwd = self.init_conv(x)
+        output_id = 0
+        for layer, ic in zip(self.layers, self.internal_classifiers):
+            fwd = layer(fwd)
+            output = ic(fwd)
+            outputs.append(output)
+            softmax = F.softmax(output[0], dim=0)
+            confidence = torch.max(softmax)
+            if confidence >= self.confidence_thresholds[output_id]:
+                return outputs  # early exit, with every output so far
+            output_id += 1
+        fwd = self.end_layers(fwd)
+        outputs.append(self.classifier(fwd))
+        return outputs
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. RaNet (Yang et al., "Resolution Adaptive Networks for Efficient Inference", CVPR 2020): an
+#    anytime network that classifies a low-resolution copy of the image first and moves on to
+#    higher resolutions, fusing the coarser features, only while no classifier is confident.
+# ---------------------------------------------------------------------------------------------
+
+
+class ScaleFlow(nn.Module):
+    """One RaNet sub-network: two conv layers at its resolution; the coarser scale's features
+    are upsampled and added (RaNet's dense fusion, reduced to one link)."""
+
+    def __init__(self, in_channels: int, channels: int, low_channels: int = 0):
+        super().__init__()
+        self.conv = nn.Sequential(ConvBlock(in_channels, channels), ConvBlock(channels, channels))
+        self.fuse = nn.Conv2d(low_channels, channels, kernel_size=1) if low_channels else None
+
+    def forward(self, x, low=None):
+        x = self.conv(x)
+        if self.fuse is not None:
+            x = x + F.interpolate(self.fuse(low), size=x.shape[-2:], mode="nearest")
+        return x
+
+
+class RaNet(_ZooModel):
+    """Three scales (8x8, 16x16, 32x32 inputs), a classifier after each; ``res`` collects the
+    classifier outputs and the loop ``break``s at the first confident one. Returns ``res``
+    (one to three ``1x10`` logits)."""
+
+    seed = 8
+    THRESHOLDS = (0.6044, 0.8159)  # the last scale always answers
+
+    def __init__(self, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.nScales = 3
+            self.scale_flows = nn.ModuleList()
+            self.classifier = nn.ModuleList()
+            channels = [32, 24, 16]  # coarse scales get the wider sub-networks, as in RaNet
+            for i, c in enumerate(channels):
+                self.scale_flows.append(ScaleFlow(3, c, channels[i - 1] if i else 0))
+                self.classifier.append(
+                    nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
+                )
+            for cls in self.classifier:
+                nn.init.normal_(cls[-1].weight, std=10.0)  # spread confidences (untrained)
+        self.thresholds = list(self.THRESHOLDS)
+        self.eval()
+
+    def forward(self, x):
+        inp_list = []
+        for i in range(self.nScales):
+            inp_list.append(F.avg_pool2d(x, 2 ** (self.nScales - 1 - i)))  # coarse first
+        res = []
+        low = None
+        for i in range(self.nScales):
+            low = self.scale_flows[i](inp_list[i], low)
+            res.append(self.classifier[i](low))
+            if i < self.nScales - 1:
+                confidence = F.softmax(res[-1], dim=1).max()
+                if confidence >= self.thresholds[i]:
+                    break
+        return res
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. Image captioning, Show and Tell style (Vinyals et al., CVPR 2015; the widely copied
+#     pytorch-tutorial `DecoderRNN.sample`): a CNN encoder and an LSTM decoder that decodes
+#     greedily until it emits the end token. The decoder calls ``flatten_parameters()`` first,
+#     an effect on the cuDNN weight layout that reaches no output.
+# ---------------------------------------------------------------------------------------------
+
+
+class EncoderCNN(nn.Module):
+    def __init__(self, embed_size: int):
+        super().__init__()
+        self.cnn = nn.Sequential(
+            ConvBlock(3, 16, stride=2), ConvBlock(16, 32, stride=2), nn.AdaptiveAvgPool2d(1)
+        )
+        self.linear = nn.Linear(32, embed_size)
+        self.bn = nn.BatchNorm1d(embed_size, momentum=0.01)
+
+    def forward(self, images):
+        features = self.cnn(images)
+        features = features.reshape(features.size(0), -1)
+        return self.bn(self.linear(features))
+
+
+class ImageCaptioner(_ZooModel):
+    """Returns ``sampled_ids``, a ``1xL`` int64 tensor of word ids, ``L`` from 1 to
+    ``max_seg_length``: the words up to and including the end token."""
+
+    seed = 9
+    END_BIAS = 0.3  # calibrated: captions end after 1 to 5 words on random images, or not at all
+
+    def __init__(
+        self,
+        embed_size: int = 32,
+        hidden_size: int = 48,
+        vocab_size: int = 40,
+        max_seg_length: int = 5,
+    ):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.encoder = EncoderCNN(embed_size)
+            self.embed = nn.Embedding(vocab_size, embed_size)
+            self.rnn = nn.LSTM(embed_size, hidden_size, 1, batch_first=True)
+            self.linear = nn.Linear(hidden_size, vocab_size)
+        self.end_id = 2  # <end>
+        self.max_seg_length = max_seg_length
+        self.eval()
+        self._stand_in_for_training()
+
+    @torch.no_grad()
+    def _stand_in_for_training(self, num_images: int = 256):
+        """Untrained stand-ins: the feature BatchNorm's running statistics from random images
+        (so the features vary with the image), sharper word scores, and an end-token bias."""
+        g = torch.Generator().manual_seed(self.seed)
+        images = torch.randn(num_images, 3, 32, 32, generator=g)
+        f = self.encoder.linear(self.encoder.cnn(images).flatten(1))
+        self.encoder.bn.running_mean.copy_(f.mean(0))
+        self.encoder.bn.running_var.copy_(f.var(0))
+        self.linear.weight.mul_(3.0)
+        self.linear.bias[self.end_id] += self.END_BIAS
+
+    def example_inputs(self) -> tuple[torch.Tensor]:
+        return (_example_input(6),)  # five words, no <end> (a one-word caption is always <end>)
+
+    def sample_inputs(self, cond, n):
+        """Parity inputs for hypercompile: random images from a seed on which the caption ends
+        after each of the 1..5 words at least twice in 50 images (each end is rare)."""
+        g = torch.Generator().manual_seed(10)
+        return [(torch.randn(1, 3, 32, 32, generator=g),) for _ in range(n)]
+
+    def forward(self, images):
+        features = self.encoder(images)
+        self.rnn.flatten_parameters()
+        sampled_ids = []
+        inputs = features.unsqueeze(1)
+        states = None
+        for i in range(self.max_seg_length):
+            hiddens, states = self.rnn(inputs, states)  # hiddens: (1, 1, hidden_size)
+            outputs = self.linear(hiddens.squeeze(1))  # outputs: (1, vocab_size)
+            _, predicted = outputs.max(1)  # predicted: (1,)
+            sampled_ids.append(predicted)
+            if predicted.item() == self.end_id:
+                break
+            inputs = self.embed(predicted)  # inputs: (1, embed_size)
+            inputs = inputs.unsqueeze(1)  # inputs: (1, 1, embed_size)
+        sampled_ids = torch.stack(sampled_ids, 1)  # sampled_ids: (1, L)
+        return sampled_ids
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. Per-sample early exit at batch 8, BranchyNet style (Teerapittayanon et al., "BranchyNet:
+#     Fast Inference via Early Exiting from Deep Neural Networks", ICPR 2016): samples whose
+#     first-branch softmax entropy is low leave there; the others go on through the trunk, and
+#     their answers are written back in place, ``out[hard] = ...``.
+# ---------------------------------------------------------------------------------------------
+
+
+class BranchyNet(_ZooModel):
+    """A small CNN with one side branch; takes a batch of eight ``3x32x32`` images and returns
+    ``8x10`` logits, each from the exit its sample took. The shared trunk is convolutional; the
+    side branch and the rest of the trunk are fully connected (convolutions on the
+    data-dependent sub-batch ``h[hard]`` do not export, see README.md)."""
+
+    seed = 10
+    batch_size = 8
+    ENTROPY_THRESHOLD = 0.52  # calibrated: about 3 in 4 samples exit early; a batch goes on
+    # through the trunk unless all eight do
+
+    def __init__(self, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.stage1 = nn.Sequential(
+                ConvBlock(3, 16, stride=2),
+                ConvBlock(16, 32, stride=2),
+                nn.AdaptiveAvgPool2d(2),
+                nn.Flatten(),
+            )
+            self.branch1 = nn.Linear(128, num_classes)
+            self.stage2 = nn.Sequential(nn.Linear(128, 256), nn.ReLU(inplace=True))
+            self.exit = nn.Linear(256, num_classes)
+            nn.init.normal_(self.branch1.weight, std=10.0)  # spread entropies (untrained)
+        self.threshold = self.ENTROPY_THRESHOLD
+        self.eval()
+
+    def example_inputs(self) -> tuple[torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed)
+        return (torch.randn(self.batch_size, 3, 32, 32, generator=g),)
+
+    def forward(self, x):
+        h = self.stage1(x)
+        logits = self.branch1(h)
+        p = F.softmax(logits, dim=1)
+        entropy = -(p * torch.log(p)).sum(dim=1)
+        out = logits.clone()
+        hard = entropy > self.threshold
+        if hard.any():
+            out[hard] = self.exit(self.stage2(h[hard]))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. BlockDrop as its reference code (and DyCL's copy of it) writes the ResNet's forward:
+#     ``action.data`` in the skip test, ``continue``, and the block's output blended in with
+#     the action mask.
+# ---------------------------------------------------------------------------------------------
+
+
+class BlockDropData(BlockDrop):
+    """The BlockDrop model (same weights) with the reference ``forward``; returns
+    ``(logits, policy)``."""
+
+    def forward(self, inputs):
+        probs = torch.sigmoid(self.agent(F.avg_pool2d(inputs, 2)))
+        policy = (probs > 0.5).float()
+
+        x = self.seed_conv(inputs)
+        t = 0
+        for segment, num_blocks in enumerate(self.layer_config):
+            for b in range(num_blocks):
+                action = policy[:, t].contiguous()
+                residual = self.ds[segment](x) if b == 0 else x
+
+                # early termination if all actions in the batch are zero
+                if action.data.sum() == 0:
+                    x = residual
+                    t += 1
+                    continue
+
+                action_mask = action.float().view(-1, 1, 1, 1)
+                fx = F.relu(residual + self.blocks[segment][b](x))
+                x = fx * action_mask + residual * (1 - action_mask)
+                t += 1
+
+        x = self.avgpool(x)
+        x = x.view(x.size(0), -1)
+        x = self.fc(x)
+        return x, policy
+
+
 ZOO = {
     "shallow_deep": ShallowDeep,
     "skipnet_ff": SkipNetFF,
@@ -794,4 +1069,9 @@ ZOO = {
     "iterative_refine": IterativeRefine,
     "top1_moe": TopOneMoE,
     "nested_if_loop_if": NestedIfLoopIf,
+    "shallow_deep_outputs": ShallowDeepOutputs,
+    "ranet": RaNet,
+    "captioner": ImageCaptioner,
+    "branchynet_b8": BranchyNet,
+    "blockdrop_data": BlockDropData,
 }
