@@ -2,8 +2,9 @@
 for zoo models (examples/dynamic/zoo.py) at their zoo sizes and at published depths
 (SkipNet-38: SkipNetFF with 6 blocks per group; BlockDrop-110: 18 blocks per segment), split
 into export (blocks to ONNX), compile (back end), verify (the bundle through the runtime) and
-other (loading, splitting, the eager probe over the parity inputs). Each model is built in a fresh process, so
-that no warm state of one build helps the next; the table shows medians over --runs.
+other (loading, splitting, the eager probe over the parity inputs). Each model is built in a
+fresh process, so that no warm state of one build helps the next; the table shows medians over
+--runs.
 
     python benchmarks/bench_build.py [--models skipnet_ff,skipnet38,...] [--runs 3]
 
