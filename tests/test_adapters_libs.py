@@ -257,3 +257,26 @@ def test_snntorch_tutorial_net_builds_unmodified(tmp_path):
             spk, mem = net(xb)
         assert np.array_equal(got["output_0"], spk.numpy())
         assert_close(got["output_1"], mem)
+
+
+def test_snntorch_hidden_state_between_calls_is_refused_not_frozen(tmp_path):
+    """With `init_hidden=True` snntorch keeps each membrane between calls (one call per time
+    step). The membrane only gets its shape on the first call, so no graph can carry it: the
+    build refuses at snntorch's line instead of freezing it."""
+    snn = pytest.importorskip("snntorch")
+
+    class StepNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(8, 16)
+            self.lif1 = snn.Leaky(beta=0.9, init_hidden=True)
+            self.fc2 = nn.Linear(16, 4)
+            self.lif2 = snn.Leaky(beta=0.9, init_hidden=True, output=True)
+
+        def forward(self, x):
+            spk1 = self.lif1(self.fc1(x))
+            return self.lif2(self.fc2(spk1))
+
+    with pytest.raises(hc.UnsupportedModelError, match=r"leaky\.py:\d+: .*later call answers"):
+        hc.build(StepNet(), out=tmp_path / "snn", example_inputs=(2 * torch.randn(1, 8),))
+    assert not (tmp_path / "snn").exists()
