@@ -582,6 +582,8 @@ def inspect(bundle, as_json) -> None:
     for pid, program in m.programs.items():
         users = [_cond_text(v.cond) for v in m.variants if v.program == pid]
         out.print(program_tree(pid, program, ", ".join(users)))
+        batch = f"fixed batch ({program.fixed_batch})" if program.fixed_batch else "any batch"
+        out.print(f"program {pid} runs at {escape(batch)}", highlight=False)
     if m.programs:
         out.print(coverage_table(m.programs))
     here = b.device_key()

@@ -61,6 +61,8 @@ from .verify import Check, verify_bundle
 
 Progress = Callable[[str, int, int], None]
 DYNAMIC_PARITY_INPUTS = 200
+RESIZED_BATCH = 3  # a second batch size a program is probed and checked at, to run at any
+RESIZED_SETS = 50  # parity input sets tried at that size
 STREAM_PARITY_CALLS = 20  # a stateful variant is checked over this many calls in a row
 
 
@@ -546,19 +548,125 @@ def _build_program(prog, target, sets, ctx: _Ctx) -> tuple[Check, ProgramEntry]:
                 " give inputs it accepts (--parity-data, or sample_inputs)"
             )
         probe.explore()
-    graph_of = _block_graphs(prog, target, ctx)
+        saved = {k: dict(v) for k, v in prog.examples.items()}
+        resized = _probe_resized(prog, target, sets, probe.entered)
     with torch.no_grad():
         outs = flatten_outputs(target(*inputs))[1]
+    batch: int | None = None
+    if isinstance(resized, str):
+        why_fixed = resized
+    else:
+        why_fixed = None
+        batch = int(inputs[0].shape[0])
+    try:
+        graph_of = _block_graphs(prog, target, ctx)
+    except BuildError as e:
+        if batch is None:
+            raise
+        prog.examples.clear()  # the example's batch only, as if never resized
+        prog.examples.update(saved)
+        why_fixed, batch = f"a block does not export with a dynamic batch ({e})", None
+        graph_of = _block_graphs(prog, target, ctx)
+    if batch is not None:
+        for xs, want in resized:  # type: ignore[union-attr]
+            check.inputs.append({n: _np(x) for n, x in zip(names, xs)})
+            check.expected.append([_np(t) for t in want])
+        other = resized[0][1]  # type: ignore[index]
     entry = ProgramEntry(
         host=P.program_ir(prog, graph_of),
         input_specs=[
-            TensorSpec(n, str(_np(x).dtype), list(x.shape)) for n, x in zip(names, inputs)
+            TensorSpec(n, str(_np(x).dtype), ["batch", *x.shape[1:]] if batch else list(x.shape))
+            for n, x in zip(names, inputs)
         ],
         output_specs=[
-            TensorSpec(n, str(_np(o).dtype), list(o.shape)) for n, o in zip(out_names, outs)
+            TensorSpec(
+                n, str(_np(o).dtype), _spec_shape(o, other[i], batch) if batch else list(o.shape)
+            )
+            for i, (n, o) in enumerate(zip(out_names, outs))
         ],
+        fixed_batch=why_fixed,
     )
     return check, entry
+
+
+def _spec_shape(o: torch.Tensor, other: torch.Tensor, batch: int) -> list[int | str | None]:
+    """An output's shape as its answers at the example's batch and at `RESIZED_BATCH` show it."""
+    dims: list[int | str | None] = []
+    for i, d in enumerate(o.shape):
+        e = other.shape[i] if i < other.dim() else None
+        if d == e:
+            dims.append(int(d))
+        else:
+            dims.append("batch" if i == 0 and d == batch and e == RESIZED_BATCH else None)
+    return dims
+
+
+def _resize(xs: tuple, size: int) -> tuple:
+    """An input set with every tensor's leading dimension made `size`: rows cut or repeated."""
+    n = xs[0].shape[0]
+    reps = -(-size // n)
+    return tuple(x.repeat(reps, *[1] * (x.dim() - 1))[:size].clone() for x in xs)
+
+
+def _probe_resized(prog, target, sets, entered: set[int]):
+    """The program run at a second batch size against eager forward: its (inputs, answers)
+    pairs, which leave examples of every block at two sizes (so the batch dimension exports
+    dynamic), or why the program keeps the example's batch. Forward must take the inputs at
+    the other size; the program must agree there and reach every block it reached before."""
+    from ..frontend import program as P
+
+    lead = {x.shape[0] if isinstance(x, torch.Tensor) and x.dim() else None for x in sets[0]}
+    if len(lead) != 1 or None in lead:
+        return "the inputs share no leading (batch) dimension"
+    n = lead.pop()
+    size = RESIZED_BATCH if n != RESIZED_BATCH else RESIZED_BATCH + 2
+    before = {k: dict(v) for k, v in prog.examples.items()}
+    probe = P.Probe(prog, target)
+    pairs = []
+    why = None
+    for xs in sets[:RESIZED_SETS]:
+        xs = _resize(xs, size)
+        try:
+            want = target(*[x.clone() for x in xs])
+        except Exception as e:  # noqa: BLE001 - forward itself takes only this batch
+            why = f"forward does not take a batch of {size}: {_first_line(e)}"
+            break
+        try:
+            pair = P.parity_pair(probe, target, xs, example=False)
+        except Exception as e:  # noqa: BLE001
+            why = f"the split program fails at a batch of {size}: {_first_line(e)}"
+            break
+        if pair is None:
+            continue
+        got = flatten_outputs(pair[1])[1]
+        want_t = flatten_outputs(want)[1]
+        r = (
+            parity([_np(t) for t in got], [_np(t) for t in want_t])[1]
+            if len(got) == len(want_t)
+            else 1.0
+        )
+        if r > 1e-5:
+            why = f"the split program answers differently at a batch of {size}"
+            break
+        pairs.append((xs, want_t))
+    if why is None:
+        try:
+            probe.explore()
+        except Exception as e:  # noqa: BLE001
+            why = f"the split program fails at a batch of {size}: {_first_line(e)}"
+    if why is None and not pairs:
+        why = f"forward's asserts reject every input at a batch of {size}"
+    if why is None and not entered <= probe.entered:
+        why = f"some blocks run at a batch of {n} were never reached at a batch of {size}"
+    if why is not None:
+        prog.examples.clear()
+        prog.examples.update(before)
+        return why
+    return pairs
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _side(side: str) -> str:

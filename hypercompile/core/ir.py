@@ -313,7 +313,7 @@ class Program:
             dropped=d.names("dropped", []),
             outputs_vary=d.bool("outputs_vary", False),
         )
-        d.ignore("coverage", "input_specs", "output_specs", "output_names")
+        d.ignore("coverage", "input_specs", "output_specs", "output_names", "fixed_batch")
         d.done()
         prog.validate(where)
         return prog

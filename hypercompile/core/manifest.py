@@ -309,6 +309,7 @@ class ProgramEntry:
     input_specs: list[TensorSpec]
     output_specs: list[TensorSpec]
     coverage: dict[str, Any] = field(default_factory=dict)
+    fixed_batch: str | None = None  # why the inputs' batch is fixed, where it is
 
     @property
     def output_names(self) -> list[str]:
@@ -321,6 +322,7 @@ class ProgramEntry:
             "input_specs": [s.to_json() for s in self.input_specs],
             "output_specs": [s.to_json() for s in self.output_specs],
             "output_names": self.output_names,
+            **({"fixed_batch": self.fixed_batch} if self.fixed_batch else {}),
         }
 
     @staticmethod
@@ -328,7 +330,11 @@ class ProgramEntry:
         host = ir.Program.from_json(data, where)
         f = Fields(data, where)
         p = ProgramEntry(
-            host, _specs(f, "input_specs"), _specs(f, "output_specs"), f.dict("coverage", {})
+            host,
+            _specs(f, "input_specs"),
+            _specs(f, "output_specs"),
+            f.dict("coverage", {}),
+            f.get("fixed_batch", (str, type(None)), None),
         )
         if f.names("output_names", p.output_names) != p.output_names:
             raise BundleError(f"{where}.output_names disagree with its output_specs")
@@ -478,6 +484,12 @@ class Manifest:
             p = self.programs[v.program]
             return p.input_specs, p.output_specs
         return self.graphs[v.graph].user_io()  # type: ignore[index]
+
+    def fixed_batch(self, v: Variant) -> str | None:
+        """Why a variant takes only the example's batch size, where it could have taken any."""
+        if v.program is not None:
+            return self.programs[v.program].fixed_batch
+        return self.graphs[v.graph].fixed_batch  # type: ignore[index]
 
     def state_of(self, v: Variant) -> list[StateSpec]:
         """The state a variant carries between calls (see `Bundle.stream`); [] when none."""

@@ -622,6 +622,7 @@ class Probe(ir.Interpreter):
     def __init__(self, prog: Program, root: torch.nn.Module):
         self.prog, self.root = prog, root
         self.reached: set[int] = set()
+        self.entered: set[int] = set()  # blocks run, not only found infeasible
         self.decisions: dict[int, dict[str, Any]] = {}  # last environment per decision block
         self.counts: dict[int, dict[str, int]] = {}
         self.notified: dict[tuple[str, int], int] = {}  # (file, line) -> times issued
@@ -676,11 +677,12 @@ class Probe(ir.Interpreter):
         self._note_host_values(env)
         self._last = block
         self.reached.add(block.id)
+        self.entered.add(block.id)
         if block.id in self.prog.fns:
             seen = self.prog.examples.setdefault(block.id, {})
             args = [env[n] for n in block.inputs]
             sig = str([tuple(x.shape) for x in pytree.tree_leaves(args)])
-            if sig not in seen and len(seen) < 4:
+            if sig not in seen and len(seen) < 6:
                 seen[sig] = [pytree.tree_map(_clone, a) for a in args]
 
     def decide(self, block: ir.Block, env: dict[str, Any], side: str) -> None:

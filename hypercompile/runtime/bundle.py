@@ -345,7 +345,7 @@ class Bundle:
                 "`s = bundle.stream(...); s.run(inputs)`"
             )
         if not plan.fits(inputs):
-            _check_inputs(inputs, plan.specs)  # raises the precise error
+            _check_inputs(inputs, plan.specs, plan.why_fixed)  # raises the precise error
         runner = self._runner(variant, backend or plan.backend)
         outs = runner.run(inputs)
         if plan.outputs_vary:  # a returned list whose length depends on the path
@@ -369,7 +369,7 @@ class Bundle:
 
         def check(inputs: Any) -> None:
             if not plan.fits(inputs):
-                _check_inputs(inputs, plan.specs)
+                _check_inputs(inputs, plan.specs, plan.why_fixed)
 
         return Stream(carrier, check, plan.output_names)
 
@@ -377,7 +377,9 @@ class Bundle:
         plan = self._plans.get(variant.id)
         if plan is None:
             plan = self._plans[variant.id] = _Plan(
-                *self.manifest.io(variant), self._default_backend(variant)
+                *self.manifest.io(variant),
+                self._default_backend(variant),
+                self.manifest.fixed_batch(variant),
             )
             plan.stateful = bool(self.manifest.state_of(variant))
             if variant.program is not None:
@@ -528,8 +530,15 @@ class Bundle:
 class _Plan:
     """Per-variant facts `run` needs on every call, with a fast input check."""
 
-    def __init__(self, inputs: list[TensorSpec], outputs: list[TensorSpec], backend: str):
+    def __init__(
+        self,
+        inputs: list[TensorSpec],
+        outputs: list[TensorSpec],
+        backend: str,
+        why_fixed: str | None = None,
+    ):
         self.specs = [s.to_json() for s in inputs]
+        self.why_fixed = why_fixed
         self.output_names = [o.name for o in outputs]
         self.backend = backend
         self.stateful = False
@@ -580,8 +589,10 @@ def _fmt_cond(cond: dict[str, Any]) -> str:
 
 
 def _check_inputs(
-    inputs: dict[str, np.ndarray], specs: list[dict[str, Any]]
+    inputs: dict[str, np.ndarray], specs: list[dict[str, Any]], why_fixed: str | None = None
 ) -> dict[str, np.ndarray]:
+    """The feeds, or an InputError naming the first input that does not fit its spec (and, for
+    a batch the variant was not built for, why its batch is fixed)."""
     if not isinstance(inputs, dict):
         raise InputError("inputs must be a dict of input name -> numpy array")
     names = [s["name"] for s in specs]
@@ -619,7 +630,17 @@ def _check_inputs(
                 batch = got
         if not ok:
             want_s = "[" + ", ".join(str(d) for d in shape) + "]"
-            raise InputError(f"input {name!r}: expected shape {want_s}, got {list(arr.shape)}")
+            only = (
+                f" (this variant takes batch {shape[0]} only: {why_fixed})"
+                if why_fixed
+                and shape
+                and arr.ndim == len(shape)
+                and arr.shape[1:] == tuple(shape[1:])
+                else ""
+            )
+            raise InputError(
+                f"input {name!r}: expected shape {want_s}, got {list(arr.shape)}{only}"
+            )
         feeds[name] = arr
     return feeds
 
