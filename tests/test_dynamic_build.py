@@ -1,6 +1,7 @@
 """Dynamic models end to end: split, export every block, verify through the runtime, and
 agree with eager PyTorch on fresh random inputs."""
 
+import ast
 import importlib.util
 import json
 import subprocess
@@ -314,3 +315,25 @@ def test_internal_value_names_are_shown_as_forward_writes_them():
     assert user_name("__ret10") == "the value returned"
     assert user_name("__p4__2") == "a condition"
     assert user_name("__st_0_hidden") == "attribute `hidden`"
+
+
+@pytest.mark.parametrize("name", ["BlockDrop", "BlockDropData"])
+def test_skipping_a_residual_block_costs_no_graph_call(name):
+    """BlockDrop decides every skip from the policy computed in the first block: the decisions
+    (and, in DyCL's form, the `action = policy[:, t]` they read) move into that block or into
+    the blocks that use them, so on the path that skips every residual block each graph called
+    runs a layer; none is called only to index the policy."""
+    from hypercompile.core import ir
+    from hypercompile.frontend.program import split_module
+
+    prog = split_module(_zoo_model(name).eval())
+    k, called = prog.entry, []
+    while not isinstance(prog.blocks[k].term, ir.Return):
+        b = prog.blocks[k]
+        if b.body:
+            called.append(b)
+        k = b.term.then if isinstance(b.term, ir.Branch) else b.term.target
+    assert len(called) >= 2
+    for b in called:
+        code = "\n".join(ast.unparse(s) for s in b.body)
+        assert "_hc_get(__root" in code and ")(" in code, code

@@ -413,7 +413,8 @@ def _at(node: ast.stmt, where: ast.stmt) -> ast.stmt:
 _PURE_FUNCS = {"_hc_bool", "_hc_and", "_hc_or", "_hc_not", "_hc_item", "_hc_int", "_hc_float"}
 _PURE_METHODS = {
     "sum", "mean", "amax", "amin", "max", "min", "any", "all", "abs", "float", "int", "long",
-    "bool", "item", "numel", "dim", "size", "argmax", "argmin",
+    "bool", "item", "numel", "dim", "size", "argmax", "argmin", "contiguous", "detach", "view",
+    "reshape", "squeeze", "unsqueeze", "flatten",
 }  # fmt: skip
 _PURE_NODES = (
     ast.Name, ast.Constant, ast.Subscript, ast.Slice, ast.Tuple, ast.Compare, ast.BinOp,
@@ -441,6 +442,115 @@ def _pure_decision(stmt: ast.stmt) -> str | None:
             ):
                 return None
     return stmt.targets[0].id
+
+
+class _Substitute(ast.NodeTransformer):
+    def __init__(self, known: dict[str, ast.expr]):
+        self.known = known
+
+    def visit_Name(self, node: ast.Name) -> ast.expr:
+        if isinstance(node.ctx, ast.Load) and node.id in self.known:
+            return copy.deepcopy(self.known[node.id])
+        return node
+
+
+def _substitute_into_decisions(prog: Program) -> None:
+    """Write the cheap pure values a decision reads from its own block into the decision
+    (`a = policy[:, 3].contiguous(); p = a.sum() == 0` becomes `p = policy[:, 3]
+    .contiguous().sum() == 0`), so that hoisting can move it up to where `policy` is made.
+    `a` is still computed where it was, for its other uses."""
+    names = _program_names(prog)
+    for b in prog.blocks.values():
+        if not isinstance(b.term, (ir.Branch, ir.Switch)):
+            continue
+        decided = ir.term_uses(b.term)
+        known: dict[str, tuple[ast.expr, set[str]]] = {}  # name -> its value, what that reads
+        for i, stmt in enumerate(b.body):
+            target = _pure_decision(stmt)
+            value = None
+            if target is not None:
+                sub = _Substitute({n: e for n, (e, _) in known.items()})
+                value = sub.visit(copy.deepcopy(stmt.value))  # type: ignore[attr-defined]
+                if target in decided and value is not None:
+                    new = ast.copy_location(ast.Assign(stmt.targets, value), stmt)  # type: ignore[attr-defined]
+                    b.body[i] = ast.fix_missing_locations(new)
+            defs = _stmt_uses_defs(stmt, names)[1]
+            known = {n: v for n, v in known.items() if n not in defs and not v[1] & defs}
+            if target is not None and value is not None:
+                uses = {n.id for n in ast.walk(value) if isinstance(n, ast.Name)} & names
+                if target not in uses:
+                    known[target] = (value, uses)
+
+
+def _sink_cheap_values(prog: Program) -> None:
+    """A cheap pure value that a block's graph reads from its predecessors, made there by the
+    same statement on every path and from inputs unchanged since, is made in the block itself
+    instead: a predecessor that made it only for this block (BlockDrop's skip path makes the
+    next block's `action = policy[:, t]`) may then need no graph call at all. Only values made
+    from what the block receives anyway move."""
+    names = _program_names(prog)
+    preds = prog.predecessors()
+    headers = prog.find_loop_headers()
+    live_in, _ = _liveness(prog)
+    for y in list(prog.blocks.values()):
+        if not y.body or y.id in headers:
+            continue
+        used = _stmts_use_def(y.body, names)[0] & live_in[y.id]
+        for v in sorted(used):
+            stmt = _single_reaching_def(prog, y.id, v, names, preds, headers)
+            # only from values `y` receives anyway: a new input would cost what it saves
+            if stmt is not None and _stmt_uses_defs(stmt, names)[0] <= live_in[y.id]:
+                y.body = [copy.deepcopy(stmt), *y.body]
+
+
+def _single_reaching_def(prog, y: int, v: str, names, preds, headers) -> ast.stmt | None:
+    """The one cheap pure statement `v = ...` that defines `v` for block `y` on every path,
+    when its inputs are not changed between it and `y`; else None."""
+    found: list[tuple[int, int]] = []  # (block, index of the statement)
+    passed: set[int] = set()
+    stack = list(preds[y])
+    while stack:
+        k = stack.pop()
+        if k in passed or any(k == f[0] for f in found):
+            continue
+        if k == y or k in headers or k == prog.entry and not prog.blocks[k].body:
+            return None
+        b = prog.blocks[k]
+        host = set(b.assign) | {m[0] for m in b.moves} | {op.dst for op in b.lists}
+        if v in host:
+            return None
+        at = next(
+            (i for i in reversed(range(len(b.body))) if v in _stmt_uses_defs(b.body[i], names)[1]),
+            None,
+        )
+        if at is not None:
+            found.append((k, at))
+            continue
+        if k == prog.entry or not preds[k]:
+            return None  # `v` comes from outside the program
+        passed.add(k)
+        stack.extend(preds[k])
+    if not found:
+        return None
+    first = prog.blocks[found[0][0]].body[found[0][1]]
+    if _pure_decision(first) != v:
+        return None
+    key = ast.dump(first)
+    reads = _stmt_uses_defs(first, names)[0]
+    if v in reads:
+        return None
+    for k, at in found:
+        b = prog.blocks[k]
+        if ast.dump(b.body[at]) != key:
+            return None
+        after = _stmts_use_def(b.body[at + 1 :], names)[1]
+        host = set(b.assign) | {m[0] for m in b.moves} | {op.dst for op in b.lists}
+        if (after | host) & reads:
+            return None
+    for k in passed:
+        if _block_use_def(prog.blocks[k], names)[1] & reads:
+            return None
+    return first
 
 
 def _dominators(prog: Program) -> dict[int, set[int]]:
@@ -537,7 +647,10 @@ def _finish(prog: Program) -> None:
     _eliminate_dead(prog)
     _tail_duplicate(prog)
     _eliminate_dead(prog)
+    _substitute_into_decisions(prog)
     _hoist_decisions(prog)
+    _eliminate_dead(prog)
+    _sink_cheap_values(prog)
     _eliminate_dead(prog)
     _clean(prog)
     prog.mark_loop_headers()
