@@ -44,12 +44,10 @@ def bare_session(bundle: hc.Bundle, variant):
     import onnxruntime as ort
     from onnx import numpy_helper
 
-    from hypercompile.core.tensors import read_tensors
-
     g = onnx.load(
         str(bundle.path / bundle.manifest.graphs[variant.graph].path), load_external_data=False
     )
-    weights = read_tensors(bundle.read(variant.weights))
+    weights = bundle.weights(variant)
     for i, t in enumerate(g.graph.initializer):
         if t.name in weights:
             tensor = numpy_helper.from_array(np.array(weights[t.name]), t.name)

@@ -510,10 +510,12 @@ def inspect(bundle, as_json) -> None:
 
     b = load(bundle)
     m = b.manifest
+    summed = sum(v.bytes for v in m.variants)
     if as_json:
         data = m.to_json()
         keep = ("producer", "target", "inputs", "outputs", "graphs", "variants", "programs")
         extra = {"profile": data["profile"], "this_device": b.device_key()}
+        extra["weight_bytes"] = {"unique": m.weight_bytes, "per_variant_sum": summed}
         click.echo(json.dumps({k: data[k] for k in keep} | extra))
         return
     size = sum((b.path / rel).stat().st_size for rel in m.files)
@@ -524,6 +526,13 @@ def inspect(bundle, as_json) -> None:
         f"{len(m.graphs)} graph(s), {_human_bytes(size)}\n  inputs {io}\n  outputs {oo}",
         highlight=False,
     )
+    if m.schema_version > 1:  # schema 1 stored each variant's weights apart
+        ratio = f" ({summed / m.weight_bytes:.2f}x)" if m.weight_bytes else ""
+        out.print(
+            f"  weights {_human_bytes(m.weight_bytes)} stored once each, "
+            f"{_human_bytes(summed)} summed over the variants{ratio}",
+            highlight=False,
+        )
     table = Table(title="variants")
     for col in ("condition", "graph", "params", "bytes", "backends", "parity max abs", "max rel"):
         table.add_column(col, justify="right" if col not in ("condition", "backends") else "left")

@@ -21,7 +21,7 @@ def test_tasks_of_one_architecture_share_one_graph(tiny_bundle):
 
 def test_manifest_records_schema_io_parity_and_hashes(tiny_bundle):
     m = manifest(tiny_bundle)
-    assert m["schema_version"] == 1 and m["producer"]["name"] == "hypercompile"
+    assert m["schema_version"] == 2 and m["producer"]["name"] == "hypercompile"
     assert m["target"]["name"] == "x86-cpu"
     assert m["inputs"] == [{"name": "input", "dtype": "float32", "shape": ["batch", 8]}]
     assert m["outputs"] == [{"name": "output", "dtype": "float32", "shape": ["batch", 4]}]
@@ -33,16 +33,20 @@ def test_manifest_records_schema_io_parity_and_hashes(tiny_bundle):
         assert p["max_rel"] <= 1e-4
 
 
-def test_each_weight_file_holds_only_its_variant_tensors(tiny_bundle):
-    from hypercompile.core.tensors import read_tensors
+def test_each_variant_binds_exactly_its_generated_tensors(tiny_bundle):
+    from hypercompile.core.tensors import read_tensors, tensor_id
 
-    hm = TinyHyper()
+    hm, m = TinyHyper(), manifest(tiny_bundle)
     for i, cond in enumerate(hm.conditions()):
+        v = m["variants"][i]
+        want = {k: t.detach().numpy() for k, t in hm.generate(cond).items()}
+        assert v["weights"] == {k: tensor_id(a) for k, a in want.items()}
+        assert v["bytes"] == sum(a.nbytes for a in want.values())
+        # the tasks share no tensor: each variant's file holds its own, stored by id
         got = read_tensors((tiny_bundle / f"weights/v{i:04d}.safetensors").read_bytes())
-        want = {k: v.detach().numpy() for k, v in hm.generate(cond).items()}
-        assert set(got) == set(want)
-        for k in want:
-            np.testing.assert_array_equal(got[k], want[k])
+        assert set(got) == set(v["weights"].values())
+        for k, tid in v["weights"].items():
+            np.testing.assert_array_equal(got[tid], want[k])
 
 
 def test_graph_has_no_weight_data(tiny_bundle):

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import hypercompile as hc
-from hypercompile.core.tensors import read_tensors
 from hypercompile.errors import StateError, UnsupportedModelError
 
 FRESH = 100
@@ -108,8 +107,8 @@ def test_a_plain_module_gets_its_inputs_on_the_command_line(tmp_path):
     # the model was made in the CLI's process: give a fresh one the weights the bundle stores
     model = corpus_models.NoExamples().eval()
     (v,) = b.manifest.variants
-    stored = read_tensors((out / v.weights).read_bytes(), v.weights)
-    model.load_state_dict({k: torch.from_numpy(a) for k, a in stored.items()})
+    stored = b.weights(v)
+    model.load_state_dict({k: torch.from_numpy(a.copy()) for k, a in stored.items()})
     gen = torch.Generator().manual_seed(13)
     for i in range(FRESH):
         xs = _fresh(b, [(3, 8, 8)], gen, i)

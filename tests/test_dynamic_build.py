@@ -86,12 +86,13 @@ def test_identical_subgraphs_are_stored_once_and_weights_bind_per_file(dyn_bundl
     digests = [g["digest"] for g in m["graphs"].values()]
     assert len(digests) == len(set(digests))
     assert len(list((path / "graphs").iterdir())) == len(m["graphs"])
-    # the shared graphs name the layer's weights, bound from the variant's one weight file
+    # the shared graphs name the layer's weights, bound from the variant's tensors
     weights = {w for g in m["graphs"].values() for w in g["weights"]}
     assert weights == set(model.state_dict())
     (variant,) = m["variants"]
-    stored = read_tensors((path / variant["weights"]).read_bytes())
-    assert set(stored) == weights
+    assert set(variant["weights"]) == weights
+    stored = read_tensors((path / "weights/v0000.safetensors").read_bytes())
+    assert set(stored) == set(variant["weights"].values())
     _agree(model, hc.load(path))
 
 

@@ -71,7 +71,8 @@ def _edit_manifest(bundle, edit):
 @pytest.mark.parametrize("evil", ["../../etc/passwd", "/etc/passwd", "weights/../../x"])
 def test_manifest_paths_leaving_the_bundle_are_refused(tiny_copy, evil):
     def edit(m):
-        m["variants"][0]["weights"] = evil
+        tid = next(iter(m["variants"][0]["weights"].values()))
+        m["tensors"][tid] = evil
         m["files"][evil] = "0" * 64
 
     _edit_manifest(tiny_copy, edit)

@@ -28,6 +28,7 @@ from ..core.manifest import (
     Producer,
     ProgramEntry,
     StateSpec,
+    TensorRef,
     TensorSpec,
     Variant,
 )
@@ -302,6 +303,7 @@ def _materialize_all(
     block_cache: dict[str, str] = {}  # block source digest -> graph id
     variants: list[Variant] = []
     checks: list[Check] = []
+    store = fmt.TensorStore()  # each distinct tensor once, in the file of its first variant
     gen = torch.Generator().manual_seed(0)
     for i, cond in enumerate(conds):
         label = cond_label(cond)
@@ -317,7 +319,7 @@ def _materialize_all(
         pristine = clone_module(target) if state else target
         # state is carried through one whole graph; the exporter refuses control flow on data
         prog, said = (None, None) if state else _split(target, label)
-        v = Variant(id=vid, cond=as_json(cond), weights=f"weights/{vid}.safetensors", artifacts={})
+        v = Variant(id=vid, cond=as_json(cond), weights={}, artifacts={})
         if prog is None:
             arch = architecture_signature(target, inputs) + (f" state={state}" if state else "")
             if arch not in by_arch:
@@ -353,7 +355,9 @@ def _materialize_all(
         tensors = {n: _np(t) for n, t in target.state_dict().items() if n in set(weight_names)}
         v.params = int(sum(t.size for t in tensors.values()))
         tensors.update(_initial_state(pristine, graphs[v.graph].state if v.graph else []))
-        v.bytes = fmt.write_tensors(tmp / v.weights, tensors)
+        v.weights = {name: store.add(t) for name, t in tensors.items()}
+        v.bytes = int(sum(t.nbytes for t in tensors.values()))
+        store.flush(tmp, f"weights/{vid}.safetensors")  # the tensors no variant had before
         quality = getattr(hm, "quality", None)
         if callable(quality):
             v.quality = float(quality(cond))
@@ -371,6 +375,8 @@ def _materialize_all(
         graphs=graphs,
         variants=variants,
         programs=programs,
+        tensors={tid: TensorRef(rel, tid) for tid, rel in store.files.items()},
+        weight_bytes=store.nbytes,
     )
     return manifest, checks
 

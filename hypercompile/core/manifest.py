@@ -1,9 +1,13 @@
 """The bundle manifest: its schema as dataclasses, and the only code that reads or writes it.
 
 A bundle is a folder: `manifest.json` plus the files it lists with their sha256 (graphs,
-compiled artifacts, weight files, stored checks). `Manifest.load` parses and checks the JSON
-(unknown or missing fields, wrong types, references that do not resolve: a one-line BundleError
-naming the field); `Manifest.dump` writes it atomically. Torch-free.
+compiled artifacts, tensor files, stored checks). Weights are stored by content: `tensors` maps
+each distinct tensor's id (see `tensors.tensor_id`) to the file that holds it, and a variant's
+`weights` map its graphs' initializer names to tensor ids. Schema 1 (one weight file per
+variant) is still read: `_read_schema_1` turns it into the same tables. `Manifest.load` parses
+and checks the JSON (unknown, missing or repeated fields, wrong types, references that do not
+resolve: a one-line BundleError naming the field); `Manifest.dump` writes it atomically.
+Torch-free.
 """
 
 from __future__ import annotations
@@ -13,15 +17,17 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import BundleError, TargetError
 from . import ir
 from .conditions import cond_key, cond_problem
 from .fields import Fields
 from .targets import Target, parse_target
+from .tensors import is_tensor_id, unique_keys
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 64 << 20
 
@@ -188,6 +194,13 @@ class Graph:
             raise BundleError(f"{where} has no outputs besides its state")
 
 
+class TensorRef(NamedTuple):
+    """Where a tensor is stored: its file, and its name there (schema 2: its id)."""
+
+    file: str
+    key: str
+
+
 @dataclass
 class Parity:
     """How a variant compared with PyTorch on one back end at build time (or `deferred`: the
@@ -224,12 +237,13 @@ class Parity:
 
 @dataclass
 class Variant:
-    """One condition's compiled network: a graph or a program, its weight file, its artifacts
-    per back end (a program's: one per block graph), and its parity record."""
+    """One condition's compiled network: a graph or a program, its weights (graph initializer
+    name -> tensor id), its artifacts per back end (a program's: one per block graph), and its
+    parity record. `bytes` is the size of its weights."""
 
     id: str
     cond: dict[str, Any]
-    weights: str
+    weights: dict[str, str]
     artifacts: dict[str, str | list[str]]
     graph: str | None = None
     program: str | None = None
@@ -239,10 +253,11 @@ class Variant:
     parity: dict[str, Parity] = field(default_factory=dict)
     checks: str | None = None  # stored PyTorch answers, for artifacts checked on the device
     untested: list[str] = field(default_factory=list)  # built with --allow-untested despite
+    weights_file: str | None = None  # schema 1: the variant's own weight file
 
     def files(self) -> list[str]:
-        """Every bundle file this variant itself names."""
-        rels = [self.weights] + ([self.checks] if self.checks else [])
+        """Every bundle file this variant itself names (its tensors' files aside)."""
+        rels = [r for r in (self.weights_file, self.checks) if r]
         for art in self.artifacts.values():
             rels += art if isinstance(art, list) else [art]
         return rels
@@ -250,9 +265,8 @@ class Variant:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "cond": dict(self.cond)}
         out.update({"graph": self.graph} if self.graph is not None else {"program": self.program})
-        out.update(
-            weights=self.weights, params=self.params, bytes=self.bytes, artifacts=self.artifacts
-        )
+        weights = self.weights_file if self.weights_file is not None else dict(self.weights)
+        out.update(weights=weights, params=self.params, bytes=self.bytes, artifacts=self.artifacts)
         if self.quality is not None:
             out["quality"] = self.quality
         out["parity"] = {be: p.to_json() for be, p in self.parity.items()}
@@ -263,7 +277,7 @@ class Variant:
         return out
 
     @staticmethod
-    def from_json(data: Any, where: str) -> Variant:
+    def from_json(data: Any, where: str, schema: int = SCHEMA_VERSION) -> Variant:
         f = Fields(data, where)
         cond = f.dict("cond")
         problem = cond_problem(cond, f"{where}.cond")
@@ -279,7 +293,8 @@ class Variant:
         v = Variant(
             id=f.str("id"),
             cond=dict(cond),
-            weights=f.str("weights"),
+            weights={} if schema == 1 else f.str_map("weights"),
+            weights_file=f.str("weights") if schema == 1 else None,
             artifacts=dict(artifacts),
             graph=f.get("graph", str, None),
             program=f.get("program", str, None),
@@ -454,7 +469,8 @@ class Producer:
 
 @dataclass
 class Manifest:
-    """The whole bundle description. `files` maps every bundle file to its sha256."""
+    """The whole bundle description. `files` maps every bundle file to its sha256; `tensors`
+    every distinct weight tensor's id to where it is stored, `weight_bytes` their total size."""
 
     producer: Producer
     target: Target
@@ -469,6 +485,8 @@ class Manifest:
     model: str = ""
     rtol: float = 1e-4
     build_s: float | None = None
+    tensors: dict[str, TensorRef] = field(default_factory=dict)
+    weight_bytes: int = 0  # unique weight bytes (each distinct tensor once)
     schema_version: int = SCHEMA_VERSION
 
     # -- reading -----------------------------------------------------------------------------
@@ -501,6 +519,13 @@ class Manifest:
             return [v.graph]  # type: ignore[list-item]
         return sorted({b.graph for b in self.programs[v.program].host.blocks.values() if b.graph})
 
+    def weight_names(self, v: Variant) -> set[str]:
+        """The initializer names a variant binds: its graphs' weights and initial state."""
+        names = {
+            w for gid in self.graphs_of(v) if gid in self.graphs for w in self.graphs[gid].weights
+        }
+        return names | {s.input for s in self.state_of(v)}
+
     # -- JSON ----------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -517,6 +542,9 @@ class Manifest:
             "files": dict(self.files),
             "rtol": self.rtol,
         }
+        if self.schema_version > 1:
+            out["tensors"] = {tid: ref.file for tid, ref in self.tensors.items()}
+            out["weight_bytes"] = self.weight_bytes
         if self.sizes:
             out["sizes"] = dict(self.sizes)
         if self.build_s is not None:
@@ -527,7 +555,7 @@ class Manifest:
     def from_json(data: Any, where: str = MANIFEST) -> Manifest:
         f = Fields(data, where)
         version = f.get("schema_version", int, None)
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMAS:
             raise BundleError(
                 f"{where}: unsupported schema_version {version!r} (expected {SCHEMA_VERSION})"
             )
@@ -542,7 +570,8 @@ class Manifest:
             outputs=_specs(f, "outputs"),
             graphs={k: Graph.from_json(g, f"graphs.{k}") for k, g in f.dict("graphs").items()},
             variants=[
-                Variant.from_json(v, f"variants[{i}]") for i, v in enumerate(f.list("variants"))
+                Variant.from_json(v, f"variants[{i}]", version)
+                for i, v in enumerate(f.list("variants"))
             ],
             programs={
                 k: ProgramEntry.from_json(p, f"programs.{k}")
@@ -556,10 +585,29 @@ class Manifest:
             model=f.str("model", ""),
             rtol=float(f.num("rtol", 1e-4)),
             build_s=f.get("build_s", (int, float, type(None)), None),
+            schema_version=version,
         )
+        if version == 1:
+            m._read_schema_1()
+        else:
+            m.tensors = {tid: TensorRef(rel, tid) for tid, rel in f.str_map("tensors").items()}
+            m.weight_bytes = f.int("weight_bytes")
         f.done()
         m.validate(where)
         return m
+
+    def _read_schema_1(self) -> None:
+        """Schema 1 kept a variant's weights in one file of its own, by initializer name: each
+        becomes a tensor of its own (no content address), named `<variant id>/<name>`."""
+        for v in self.variants:
+            if v.program is not None and v.program not in self.programs:
+                continue  # `validate` names it
+            if not all(gid in self.graphs for gid in self.graphs_of(v)):
+                continue
+            for name in sorted(self.weight_names(v)):
+                tid = f"{v.id}/{name}"
+                v.weights[name] = tid
+                self.tensors[tid] = TensorRef(v.weights_file, name)  # type: ignore[arg-type]
 
     def validate(self, where: str = MANIFEST) -> None:
         """Cross-references: every variant names a graph or program that exists, conditions and
@@ -580,9 +628,10 @@ class Manifest:
             if key in seen:
                 raise BundleError(f"{where}: variants {seen[key]} and {v.id} have one condition")
             seen[key] = v.id
-            for rel in (v.weights, v.checks):
-                if rel is not None and owner.setdefault(rel, v.id) != v.id:
-                    raise BundleError(f"{where}: variants {owner[rel]} and {v.id} share {rel}")
+            if v.checks is not None and owner.setdefault(v.checks, v.id) != v.id:
+                raise BundleError(
+                    f"{where}: variants {owner[v.checks]} and {v.id} share {v.checks}"
+                )
             if v.graph is not None and v.graph not in self.graphs:
                 raise BundleError(f"{where}: variant {v.id} names unknown graph {v.graph}")
             if v.program is not None and v.program not in self.programs:
@@ -600,6 +649,35 @@ class Manifest:
                     raise BundleError(
                         f"{where}: program {pid} block {b.id} does not match graph {g.id}"
                     )
+        self._validate_tensors(where)
+
+    def _validate_tensors(self, where: str) -> None:
+        """Every tensor id is a content address (schema 2), every variant binds exactly the
+        names its graphs take, each to a tensor the manifest stores."""
+        if self.schema_version > 1:
+            bad = next((tid for tid in self.tensors if not is_tensor_id(tid)), None)
+            if bad is not None:
+                raise BundleError(f"{where}.tensors: {bad!r} is not a tensor id")
+            if self.weight_bytes < 0:
+                raise BundleError(f"{where}.weight_bytes must be a byte count")
+        for v in self.variants:
+            want = self.weight_names(v)
+            missing = sorted(want - set(v.weights))
+            if missing:
+                raise BundleError(
+                    f"{where}: variant {v.id} has no tensor for {', '.join(missing[:5])}"
+                )
+            extra = sorted(set(v.weights) - want)
+            if extra:
+                raise BundleError(
+                    f"{where}: variant {v.id} names tensors for {', '.join(extra[:5])}, which "
+                    "none of its graphs takes"
+                )
+            unknown = sorted({tid for tid in v.weights.values() if tid not in self.tensors})
+            if unknown:
+                raise BundleError(
+                    f"{where}: variant {v.id} names unknown tensor id(s) {', '.join(unknown[:3])}"
+                )
 
     # -- files ---------------------------------------------------------------------------------
     @staticmethod
@@ -613,7 +691,7 @@ class Manifest:
         if path.stat().st_size > MAX_MANIFEST_BYTES:
             raise BundleError(f"{path} is too large to be a manifest")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(), object_pairs_hook=unique_keys)
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise BundleError(f"{path} is damaged: {first}") from None

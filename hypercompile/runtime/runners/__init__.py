@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 
 from ...errors import BackendError
-from .base import ORT_POOLS, Binding, OrtPool, Runner, RunnerFactory
+from .base import ORT_POOLS, Binding, OrtPool, Runner, RunnerFactory, SharedTensors
 
 _MODULES = {"onnxruntime": ".onnxruntime", "tvm": ".tvm"}
 _cache: dict[str, RunnerFactory] = {}
@@ -31,6 +31,7 @@ __all__ = [
     "OrtPool",
     "Runner",
     "RunnerFactory",
+    "SharedTensors",
     "get_runner_factory",
     "runner_names",
 ]

@@ -3,7 +3,10 @@ run it. Torch-free; never imports onnx, the compilers or the builder."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -16,6 +19,32 @@ class Runner(Protocol):
     """A ready-to-run artifact for one variant (a graph with its weights bound)."""
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+class Held:
+    """One bound tensor (an OrtValue, a TVM tensor); runners keep these to keep it alive."""
+
+    __slots__ = ("value", "__weakref__")
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
+class SharedTensors:
+    """A bundle's bound tensors, by (back end key, tensor id): each distinct tensor is bound
+    once and shared by every runner that takes it, for as long as one of them holds it (so an
+    evicted runner's tensors go with it when no other runner uses them)."""
+
+    def __init__(self) -> None:
+        self._held: weakref.WeakValueDictionary[tuple, Held] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, make: Callable[[], Any]) -> Held:
+        with self._lock:
+            held = self._held.get(key)
+            if held is None:
+                held = self._held[key] = Held(make())
+            return held
 
 
 @dataclass(frozen=True)
@@ -32,6 +61,20 @@ class Binding:
     # ONNX Runtime's intra-op threads, as the bundle chose them (see `hc.load`): "shared", the
     # process-wide pool, or "per-session", a pool of the session's own
     ort_pool: OrtPool = "per-session"
+    tensor_ids: dict[str, str] = field(default_factory=dict)  # weight name -> tensor id
+    shared: SharedTensors = field(default_factory=SharedTensors)  # the bundle's bound tensors
+
+    def bind(self, kind: tuple, make: Callable[[np.ndarray], Any]) -> list[Held]:
+        """Each weight bound by `make(array)`, in order: a tensor with an id is bound once per
+        `kind` (back end, device) and shared; one without is bound for this runner alone."""
+        out = []
+        for name, arr in self.weights.items():
+            tid = self.tensor_ids.get(name)
+            if tid is None:
+                out.append(Held(make(arr)))
+            else:
+                out.append(self.shared.get((*kind, tid), lambda a=arr: make(a)))
+        return out
 
 
 class RunnerFactory:

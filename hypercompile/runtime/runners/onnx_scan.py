@@ -5,10 +5,16 @@ ONNX Runtime resolves an initializer's `external_data` location against the work
 when a model is loaded from bytes, so a hostile graph could name `../../etc/passwd` and hand the
 file back as an output. A bundle's graphs may only name hypercompile's weight stubs, which the
 runtime binds itself; `external_locations` finds every location a graph names (initializers,
-sparse initializers, attribute tensors, subgraphs and functions included)."""
+sparse initializers, attribute tensors, subgraphs and functions included), and
+`weight_stubs` the dtype and shape of each stub, which the weights bound to it must have."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
+
+from ...core.tensors import WEIGHT_STUB_LOCATION
 from ...errors import BundleError
 
 # ONNX field numbers of the messages on the way to a TensorProto (onnx.proto3)
@@ -19,7 +25,10 @@ _FUNCTION = {7: "node"}
 _NODE = {5: "attribute"}
 _ATTRIBUTE = {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"}
 _SPARSE = {1: "tensor", 2: "tensor"}
-_TENSOR_NAME, _TENSOR_EXTERNAL_DATA = 8, 13
+_TENSOR_DIMS, _TENSOR_DATA_TYPE, _TENSOR_NAME, _TENSOR_EXTERNAL_DATA = 1, 2, 8, 13
+# TensorProto.DataType -> numpy, for the dtypes a weight file can hold
+_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64"}
+_ONNX_DTYPES.update({9: "bool", 10: "float16", 11: "float64"})
 _SCHEMA = {
     "model": _MODEL,
     "training": _TRAINING,
@@ -30,6 +39,15 @@ _SCHEMA = {
     "sparse": _SPARSE,
 }
 _MAX_DEPTH = 64
+
+
+class External(NamedTuple):
+    """A tensor that takes its bytes from outside the graph: where, and its dtype and shape."""
+
+    name: str
+    location: str
+    data_type: int
+    dims: tuple[int, ...]
 
 
 def _varint(data: memoryview, pos: int) -> tuple[int, int]:
@@ -69,11 +87,11 @@ def _fields(data: memoryview):
         yield field, wire, value
 
 
-def _walk(kind: str, data: memoryview, out: set[tuple[str, str]], depth: int) -> None:
+def _walk(kind: str, data: memoryview, out: list[External], depth: int) -> None:
     if depth > _MAX_DEPTH:
         raise ValueError("nested too deeply")
     if kind == "tensor":
-        name, locations = "", []
+        name, locations, data_type, dims = "", [], 0, []
         for field, wire, value in _fields(data):
             if field == _TENSOR_NAME and wire == 2:
                 name = bytes(value).decode("utf-8", "replace")
@@ -81,7 +99,16 @@ def _walk(kind: str, data: memoryview, out: set[tuple[str, str]], depth: int) ->
                 entry = {f: bytes(v) for f, w, v in _fields(value) if w == 2}
                 if entry.get(1, b"") == b"location":
                     locations.append(entry.get(2, b"").decode("utf-8", "replace"))
-        out.update((name, loc) for loc in locations)
+            elif field == _TENSOR_DATA_TYPE and wire == 0:
+                data_type = value
+            elif field == _TENSOR_DIMS and wire == 0:
+                dims.append(value)
+            elif field == _TENSOR_DIMS and wire == 2:  # packed
+                pos = 0
+                while pos < len(value):
+                    d, pos = _varint(value, pos)
+                    dims.append(d)
+        out.extend(External(name, loc, data_type, tuple(dims)) for loc in locations)
         return
     children = _SCHEMA[kind]
     for field, wire, value in _fields(data):
@@ -89,11 +116,26 @@ def _walk(kind: str, data: memoryview, out: set[tuple[str, str]], depth: int) ->
             _walk(children[field], value, out, depth + 1)
 
 
-def external_locations(model: bytes) -> set[tuple[str, str]]:
-    """(tensor name, location) of every `external_data` entry the serialized ModelProto names."""
-    out: set[tuple[str, str]] = set()
+def externals(model: bytes) -> list[External]:
+    """Every tensor with `external_data` that the serialized ModelProto names."""
+    out: list[External] = []
     try:
         _walk("model", memoryview(model), out, 0)
     except (ValueError, IndexError) as e:
         raise BundleError(f"an ONNX graph of the bundle is damaged ({e})") from None
+    return out
+
+
+def external_locations(model: bytes) -> set[tuple[str, str]]:
+    """(tensor name, location) of every `external_data` entry the serialized ModelProto names."""
+    return {(e.name, e.location) for e in externals(model)}
+
+
+def weight_stubs(model: bytes) -> dict[str, tuple[np.dtype | None, tuple[int, ...]]]:
+    """The numpy dtype (None: one no weight file holds) and shape of each weight stub."""
+    out: dict[str, tuple[np.dtype | None, tuple[int, ...]]] = {}
+    for e in externals(model):
+        if e.location == WEIGHT_STUB_LOCATION:
+            dtype = _ONNX_DTYPES.get(e.data_type)
+            out[e.name] = (np.dtype(dtype) if dtype else None, e.dims)
     return out

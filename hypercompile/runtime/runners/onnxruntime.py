@@ -1,4 +1,12 @@
-"""ONNX Runtime: the ONNX graph is the artifact; weights bind as external initializers.
+"""ONNX Runtime: the ONNX graph is the artifact; weights bind as shared initializers.
+
+Each weight stub of a graph is replaced by an OrtValue given to `SessionOptions.add_initializer`,
+which ONNX Runtime uses in place: a tensor that several variants share is bound once (see
+`SharedTensors`) and every session reads the same memory. ONNX Runtime's graph optimizer,
+though, reads the values of initializers it folds (a weight's Transpose, conv + batch norm) from
+the graph itself, where a stub has none: such a graph is loaded with its weights copied into
+the session instead (`add_external_initializers`; `OrtRunner.shared` tells which). What ONNX
+Runtime derives from weights (prepacked GEMM weights, folded constants) is per session.
 
 Intra-op threads: every session gets a pool of its own (`per-session`), or all use ONNX
 Runtime's process-wide pool (`shared`), as the bundle chose for the binding (see `hc.load`). The
@@ -8,7 +16,11 @@ this process. Made later, it would change how every other bundle's next sessions
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +34,21 @@ from .onnx_scan import external_locations
 # "sessions": sessions made here so far (the pool can only come before the first)
 _state: dict[str, Any] = {"pool": None, "sessions": 0}
 _lock = threading.RLock()  # decisions about the pool and the sessions they apply to
+_stub_folder: list[str] = []  # made once per process, see `stub_folder`
+
+
+def stub_folder() -> str:
+    """A private folder holding an empty file named like the weight stubs' location. ONNX
+    Runtime checks that a stub's external-data file exists (relative to this folder, for a
+    graph loaded from bytes) before it replaces the stub with its shared initializer; it never
+    reads the file, and graphs naming any other location are refused before that."""
+    with _lock:
+        if not _stub_folder:
+            folder = tempfile.mkdtemp(prefix="hypercompile-stubs-")
+            (Path(folder) / WEIGHT_STUB_LOCATION).touch()
+            atexit.register(shutil.rmtree, folder, True)
+            _stub_folder.append(folder)
+        return _stub_folder[0]
 
 
 def pool_exists() -> bool:
@@ -85,10 +112,11 @@ def check_session(model: bytes) -> Any:
 
 
 class OrtRunner:
-    def __init__(self, session: Any, keepalive: list[Any], pool: OrtPool):
+    def __init__(self, session: Any, keepalive: list[Any], pool: OrtPool, shared: bool):
         self.session = session
         self.pool = pool  # the threads this session got ("shared" or "per-session")
-        self._keepalive = keepalive  # ORT reads bound initializers in place: keep them alive
+        self.shared = shared  # whether the session reads the bundle's tensors in place
+        self._keepalive = keepalive  # ORT reads shared initializers in place: keep them alive
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(None, feeds)
@@ -145,23 +173,47 @@ class OnnxRuntimeRunners(RunnerFactory):
                 f"ONNX Runtime here lacks provider(s) {', '.join(wanted)} "
                 f"(available: {', '.join(ort.get_available_providers())})"
             )
-        names = list(weights)
-        _refuse_outside_data(binding.artifact, set(names))
-        values = [
-            ort.OrtValue.ortvalue_from_numpy(np.require(weights[n], requirements="C"))
-            for n in names
-        ]
+        _refuse_outside_data(binding.artifact, set(weights))
+        held = binding.bind(
+            ("onnxruntime",),
+            lambda a: ort.OrtValue.ortvalue_from_numpy(np.require(a, requirements="C")),
+        )
+        values = {name: h.value for name, h in zip(weights, held)}
         with _lock:  # the pool cannot appear between the choice and the session
-            so, pool = self.session_options(binding)
-            if names:
-                so.add_external_initializers(names, values)
+            shared = bool(values)
             try:
-                session = ort.InferenceSession(binding.artifact, so, providers=providers)
-            except Exception as e:  # ORT raises its own exception types
-                first = f"ONNX Runtime cannot load the graph: {e}".splitlines()[0]
-                raise BackendError(first) from None
+                session, pool = self._session(binding, providers, values, shared)
+            except Exception:  # the optimizer wanted a stub's value: copy the weights in
+                if not shared:
+                    raise
+                shared = False
+                session, pool = self._session(binding, providers, values, shared)
             _state["sessions"] += 1
-        return OrtRunner(session, [values, weights], pool)
+        return OrtRunner(session, [held, weights], pool, shared)
+
+    def _session(
+        self, binding: Binding, providers: list[str], values: dict[str, Any], shared: bool
+    ) -> tuple[Any, OrtPool]:
+        """A session of the graph with `values` bound in place (`shared`) or copied in."""
+        import onnxruntime as ort
+
+        so, pool = self.session_options(binding)
+        if shared:
+            so.log_severity_level = 4  # a refusal here is retried with copies
+            so.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", stub_folder()
+            )
+            for name, value in values.items():
+                so.add_initializer(name, value)
+        elif values:
+            so.add_external_initializers(list(values), list(values.values()))
+        try:
+            return ort.InferenceSession(binding.artifact, so, providers=providers), pool
+        except Exception as e:  # ORT raises its own exception types
+            if shared:
+                raise
+            first = f"ONNX Runtime cannot load the graph: {e}".splitlines()[0]
+            raise BackendError(first) from None
 
 
 def _refuse_outside_data(model: bytes, bound: set[str]) -> None:

@@ -200,18 +200,19 @@ class TvmRunners(RunnerFactory):
 
         lib = _load_library(tvm, binding.artifact)
         vm = tvm.runtime.vm.VirtualMachine(lib, dev)
-        bound = [
-            tvm.runtime.tensor(np.require(w, requirements="C"), device=dev)
-            for w in binding.weights.values()
-        ]
+        # each distinct tensor is copied to the device once and shared by every runner
+        held = binding.bind(
+            ("tvm", str(dev)),
+            lambda w: tvm.runtime.tensor(np.require(w, requirements="C"), device=dev),
+        )
         # weight-only work (transposes, folded batch norm) once per weight set, not per call
-        bound, _ = transform_weights(vm, bound)
+        bound, _ = transform_weights(vm, [h.value for h in held])
         shapes = [
             tuple(o["shape"]) if all(isinstance(d, int) for d in o["shape"]) else None
             for o in binding.outputs
         ]
         inputs = [i["name"] for i in binding.inputs]
-        return TvmRunner(vm["main"], inputs, bound, (vm, lib), shapes, dev)
+        return TvmRunner(vm["main"], inputs, bound, (vm, lib, held), shapes, dev)
 
 
 FACTORY = TvmRunners()
