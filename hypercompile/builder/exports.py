@@ -9,6 +9,7 @@ own process."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pickle
 import signal
@@ -23,6 +24,7 @@ from ..errors import BuildError
 
 MAX_WORKERS = 4
 BATCH = 16  # blocks per exporter call: its fixed cost is paid once per batch
+STALL_S = 900  # a worker silent this long is stuck, not busy
 MIN_SHARE = 6  # fewer blocks than this per worker: fewer workers
 
 
@@ -60,10 +62,15 @@ class _Pool:
         import multiprocessing as mp
 
         reader, writer = mp.Pipe(duplex=False)
+        # The worker must never free what it inherits: an ONNX Runtime session or tensor the
+        # parent holds waits, in its destructor, for threads that do not exist in the child
+        # (a hang). Frozen objects are left alone by the child's garbage collector.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:  # the worker: never returns
             reader.close()
             _work(writer, self.prog, blocks, self.root, self.paths, batch)
+        gc.unfreeze()
         writer.close()
         self.workers[reader] = [pid, {b.id: b for b in blocks}, []]
 
@@ -71,7 +78,15 @@ class _Pool:
         from multiprocessing.connection import wait
 
         while self.workers:
-            for conn in wait(list(self.workers)):
+            ready = wait(list(self.workers), timeout=STALL_S)
+            if not ready:  # stopped in the exporter: a hang, not work (`stop` ends them)
+                state = next(iter(self.workers.values()))
+                b = next(iter(state[1].values()))
+                raise BuildError(
+                    f"{self.prog.filename}:{getattr(b.body[0], 'lineno', '?')}: exporting this "
+                    f"block made no progress in {STALL_S} s; no graph was built"
+                )
+            for conn in ready:
                 try:
                     kind, payload = conn.recv()
                 except EOFError:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
-import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from ..errors import (
 from .checks import run_checks, unpack_checks
 from .runners import ORT_POOLS, Binding, OrtPool, Runner, SharedTensors, get_runner_factory
 from .stream import StateCarrier, Stream
+from .tensors import TensorStore
 
 DEFAULT_CACHE_SIZE = 8
 # Budget selection: quality scores within this fraction of the best count as equal (a score
@@ -113,10 +113,7 @@ class Bundle:
         self._lock = threading.Lock()
         self._runners: OrderedDict[tuple[str, str], Runner] = OrderedDict()
         self._graph_bytes: dict[str, bytes] = {}
-        self._stubs: dict[str, dict[str, tuple[Any, tuple[int, ...]]]] = {}  # per graph
-        # each distinct tensor read once while something holds it (a runner, a stream)
-        self._arrays: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
-        self._arrays_lock = threading.Lock()
+        self._tensors = TensorStore(self.path, self.manifest, self.read)
         self._shared = SharedTensors()  # each distinct tensor bound once per back end
         self._plans: dict[str, _Plan] = {}
         self._checked: dict[tuple[str, str], dict[str, float]] = {}  # device checks passed
@@ -165,29 +162,7 @@ class Bundle:
     def weights(self, variant: Variant) -> dict[str, np.ndarray]:
         """A variant's weights by initializer name, read-only. Each distinct tensor is read once
         while anything holds it: variants that share a tensor get the same array."""
-        with self._arrays_lock:
-            arrays = {tid: self._arrays.get(tid) for tid in set(variant.weights.values())}
-            todo: dict[str, list[str]] = {}  # file -> ids to read from it
-            for tid in sorted(t for t, a in arrays.items() if a is None):
-                todo.setdefault(self.manifest.tensors[tid].file, []).append(tid)
-            for rel, tids in todo.items():
-                stored = fmt.read_tensors(self.read(rel), rel)
-                for tid in tids:
-                    arrays[tid] = self._arrays[tid] = self._stored(stored, rel, tid)
-        return {name: arrays[tid] for name, tid in variant.weights.items()}  # type: ignore[misc]
-
-    def _stored(self, stored: dict[str, np.ndarray], rel: str, tid: str) -> np.ndarray:
-        """Tensor `tid` of file `rel`; one stored under its id must hash to it."""
-        key = self.manifest.tensors[tid].key
-        if key not in stored:
-            raise BundleError(f"{self.path}: {rel} lacks tensor {key!r}")
-        arr = stored[key]
-        if key == tid and fmt.tensor_id(arr) != tid:
-            raise BundleError(
-                f"{self.path}: tensor {tid} in {rel} does not match its id (sha256 of its "
-                "dtype, shape and bytes)"
-            )
-        return arr
+        return self._tensors.weights(variant)
 
     # -- selection -------------------------------------------------------------------------
     @property
@@ -535,7 +510,7 @@ class Bundle:
         rel = graph.artifacts[backend]
         if rel not in self._graph_bytes:
             self._graph_bytes[rel] = self.read(rel)
-        self._check_weights(gid, weights)
+        self._tensors.check(gid, weights)
         binding = Binding(
             artifact=self._graph_bytes[rel],
             weights={n: weights[n] for n in graph.weights},
@@ -548,27 +523,6 @@ class Bundle:
             shared=self._shared,
         )
         return get_runner_factory(backend).load(binding)
-
-    def _check_weights(self, gid: str, weights: dict[str, np.ndarray]) -> None:
-        """Each weight has the dtype and shape of the graph's stub for it."""
-        graph = self.manifest.graphs[gid]
-        if gid not in self._stubs:
-            from .runners.onnx_scan import weight_stubs
-
-            self._stubs[gid] = weight_stubs(self.read(graph.path))
-        stubs = self._stubs[gid]
-        for name in graph.weights:
-            if name not in weights or name not in stubs:
-                where = "the variant's tensors" if name not in weights else f"graph {gid}"
-                raise BundleError(f"{self.path}: {where} lack weight {name!r}")
-            dtype, shape = stubs[name]
-            arr = weights[name]
-            if arr.dtype != dtype or arr.shape != shape:
-                want = f"{dtype} {list(shape)}"
-                raise BundleError(
-                    f"{self.path}: weight {name!r} of graph {gid} is {arr.dtype} "
-                    f"{list(arr.shape)}, the graph takes {want}"
-                )
 
     def _ort_pool(self, in_program: bool) -> OrtPool:
         """ONNX Runtime's threads for one of this bundle's sessions (see the class docstring)."""
