@@ -256,6 +256,7 @@ CONDS: dict[str, type[_CondModel]] = {
 class Result:
     name: str
     eager: float | None = None
+    eager_alone: float | None = None  # eager timed in a process of its own
     compiled: float | None = None
     compile_note: str = "skipped (--no-compile)"
     compile_first_s: float | None = None
@@ -573,7 +574,47 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> Result:
     with phase(res, "host share"):
         host_share(bundle, in_name, share_xs, res)
     torch._dynamo.reset()
+    with phase(res, "eager alone"):
+        res.eager_alone = eager_alone(name, args)
     return res
+
+
+def eager_alone(name: str, args: argparse.Namespace) -> float | None:
+    """Eager's time per inference over the same pool in a fresh process that starts no ONNX
+    Runtime session (no thread pool beside torch's); median of rounds."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--eager-alone", name, "--rounds", str(args.rounds)]
+    cmd += ["--pool", str(args.pool)]
+    if args.torch_threads:
+        cmd += ["--torch-threads", str(args.torch_threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    try:
+        return float(json.loads(done.stdout.strip().splitlines()[-1])["per_inference_s"])
+    except (ValueError, IndexError, KeyError):
+        console.print(f"  [red]eager alone failed: {short(RuntimeError(done.stderr), 200)}")
+        return None
+
+
+def time_eager_alone(name: str, args: argparse.Namespace) -> None:
+    """The child of `eager_alone`: prints {"per_inference_s": ...}."""
+    import json
+    import statistics
+
+    model = ZOO[name]()
+    shape = model.example_inputs()[0].shape
+    pool = random_inputs(args.pool, seed=0, shape=shape)
+    with torch.no_grad():
+        for x in pool:  # warm-up
+            model(x)
+        times = []
+        for _ in range(args.rounds):
+            t = time.perf_counter()
+            for x in pool:
+                model(x)
+            times.append((time.perf_counter() - t) / len(pool))
+    print(json.dumps({"per_inference_s": statistics.median(times)}))
 
 
 @contextlib.contextmanager
@@ -606,6 +647,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         "torch.cond ONNX",
         "hypercompile ORT",
         "eager/hc",
+        "eager alone",
+        "alone/hc",
         "compile/hc",
         "cond/hc",
         "host share",
@@ -633,6 +676,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             fmt_time(r.cond) if r.cond is not None else r.cond_note,
             fmt_time(r.hc),
             ratio(r.eager, r.hc),
+            fmt_time(r.eager_alone),
+            ratio(r.eager_alone, r.hc),
             ratio(r.compiled, r.hc),
             ratio(r.cond, r.hc),
             "-" if r.host_share is None else f"{100 * r.host_share:.0f}%",
@@ -684,7 +729,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         )
     console.print(t)
     notes = [
-        "eager: the zoo's unmodified forward under torch.no_grad().",
+        "eager: the zoo's unmodified forward under torch.no_grad(). eager alone: the same, timed"
+        " in a process of its own (no ONNX Runtime threads beside torch's), median of rounds.",
         "torch.compile: inductor (mode=None, fullgraph=False) on that forward; Python control "
         "flow on tensor values graph-breaks, so it runs compiled pieces glued by Python. "
         "(+s): the first pass over the pool, which compiles every path it takes (fresh inductor "
@@ -733,7 +779,13 @@ def main() -> None:
         default=None,
         help="torch intra-op threads for eager and torch.compile (default: torch's)",
     )
+    ap.add_argument("--eager-alone", default=None, help=argparse.SUPPRESS)  # the child's side
     args = ap.parse_args()
+    if args.eager_alone:
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
+        time_eager_alone(args.eager_alone, args)
+        return
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in ZOO]
     if unknown:
