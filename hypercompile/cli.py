@@ -576,17 +576,7 @@ def inspect(bundle, as_json) -> None:
         for col in ("graph", "back end", "machine code", "device code"):
             t.add_column(col)
         for gid, be, info in native[:50]:
-            dev = info.get("device_code", {})
-            code = (
-                f"{dev['fatbins']} fatbin(s)"
-                if dev.get("fatbins")
-                else "CUDA source"
-                if dev
-                else "-"
-            )
-            if dev.get("fatbins") and info.get("sm"):
-                code += f" for {info['sm']}, nvcc {info.get('nvcc', '?')}"
-            t.add_row(gid, be, str(info.get("elf")), code)
+            t.add_row(gid, be, str(info.get("elf")), _device_code(info))
         out.print(t)
     for pid, program in m.programs.items():
         users = [_cond_text(v.cond) for v in m.variants if v.program == pid]
@@ -672,6 +662,25 @@ def program_tree(pid: str, entry: Any, label: str) -> Any:
 
     walk(root, prog.entry)
     return root
+
+
+def _device_code(info: dict[str, Any]) -> str:
+    """A compiled library's GPU code as `inspect` says it: images, for which GPU, by which
+    toolkit, with the CUDA ELF ABI (51/7: CUDA 12; 65/8: CUDA 13)."""
+    dev = info.get("device_code", {})
+    if dev.get("fatbins"):
+        code = f"{dev['fatbins']} fatbin(s)"
+    elif dev.get("cubins"):
+        abis = ", ".join(f"{a}/{v}" for a, v in dev.get("elf_abi", []))
+        code = f"{dev['cubins']} cubin(s), ELF ABI {abis}"
+    else:
+        return "CUDA source" if dev else "-"
+    if info.get("sm"):
+        tool = info.get("toolkit") or f"nvcc {info.get('nvcc', '?')}"
+        code += f" for {info['sm']}, {tool}"
+    if info.get("cuda"):
+        code += f" (CUDA {info['cuda']})"
+    return code
 
 
 def coverage_table(programs: dict[str, Any]) -> Any:

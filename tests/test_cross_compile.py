@@ -2,6 +2,7 @@
 of time), x86-cuda; checks that only the device can run travel in the bundle and run there."""
 
 import json
+import re
 import shutil
 import struct
 
@@ -14,7 +15,7 @@ from models import TinyHyper
 
 import hypercompile as hc
 from hypercompile.compilers.tvm.device import (
-    FATBIN_MAGIC,
+    cuda_toolkit_missing,
     elf_machine,
     find_nvcc,
     nvcc_info,
@@ -25,55 +26,73 @@ from hypercompile.errors import BackendError, BuildError, ParityError
 
 pytest.importorskip("tvm", reason="apache-tvm is an optional back end")
 needs_nvcc = pytest.mark.skipif(find_nvcc() is None, reason="no nvcc (CUDA toolkit) here")
+needs_cuda12 = pytest.mark.skipif(
+    cuda_toolkit_missing("12.6") is not None,
+    reason=f"no CUDA 12 NVRTC here: {cuda_toolkit_missing('12.6')}",
+)
 needs_cross = pytest.mark.skipif(
     shutil.which("aarch64-linux-gnu-g++") is None,
     reason="no aarch64 cross compiler (apt-get install g++-aarch64-linux-gnu)",
 )
 
 
-def cubins(data: bytes) -> list[tuple[int, int]]:
-    """(ELF machine, SM number) of every CUDA ELF image embedded after a fatbin header."""
-    found, start = [], data.find(FATBIN_MAGIC)
-    while start >= 0:
-        pos = data.find(b"\x7fELF", start)
-        if pos < 0:
-            break
+def cubins(data: bytes) -> list[tuple[int, int, int]]:
+    """(ELF OSABI, ABI version, SM number) of every CUDA ELF image embedded in a library (alone
+    or inside a fatbin): OSABI 51 / ABI 7 is CUDA 12's, 65 / 8 CUDA 13's."""
+    found, pos = [], data.find(b"\x7fELF", 1)
+    while pos >= 0:
         (machine,) = struct.unpack_from("<H", data, pos + 18)
         (flags,) = struct.unpack_from("<I", data, pos + 48)
-        if machine == 190:  # EM_CUDA; CUDA 12+ keeps the SM in bits 8..15 of e_flags
-            found.append((machine, (flags >> 8) & 0xFF))
-        start = data.find(FATBIN_MAGIC, pos)
+        if machine == 190:  # EM_CUDA: the SM is e_flags' low byte (CUDA 12), bits 8..15 (13)
+            sm = flags & 0xFF if data[pos + 7] == 51 else (flags >> 8) & 0xFF
+            found.append((data[pos + 7], data[pos + 8], sm))
+        pos = data.find(b"\x7fELF", pos + 1)
     return found
 
 
-@needs_nvcc
+@needs_cuda12
 @needs_cross
-def test_jetson_library_is_aarch64_with_sm87_kernels(jetson_bundle):
+def test_jetson_library_is_aarch64_with_cuda12_sm87_kernels(jetson_bundle):
+    """JetPack 6 runs CUDA 12: every GPU image is CUDA 12 code (not this machine's nvcc 13)."""
     libs = sorted((jetson_bundle / "tvm").glob("*.so"))
     assert [p.name for p in libs] == ["g0.so"]  # five tasks, one library
     data = libs[0].read_bytes()
     assert elf_machine(data) == "aarch64"
     assert struct.unpack_from("<H", data, 16)[0] == 3  # ET_DYN: a shared object
     kernels = cubins(data)
-    assert kernels and all(sm == 87 for _, sm in kernels), kernels
+    assert kernels and all(k == (51, 7, 87) for k in kernels), kernels
     assert b'extern "C" __global__' not in data  # compiled, not CUDA source
 
 
-@needs_nvcc
+@needs_cuda12
+@needs_cross
+def test_xavier_nx_builds_cuda12_sm72_kernels(tmp_path):
+    """sm_72 (Volta): CUDA 13 cannot target it; NVRTC 12 can."""
+    out = hc.build(
+        ref("TinyHyper"), target="jetson-xavier-nx", out=tmp_path / "x", backends=["tvm"],
+        where={"task": [0]},
+    )  # fmt: skip
+    kernels = cubins((out / "tvm" / "g0.so").read_bytes())
+    assert kernels and all(k == (51, 7, 72) for k in kernels), kernels
+
+
+@needs_cuda12
 @needs_cross
 def test_jetson_manifest_marks_device_artifacts(jetson_bundle):
     m = json.loads((jetson_bundle / "manifest.json").read_text())
     assert m["target"]["arch"] == "aarch64"
     assert m["target"]["tvm_target"]["arch"] == "sm_87"
+    assert m["target"]["cuda"] == "12.6"
     info = m["graphs"]["g0"]["artifact_info"]["tvm"]
-    assert info["elf"] == "aarch64" and info["device_code"]["fatbins"] >= 1
+    assert info["elf"] == "aarch64" and info["device_code"]["cubins"] >= 1
+    assert info["device_code"]["elf_abi"] == [[51, 7]] and info["toolkit"].startswith("nvrtc 12.")
     for v in m["variants"]:
         assert "deferred" in v["parity"]["tvm"]  # this x86 machine cannot run them
         assert v["parity"]["onnxruntime"]["max_rel"] <= 1e-4  # portable graphs: checked here
         assert v["checks"] in m["files"]
 
 
-@needs_nvcc
+@needs_cuda12
 @needs_cross
 def test_wrong_machine_says_so_and_onnx_still_runs(jetson_bundle):
     b = hc.load(jetson_bundle)
@@ -98,7 +117,7 @@ def x86_cuda_bundle(tmp_path_factory):
 def test_x86_cuda_kernels_are_compiled_for_sm90(x86_cuda_bundle):
     data = (x86_cuda_bundle / "tvm" / "g0.so").read_bytes()
     assert elf_machine(data) == "x86_64"
-    assert {sm for _, sm in cubins(data)} == {90}
+    assert {sm for _, _, sm in cubins(data)} == {90}
 
 
 @needs_nvcc
@@ -279,3 +298,26 @@ def test_a_cuda_tag_without_nvcc_leaves_tvm_out_by_default(tmp_path, monkeypatch
     with pytest.raises(BackendError, match="back end tvm: the target has a CUDA GPU but no nvcc"):
         hc.build(ref("TinyHyper"), target=str(target), out=tmp_path / "t", backends=["tvm"])
     assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize(
+    "driver, says",
+    [
+        (None, r"GPU code is CUDA 12\.6 and this machine has no CUDA driver"),
+        (11040, r"GPU code is CUDA 12\.6 and this machine's driver supports CUDA 11\.4 only"),
+    ],
+)
+def test_runtime_refuses_gpu_code_the_driver_cannot_load(monkeypatch, driver, says):
+    """A library of CUDA 12 code on a machine whose driver is older (or absent) is refused in
+    one line before TVM tries to load it."""
+    import dataclasses
+
+    from hypercompile.core.targets import host_arch, load_target
+    from hypercompile.runtime.runners import get_runner_factory
+    from hypercompile.runtime.runners import tvm as tvm_runner
+
+    monkeypatch.setattr(tvm_runner, "cuda_driver_version", lambda: driver)
+    here = dataclasses.replace(load_target("x86-cuda"), arch=host_arch(), cuda="12.6")
+    assert re.search(says, get_runner_factory("tvm").runs_here(here))
+    monkeypatch.setattr(tvm_runner, "cuda_driver_version", lambda: 12060)
+    assert "driver" not in (get_runner_factory("tvm").runs_here(here) or "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,6 +50,9 @@ class Target:
     cross_compiler: str = ""
     tensorrt_precision: str = "fp32"
     memory_mb: int = 0
+    # the CUDA release the device runs ("12.6" on JetPack 6): its GPU code is compiled with that
+    # major's toolkit; "" follows the build machine's nvcc
+    cuda: str = ""
     source: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -73,6 +77,7 @@ _FIELDS = {
     "cross_compiler": str,
     "tensorrt_precision": str,
     "memory_mb": int,
+    "cuda": str,
 }
 _REQUIRED = ("name", "arch", "backends")
 
@@ -98,6 +103,8 @@ def parse_target(data: dict[str, Any], source: str) -> Target:
         raise TargetError(f"{source}: 'ort_threads' must be between 0 (the default) and 1024")
     if data.get("tensorrt_precision", "fp32") not in ("fp32", "fp16", "int8"):
         raise TargetError(f"{source}: tensorrt_precision must be fp32, fp16 or int8")
+    if data.get("cuda") and not re.fullmatch(r"\d+\.\d+", data["cuda"]):
+        raise TargetError(f"{source}: 'cuda' must be a CUDA release such as \"12.6\"")
     kw = dict(data)
     kw["backends"] = tuple(data["backends"])
     kw["ort_providers"] = tuple(data.get("ort_providers", ("CPUExecutionProvider",)))

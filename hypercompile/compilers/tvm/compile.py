@@ -17,7 +17,14 @@ from ...runtime.runners.tvm import FACTORY as RUNNERS
 from ...runtime.runners.tvm import import_tvm
 from ..base import Artifact, CompileOptions, Compiler
 from . import tuning
-from .device import FATBIN_MAGIC, elf_machine, export, toolchain_missing
+from .device import (
+    FATBIN_MAGIC,
+    cuda_images,
+    cuda_release,
+    elf_machine,
+    export,
+    toolchain_missing,
+)
 from .onnx_rewrite import lstm_to_cells
 
 
@@ -87,8 +94,11 @@ def artifact_info(data: bytes, exported: dict[str, Any]) -> dict[str, Any]:
     `device.export` said about how it was exported."""
     info: dict[str, Any] = {**exported, "elf": elf_machine(data)}
     fatbins = data.count(FATBIN_MAGIC)
+    cubins = cuda_images(data)
     if fatbins:
         info["device_code"] = {"fatbins": fatbins}
+    elif cubins:
+        info["device_code"] = {"cubins": len(cubins), "elf_abi": sorted(set(cubins))}
     elif b'extern "C" __global__' in data:
         info["device_code"] = {"cuda_source": True}
     return info
@@ -105,10 +115,11 @@ class TvmCompiler(Compiler):
 
     def compile_target(self, target: Any) -> Any:
         """The target with its TVM target in full: the tag expanded, `tvm_target` and
-        `tvm_host` applied, the host CPU's `mcpu` for a local `llvm` target."""
-        return dataclasses.replace(
-            target, tvm_target=resolve_target(target), tvm_host={}, tvm_tag=""
-        )
+        `tvm_host` applied, the host CPU's `mcpu` for a local `llvm` target; a CUDA target
+        that does not name its CUDA release gets the build machine's nvcc's (its GPU code's)."""
+        spec = resolve_target(target)
+        cuda = cuda_release(target) if spec.get("kind") == "cuda" else target.cuda
+        return dataclasses.replace(target, tvm_target=spec, tvm_host={}, tvm_tag="", cuda=cuda)
 
     def compile(
         self,

@@ -70,6 +70,38 @@ def load_cuda_runtime(tvm: Any) -> str | None:
     return None
 
 
+def cuda_driver_version() -> int | None:
+    """The CUDA version this machine's driver supports (12060 for 12.6), or None without one."""
+    import ctypes
+
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    version = ctypes.c_int(0)
+    if libcuda.cuDriverGetVersion(ctypes.byref(version)) != 0:
+        return None
+    return version.value
+
+
+def cuda_driver_refuses(release: str) -> str | None:
+    """Why this machine's CUDA driver cannot load GPU code of CUDA `release` (its ELF ABI is
+    the toolkit major's: a CUDA 13 image needs a CUDA 13 driver), else None."""
+    if not release:
+        return None
+    have = cuda_driver_version()
+    if have is None:
+        return f"its GPU code is CUDA {release} and this machine has no CUDA driver (libcuda)"
+    need = int(release.split(".")[0])
+    if have // 1000 < need:
+        return (
+            f"its GPU code is CUDA {release} and this machine's driver supports CUDA "
+            f"{have // 1000}.{have % 1000 // 10} only: update the driver (JetPack), or build for a "
+            "target whose `cuda` matches it"
+        )
+    return None
+
+
 def device_kind(target: Any) -> str:
     """The TVM device kind a target's libraries run on (`llvm`: the CPU, `cuda`, ...). A built
     bundle records its full TVM target; a bare tag is expanded where TVM can."""
@@ -182,6 +214,9 @@ class TvmRunners(RunnerFactory):
         if getattr(target, "arch", host_arch()) != host_arch():
             return f"this machine is {host_arch()}"
         if device_kind(target) == "cuda":
+            why = cuda_driver_refuses(getattr(target, "cuda", ""))
+            if why:
+                return why
             tvm = import_tvm()
             reason = load_cuda_runtime(tvm)
             if reason:
