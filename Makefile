@@ -7,8 +7,8 @@ HC := $(VENV)/bin/hypercompile
 
 install: $(VENV)/.installed toolchain
 
-# Jetson builds link aarch64 host code with Debian's cross compiler; CUDA kernels need nvcc
-# (found on PATH, in $$CUDA_HOME, /usr/local/cuda*, or $$HYPERCOMPILE_NVCC).
+# Jetson builds link aarch64 host code with Debian's cross compiler; their CUDA 12 kernels come
+# from NVRTC 12.6 (PyPI wheels in the dev/jetson extras); x86-cuda kernels need nvcc.
 toolchain:
 	@command -v aarch64-linux-gnu-g++ >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
