@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,11 +33,13 @@ def _value(text: str, what: str) -> Any:
 
 
 def _pairs(items: tuple[str, ...], what: str) -> list[tuple[str, str]]:
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise HypercompileError(f"{what} {item!r} must look like KEY=VALUE")
+        if any(k == key for k, _ in pairs):
+            raise HypercompileError(f"{what} {key} is given twice")
         pairs.append((key, value))
     return pairs
 
@@ -201,6 +204,9 @@ def _cond_text(cond: dict[str, Any]) -> str:
     return " ".join(f"{k}={show(v)}" for k, v in cond.items()) or "-"
 
 
+_BUILD_MODULES = {"torch", "onnx", "onnxscript"}  # what the runtime-only install lacks
+
+
 class _Group(click.Group):
     """Every failure is one line on stderr: hypercompile's errors and the system's (a file that
     cannot be written) exit 1; anything else is a bug, reported as one line that says so (exit
@@ -216,6 +222,15 @@ class _Group(click.Group):
             _fail(f"{e.strerror or e}{where}", 1)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except ModuleNotFoundError as e:
+            if e.name not in _BUILD_MODULES:
+                raise
+            _fail(
+                f"this command needs {e.name}, which is not installed: building needs torch "
+                "(install the build that fits the machine first, e.g. pip install "
+                "torch==2.13.0) and pip install 'hypercompile[build]'",
+                1,
+            )
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001  # one line, not a traceback, unless --debug
@@ -230,15 +245,40 @@ class _Group(click.Group):
 
 
 def _fail(message: str, code: int) -> None:
+    """One line on stderr; with --json, also `{"error": ..., "exit_code": ...}` on stdout, so a
+    script reading JSON gets JSON."""
+    if "--json" in sys.argv[1:]:
+        click.echo(json.dumps({"error": message, "exit_code": code}))
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
-@click.group(cls=_Group)
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="hypercompile")
 @click.option("--debug", is_flag=True, help="Show the traceback of an internal error.")
 def main(debug: bool) -> None:
     """Compile hypernetworks and dynamic networks into bundles, and run them without torch."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise HypercompileError("terminated (SIGTERM); nothing was written")
+
+
+_GENERIC = {"model", "models", "main", "net", "network", "__init__", "hypernet"}
+_FACTORY = {"make", "model", "build", "create", "get_model", "make_model"}
+
+
+def _default_name(model_ref: str) -> str:
+    """The bundle's default directory name: the model's file (its folder for a generic name
+    such as model.py) and the factory, when the factory's name says more than `make`."""
+    source, _, attr = model_ref.rpartition(":")
+    if source.endswith(".py"):
+        path = Path(source)
+        stem = path.stem if path.stem not in _GENERIC else (path.parent.name or path.stem)
+    else:
+        stem = source.rsplit(".", 1)[-1]
+    stem = stem.replace("_", "-") or "model"
+    return stem if attr in _FACTORY else f"{stem}-{attr.lower()}"
 
 
 @contextlib.contextmanager
@@ -260,7 +300,7 @@ def _progress_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
         yield progress
 
 
-@main.command()
+@main.command(short_help="Build a bundle from a model file (path/file.py:NAME).")
 @click.argument("model_ref", callback=_model_ref_arg)
 @click.option(
     "--target",
@@ -274,7 +314,8 @@ def _progress_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
     "backends",
     multiple=True,
     callback=_backends_arg,
-    help="Back end(s); default: the target's; auto: all that build here, profiled briefly.",
+    help="Back end(s): onnxruntime, tvm, tensorrt (repeatable); default: the target's; auto: "
+    "all that build here, profiled briefly.",
 )
 @click.option(
     "--where",
@@ -345,7 +386,9 @@ def build(
     from .frontend.loader import random_inputs
 
     example = random_inputs(input_specs) if input_specs else None
-    out_path = Path(out_dir or Path("build") / model_ref.rsplit(":", 1)[-1].lower())
+    out_path = Path(out_dir or Path("build") / _default_name(model_ref))
+    # killed by SIGTERM, the build still removes its temporary directory
+    signal.signal(signal.SIGTERM, _terminated)
     with _progress_bar(quiet=as_json) as progress:
         path = do_build(
             model_ref,
@@ -427,7 +470,12 @@ def build(
     default=None,
     help="Latency budget: run the best matching variant whose profiled p90 here fits.",
 )
-@click.option("--backend", default=None, help="Back end to run on; default: the fastest profiled.")
+@click.option(
+    "--backend",
+    default=None,
+    help="Back end to run on: onnxruntime, tvm or tensorrt (the bundle's); default: the fastest "
+    "profiled.",
+)
 @click.option("--device", default=None, help="Use the stored profile with this key (see inspect).")
 @click.option("--out", "out_file", default=None, help="Write outputs to FILE.npz.")
 @click.option("--json", "as_json", is_flag=True, help="Print outputs as JSON.")
@@ -702,13 +750,14 @@ def coverage_table(programs: dict[str, Any]) -> Any:
     return table
 
 
-@main.command()
+@main.command(short_help="Time every variant here (or on a board) and store it.")
 @click.argument("bundle", type=click.Path())
 @click.option(
     "--backend",
     "backends",
     multiple=True,
-    help="Back end(s) to time, or auto: every one present, recording the fastest [auto].",
+    help="Back end(s) to time (onnxruntime, tvm, tensorrt), or auto: every one present, "
+    "recording the fastest [auto].",
 )
 @click.option("--batch", "batches", type=_Number(int, 1), multiple=True, help="Batch size(s) [1].")
 @click.option(

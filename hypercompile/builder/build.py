@@ -91,6 +91,15 @@ def select_conditions(conds: Iterable[dict], where: dict[str, list[Any]] | None)
     for k in where:
         if k not in keys:
             raise BuildError(f"--where {k}: the model's conditions have no key {k!r}")
+    for k, vs in where.items():
+        have = {value_key(c[k]) for c in conds if k in c}
+        missing = [show(v) for v in vs if value_key(v) not in have]
+        if missing:
+            values = sorted({show(c[k]) for c in conds if k in c})
+            raise BuildError(
+                f"--where {k}: no condition has {k}={', '.join(missing)} ({k} takes "
+                f"{', '.join(values[:12])}{' ...' if len(values) > 12 else ''})"
+            )
     allowed = {k: {value_key(v) for v in vs} for k, vs in where.items()}
     chosen = [
         c for c in conds if all(k in c and value_key(c[k]) in ok for k, ok in allowed.items())
@@ -237,7 +246,8 @@ def build(
     report = progress or (lambda stage, done, total: None)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    _remove_abandoned(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     # Parity forwards are tiny: one thread avoids oversubscription stalls on shared machines.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -263,6 +273,21 @@ def build(
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Remove the temporary directories of earlier builds of `out` whose process is gone (one
+    killed before it could clean up): `.NAME.tmp-PID-XXXXXXXX`."""
+    for old in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = old.name.rpartition(".tmp-")[2].split("-")[0]
+        if not pid.isdigit() or not old.is_dir() or old.is_symlink():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            continue  # alive, someone else's
 
 
 def _tune_request(
