@@ -49,6 +49,7 @@ class Target:
     cross_compiler: str = ""
     tensorrt_precision: str = "fp32"
     memory_mb: int = 0
+    storage_mb: int = 0  # storage for the bundle's weights (0: not said); see build --storage
     source: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -56,6 +57,8 @@ class Target:
         d["backends"] = list(self.backends)
         d["ort_providers"] = list(self.ort_providers)
         del d["source"]
+        if not self.storage_mb:
+            del d["storage_mb"]  # bundles that do not use it stay readable by older runtimes
         return d
 
 
@@ -73,6 +76,7 @@ _FIELDS = {
     "cross_compiler": str,
     "tensorrt_precision": str,
     "memory_mb": int,
+    "storage_mb": int,
 }
 _REQUIRED = ("name", "arch", "backends")
 
