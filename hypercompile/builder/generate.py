@@ -373,11 +373,12 @@ class StoragePlan:
             GenInput(s.name, s.dtype, [int(d) for d in s.shape], stored, key)  # type: ignore[arg-type]
             for s, (stored, key) in zip(gen_graph.inputs, keys)
         ]
-        # G's parameters and every condition's stored inputs: one file (a file per condition
-        # would cost more in headers and hashes than its inputs weigh)
+        # G's parameters in a file, every condition's stored inputs in another (a file per
+        # condition would cost more in headers and hashes than its inputs weigh)
         weights = {
             n: store.add(stored_form(a, self.half)) for n, a in self._g_weights(gen_graph).items()
         }
+        store.flush(tmp, f"weights/{gen_graph.id}.safetensors")
         for p in pend:
             stored = {
                 s.name: store.add(stored_form(x, self.half))
@@ -385,7 +386,7 @@ class StoragePlan:
                 if s.stored
             }
             p.variant.generated = {"generator": gen_graph.id, "inputs": stored}
-        store.flush(tmp, f"weights/{gen_graph.id}.safetensors")
+        store.flush(tmp, f"weights/{gen_graph.id}-inputs.safetensors")
         self.generators[gen_graph.id] = Generator(
             id=gen_graph.id,
             graph=gen_graph.id,

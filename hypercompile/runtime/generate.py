@@ -37,6 +37,7 @@ class Generators:
     def __init__(self, manifest: Manifest, tensors: TensorStore, load_graph: LoadGraph):
         self.manifest, self._tensors, self._load_graph = manifest, tensors, load_graph
         self._runners: dict[str, Runner] = {}
+        self._stored: dict[str, dict[str, np.ndarray]] = {}  # per generator: tensor id -> input
         self._unlisted: OrderedDict[str, Variant] = OrderedDict()
         self._lock = threading.RLock()
 
@@ -64,7 +65,8 @@ class Generators:
     def inputs(self, gen: Generator, variant: Variant) -> dict[str, np.ndarray]:
         """G's inputs for `variant`: stored ones from the bundle, the others formed from the
         condition's values."""
-        stored = self._tensors.tensors(variant.generated["inputs"]) if variant.generated else {}
+        ids = variant.generated["inputs"] if variant.generated else {}
+        stored = {name: self._stored_inputs(gen)[tid] for name, tid in ids.items()}
         feeds = {}
         for spec in gen.inputs:
             if spec.name in stored:
@@ -84,6 +86,15 @@ class Generators:
                     f"generator {gen.id}" + (f" (give {spec.key}=...)" if spec.key else "")
                 )
         return feeds
+
+    def _stored_inputs(self, gen: Generator) -> dict[str, np.ndarray]:
+        """Every input stored for `gen`'s conditions, read once and kept: a few numbers per
+        condition, which a switch should not have to read (and hash) a file for."""
+        with self._lock:
+            if gen.id not in self._stored:
+                ids = {t for v in self._made_by(gen) for t in v.generated["inputs"].values()}  # type: ignore[index]
+                self._stored[gen.id] = self._tensors.tensors({t: t for t in ids})
+            return self._stored[gen.id]
 
     # -- conditions not listed at build time ---------------------------------------------------
     def unlisted(self, cond: dict[str, Any]) -> Variant:
