@@ -137,25 +137,32 @@ class CNNHyper(nn.Module):
             layers += [nn.ReLU(inplace=True), nn.Linear(hidden_dim, hidden_dim)]
         self.mlp = nn.Sequential(*layers)
         k, c = n_kernels, in_channels
-        self.heads = nn.ModuleDict(
-            {
-                "conv1.weight": nn.Linear(hidden_dim, k * c * 5 * 5),
-                "conv1.bias": nn.Linear(hidden_dim, k),
-                "conv2.weight": nn.Linear(hidden_dim, 2 * k * k * 5 * 5),
-                "conv2.bias": nn.Linear(hidden_dim, 2 * k),
-                "fc1.weight": nn.Linear(hidden_dim, 120 * 2 * k * 5 * 5),
-                "fc1.bias": nn.Linear(hidden_dim, 120),
-                "fc2.weight": nn.Linear(hidden_dim, 84 * 120),
-                "fc2.bias": nn.Linear(hidden_dim, 84),
-                "fc3.weight": nn.Linear(hidden_dim, out_dim * 84),
-                "fc3.bias": nn.Linear(hidden_dim, out_dim),
-            }
-        )
-        self.shapes = {n: tuple(t.shape) for n, t in CNNTarget(c, k, out_dim).state_dict().items()}
+        self.c1_weights = nn.Linear(hidden_dim, k * c * 5 * 5)
+        self.c1_bias = nn.Linear(hidden_dim, k)
+        self.c2_weights = nn.Linear(hidden_dim, 2 * k * k * 5 * 5)
+        self.c2_bias = nn.Linear(hidden_dim, 2 * k)
+        self.l1_weights = nn.Linear(hidden_dim, 120 * 2 * k * 5 * 5)
+        self.l1_bias = nn.Linear(hidden_dim, 120)
+        self.l2_weights = nn.Linear(hidden_dim, 84 * 120)
+        self.l2_bias = nn.Linear(hidden_dim, 84)
+        self.l3_weights = nn.Linear(hidden_dim, out_dim * 84)
+        self.l3_bias = nn.Linear(hidden_dim, out_dim)
 
-    def weights_from(self, emb):
-        features = self.mlp(emb)
-        return {n: head(features).view(self.shapes[n]) for n, head in self.heads.items()}
+    def weights_from(self, emd):
+        features = self.mlp(emd)
+        k, c = self.n_kernels, self.in_channels
+        return {
+            "conv1.weight": self.c1_weights(features).view(k, c, 5, 5),
+            "conv1.bias": self.c1_bias(features).view(-1),
+            "conv2.weight": self.c2_weights(features).view(2 * k, k, 5, 5),
+            "conv2.bias": self.c2_bias(features).view(-1),
+            "fc1.weight": self.l1_weights(features).view(120, 2 * k * 5 * 5),
+            "fc1.bias": self.l1_bias(features).view(-1),
+            "fc2.weight": self.l2_weights(features).view(84, 120),
+            "fc2.bias": self.l2_bias(features).view(-1),
+            "fc3.weight": self.l3_weights(features).view(self.out_dim, 84),
+            "fc3.bias": self.l3_bias(features).view(-1),
+        }
 
     def forward(self, idx):
         return self.weights_from(self.embeddings(idx))
