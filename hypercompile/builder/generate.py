@@ -29,7 +29,7 @@ from ..core import tensors as fmt
 from ..core.manifest import Generator, GenInput, Graph, TensorSpec, Variant
 from ..core.targets import Target
 from ..errors import BuildError, ConditionError
-from ..frontend.export import export_graph
+from ..frontend.export import export_graph, first_line
 from ..frontend.materialize import cond_label
 from ..runtime.generate import form_input
 from ..runtime.runners import Binding, get_runner_factory
@@ -160,8 +160,11 @@ class StoragePlan:
         """None when G's output for `v` gives the weights `generate` gave (shapes, dtypes and
         values), else why not; BuildError for a G that does not fit the protocol."""
         label = cond_label(v.cond)
-        with torch.no_grad():
-            out = self.g(*inputs)  # type: ignore[misc]
+        try:
+            with torch.no_grad():
+                out = self.g(*inputs)  # type: ignore[misc]
+        except Exception as e:  # the model's own code
+            raise BuildError(f"variant {label}: generator() fails: {first_line(e)}") from None
         layout = self.layouts.get(graph.id) or self._layout(out, graph, target, label)
         first = self.pending.get(graph.id)
         if first and [x.shape for x in first[0].inputs] != [tuple(x.shape) for x in inputs]:
@@ -235,7 +238,15 @@ class StoragePlan:
                 self.mode == "generate"
                 or figures["generated_bytes"] < figures["materialized_bytes"]
             ):
-                gen_graph = self._export(gid, pend[0], tmp, graphs, compile_graph)
+                try:
+                    gen_graph = self._export(gid, pend[0], tmp, graphs, compile_graph)
+                except BuildError as e:
+                    if self.mode == "generate":
+                        raise
+                    graph.storage = {"mode": "materialize", "chosen": f"not generated: {e}"}
+                    for p in pend:
+                        write(p.variant, p.tensors)
+                    continue
                 figures = self._sizes(graph, gen_graph, pend)  # G's parameters in its graph
                 figures.update(self._times(graph, gen_graph, pend, tmp))
             mode, chosen = self._choose(figures, total)
