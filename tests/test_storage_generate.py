@@ -382,3 +382,18 @@ def test_hyperlight_generator_runs_between_grid_points(tmp_path):
     with pytest.warns(UnverifiedConditionWarning):
         got = b.run({name: x.numpy()}, h=0.25, allow_unlisted=True)["output"]
     np.testing.assert_allclose(got, hm.reference({"h": 0.25}, x).numpy(), atol=1e-5)
+
+
+def test_profile_measures_each_variants_switch(tmp_path):
+    from hypercompile.devtools.profile import profile
+
+    path = hc.build(continual_hnet(6), out=tmp_path / "p", storage="generate", parity_inputs=0)
+    _, entry = profile(path, warmup=1, repeat=5)
+    assert len(entry.variants) == 6
+    for rec in entry.variants.values():
+        switch = rec.results["onnxruntime"]["1"]["switch_ms"]
+        assert 0 < switch < 1000
+    from hypercompile.cli import main
+
+    res = CliRunner().invoke(main, ["inspect", str(path)])
+    assert res.exit_code == 0 and "switch ms" in res.output
