@@ -31,6 +31,7 @@ from .errors import (
     StateError,
     TargetError,
     UnsupportedModelError,
+    UnverifiedConditionWarning,
 )
 from .protocol import HyperModel
 from .runtime import Bundle, load
@@ -67,4 +68,5 @@ __all__ = [
     "StateError",
     "TargetError",
     "UnsupportedModelError",
+    "UnverifiedConditionWarning",
 ]

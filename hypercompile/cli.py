@@ -337,9 +337,8 @@ def _progress_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
 @click.option(
     "--rtol",
     type=_Number(float, 0, inclusive=False),
-    default=1e-4,
-    show_default=True,
-    help="Parity tolerance (relative).",
+    default=None,
+    help="Parity tolerance (relative) [1e-4; 1e-2 with --weights fp16].",
 )
 @click.option(
     "--parity-inputs",
@@ -366,6 +365,29 @@ def _progress_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
     help="TVM: MetaSchedule trials per graph, measured on this CPU; the database stays in the "
     "bundle and a rebuild into the same --out reuses it.",
 )
+@click.option(
+    "--storage",
+    type=click.Choice(["auto", "materialize", "generate"]),
+    default="auto",
+    show_default=True,
+    help="Weights per architecture: every condition's (materialize), or the model's "
+    "generator() with its inputs per condition (generate); auto: the smaller on disk.",
+)
+@click.option(
+    "--weights",
+    "weight_dtype",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Store floating weights as float16 (computed in float32 at bind; parity recorded).",
+)
+@click.option(
+    "--max-switch-ms",
+    type=_Number(float, 0, inclusive=False),
+    default=None,
+    help="--storage auto: materialize an architecture whose generator takes longer than this "
+    "to switch to a new condition (measured here).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def build(
     model_ref,
@@ -379,6 +401,9 @@ def build(
     parity_data,
     allow_untested,
     tune_trials,
+    storage,
+    weight_dtype,
+    max_switch_ms,
     as_json,
 ) -> None:
     """Build a bundle from MODEL_REF (path/file.py:NAME or package.module:NAME)."""
@@ -403,6 +428,9 @@ def build(
             progress=progress,
             tune_trials=tune_trials,
             example_inputs=example,
+            storage=storage,
+            weights=weight_dtype,
+            max_switch_ms=max_switch_ms,
         )
     from .core.manifest import Manifest
 
@@ -420,6 +448,8 @@ def build(
         "deferred": sorted(
             {b for v in manifest.variants for b, p in v.parity.items() if p.deferred}
         ),
+        "storage": {gid: g.storage["mode"] for gid, g in manifest.graphs.items() if g.storage},
+        "weight_dtype": manifest.weight_dtype or "float32",
     }
     tuned = [g.tvm_tuning for g in manifest.graphs.values() if g.tvm_tuning is not None]
     if tuned:
@@ -437,6 +467,8 @@ def build(
             f"worst parity {summary['max_rel']:.2e} rel",
             highlight=False,
         )
+        for gid, mode in summary["storage"].items():
+            out.print(f"graph {gid}: weights {mode}d", highlight=False)
         for b in summary["deferred"]:
             out.print(
                 f"{b} artifacts cannot run on this machine: their parity checks are stored in "
@@ -480,12 +512,20 @@ def build(
 @click.option("--out", "out_file", default=None, help="Write outputs to FILE.npz.")
 @click.option("--json", "as_json", is_flag=True, help="Print outputs as JSON.")
 @click.option(
+    "--allow-unlisted",
+    is_flag=True,
+    help="Run a condition the bundle was not built for, when its generator can make its "
+    "weights (unverified: no parity check covered it).",
+)
+@click.option(
     "--stream",
     is_flag=True,
     help="Stateful bundles: each input's first axis is a sequence of calls, run in order from "
     "the initial state; outputs are stacked the same way.",
 )
-def run(bundle, inputs, cond, budget_ms, backend, device, out_file, as_json, stream) -> None:
+def run(
+    bundle, inputs, cond, budget_ms, backend, device, out_file, as_json, allow_unlisted, stream
+) -> None:
     """Run a bundle on inputs saved as .npy files."""
     from .runtime import load
     from .runtime.bundle import batch_of
@@ -511,10 +551,18 @@ def run(bundle, inputs, cond, budget_ms, backend, device, out_file, as_json, str
             "budget_ms": budget_ms,
             "device": b.device_key(),
         }
+    unverified = False
     if stream:
         results = _run_stream(b, feeds, backend, conds)
     else:
-        results = b.run(feeds, backend=backend, **conds)
+        import warnings
+
+        from .errors import UnverifiedConditionWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnverifiedConditionWarning)  # said below instead
+            results = b.run(feeds, backend=backend, allow_unlisted=allow_unlisted, **conds)
+        unverified = allow_unlisted and b.select(allow_unlisted=True, **conds).unverified
     if out_file:
         np.savez(out_file, **results)
     if as_json:
@@ -522,9 +570,16 @@ def run(bundle, inputs, cond, budget_ms, backend, device, out_file, as_json, str
             k: {"shape": list(v.shape), "dtype": v.dtype.name, "data": v.tolist()}
             for k, v in results.items()
         }
-        click.echo(json.dumps({"outputs": payload} | ({"selected": selected} if selected else {})))
+        extra = {"selected": selected} if selected else {}
+        click.echo(json.dumps({"outputs": payload} | extra | {"unverified": unverified}))
         return
-    if selected:
+    if unverified:
+        out.print(
+            f"[yellow]unverified[/]: {escape(_cond_text(conds))} was not listed at build time; "
+            "its weights come from the bundle's generator, unchecked against PyTorch",
+            highlight=False,
+        )
+    elif selected:
         out.print(
             f"selected [bold]{escape(_cond_text(conds))}[/] on {backend}: p90 "
             f"{selected['p90_ms']:.4g} ms at batch {selected['profiled_batch']} <= budget "
@@ -564,6 +619,8 @@ def inspect(bundle, as_json) -> None:
         keep = ("producer", "target", "inputs", "outputs", "graphs", "variants", "programs")
         extra = {"profile": data["profile"], "this_device": b.device_key()}
         extra["weight_bytes"] = {"unique": m.weight_bytes, "per_variant_sum": summed}
+        extra["generators"] = {k: g.to_json() for k, g in m.generators.items()}
+        extra["weight_dtype"] = m.weight_dtype or "float32"
         click.echo(json.dumps({k: data[k] for k in keep} | extra))
         return
     size = sum((b.path / rel).stat().st_size for rel in m.files)
@@ -581,6 +638,8 @@ def inspect(bundle, as_json) -> None:
             f"{_human_bytes(summed)} summed over the variants{ratio}",
             highlight=False,
         )
+    for line in storage_lines(m):
+        out.print(line, highlight=False)
     table = Table(title="variants")
     for col in ("condition", "graph", "params", "bytes", "backends", "parity max abs", "max rel"):
         table.add_column(col, justify="right" if col not in ("condition", "backends") else "left")
@@ -638,6 +697,45 @@ def inspect(bundle, as_json) -> None:
         out.print(profile_table(m, key, entry, here=key == here))
     if not m.profile:
         out.print(f"no profiles (this device: {here}); `hypercompile profile {b.path}` adds one")
+
+
+def storage_lines(m: Any) -> list[str]:
+    """How each architecture's weights are stored (`build --storage`), with the build's figures."""
+    lines = []
+    if m.weight_dtype:
+        lines.append(f"  weights stored as {m.weight_dtype}, computed in float32")
+    for gid, g in m.graphs.items():
+        st = g.storage
+        if not st:
+            continue
+        line = f"  graph {gid}: weights {st['mode']}d ({escape(st['chosen'])})"
+        if "materialized_bytes" in st:
+            line += (
+                f"; on disk {_human_bytes(st['generated_bytes'])} generated (generator "
+                f"{_human_bytes(st['generator_bytes'])}, inputs "
+                f"{_human_bytes(st['input_bytes_per_variant'])} per variant) vs "
+                f"{_human_bytes(st['materialized_bytes'])} materialized "
+                f"({_human_bytes(st['bytes_per_variant'])} per variant)"
+            )
+        if "switch_ms" in st:
+            line += (
+                f"; first call on a new condition {st['switch_ms']:.3g} ms generated, "
+                f"{st['materialized_switch_ms']:.3g} ms materialized; steady call "
+                f"{st['call_ms']:.3g} ms (build machine)"
+            )
+        lines.append(line)
+    for gen in m.generators.values():
+        ins = ", ".join(
+            f"{i.name} {i.dtype}{i.shape} "
+            + ("stored per condition" if i.stored else f"= condition {i.key}")
+            + (f", or {i.key}=... for one not listed" if i.stored and i.key else "")
+            for i in gen.inputs
+        )
+        lines.append(
+            f"  generator {gen.id} (graph {gen.graph}) makes {len(gen.outputs)} weight(s) of "
+            f"graph {gen.target} from {escape(ins)}"
+        )
+    return lines
 
 
 def program_tree(pid: str, entry: Any, label: str) -> Any:
@@ -875,7 +973,7 @@ def profile_table(m: Any, key: str, entry: Any, here: bool) -> Any:
     title = f"profile {key}{mark}: {escape(describe(entry.device))}"
     table = Table(title=title, title_justify="left")
     cols = ("condition", "backend", "batch", "median ms", "p90 ms", "p99 ms", "spread ms")
-    cols += ("peak MiB", "params", "MFLOP", "GFLOP/s", "quality")
+    cols += ("switch ms", "peak MiB", "params", "MFLOP", "GFLOP/s", "quality")
     for col in cols:
         table.add_column(col, justify="left" if col in ("condition", "backend") else "right")
     for v in m.variants:
@@ -894,6 +992,7 @@ def profile_table(m: Any, key: str, entry: Any, here: bool) -> Any:
                     _ms(r["p90_ms"]),
                     _ms(r["p99_ms"]),
                     _ms(r["spread_ms"]),
+                    _ms(r.get("switch_ms")),
                     _ms(r.get("peak_mem_mb")),
                     f"{v.params:,}",
                     "-" if flops is None else f"{flops / 1e6:.3g}",

@@ -58,3 +58,8 @@ class BudgetError(ConditionError):
 
 class ProfileError(HypercompileError):
     """The bundle has no profile for this device, or profiling itself failed."""
+
+
+class UnverifiedConditionWarning(UserWarning):
+    """A bundle runs a condition it was not built for (`allow_unlisted=True`): its weights come
+    from the bundle's generator, but no parity check against PyTorch covered them."""

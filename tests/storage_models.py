@@ -98,3 +98,112 @@ class StitchFamily:
 
     def example_inputs(self, cond):
         return (torch.randn(1, self.in_dim),)
+
+
+# -- a federated hypernet (pFedHN, Shamsian et al., ICML 2021) ------------------------------------
+
+
+class CNNTarget(nn.Module):
+    """pFedHN's client network: LeNet-style, for 32x32 colour images."""
+
+    def __init__(self, in_channels: int = 3, n_kernels: int = 16, out_dim: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, n_kernels, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(n_kernels, 2 * n_kernels, 5)
+        self.fc1 = nn.Linear(2 * n_kernels * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, out_dim)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = x.view(x.shape[0], -1)
+        x = torch.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class CNNHyper(nn.Module):
+    """pFedHN's hypernet: a client embedding -> an MLP -> one linear head per target tensor."""
+
+    def __init__(self, n_nodes, embedding_dim, in_channels=3, out_dim=10, n_kernels=16,
+                 hidden_dim=100, n_hidden=3):  # fmt: skip
+        super().__init__()
+        self.in_channels, self.out_dim, self.n_kernels = in_channels, out_dim, n_kernels
+        self.embeddings = nn.Embedding(num_embeddings=n_nodes, embedding_dim=embedding_dim)
+        layers = [nn.Linear(embedding_dim, hidden_dim)]
+        for _ in range(n_hidden):
+            layers += [nn.ReLU(inplace=True), nn.Linear(hidden_dim, hidden_dim)]
+        self.mlp = nn.Sequential(*layers)
+        k, c = n_kernels, in_channels
+        self.c1_weights = nn.Linear(hidden_dim, k * c * 5 * 5)
+        self.c1_bias = nn.Linear(hidden_dim, k)
+        self.c2_weights = nn.Linear(hidden_dim, 2 * k * k * 5 * 5)
+        self.c2_bias = nn.Linear(hidden_dim, 2 * k)
+        self.l1_weights = nn.Linear(hidden_dim, 120 * 2 * k * 5 * 5)
+        self.l1_bias = nn.Linear(hidden_dim, 120)
+        self.l2_weights = nn.Linear(hidden_dim, 84 * 120)
+        self.l2_bias = nn.Linear(hidden_dim, 84)
+        self.l3_weights = nn.Linear(hidden_dim, out_dim * 84)
+        self.l3_bias = nn.Linear(hidden_dim, out_dim)
+
+    def weights_from(self, emd):
+        features = self.mlp(emd)
+        k, c = self.n_kernels, self.in_channels
+        return {
+            "conv1.weight": self.c1_weights(features).view(k, c, 5, 5),
+            "conv1.bias": self.c1_bias(features).view(-1),
+            "conv2.weight": self.c2_weights(features).view(2 * k, k, 5, 5),
+            "conv2.bias": self.c2_bias(features).view(-1),
+            "fc1.weight": self.l1_weights(features).view(120, 2 * k * 5 * 5),
+            "fc1.bias": self.l1_bias(features).view(-1),
+            "fc2.weight": self.l2_weights(features).view(84, 120),
+            "fc2.bias": self.l2_bias(features).view(-1),
+            "fc3.weight": self.l3_weights(features).view(self.out_dim, 84),
+            "fc3.bias": self.l3_bias(features).view(-1),
+        }
+
+    def forward(self, idx):
+        return self.weights_from(self.embeddings(idx))
+
+
+class FederatedHypernet:
+    """HyperModel: one variant per client `{"client": i}`; `generator()` maps a client
+    embedding to its network's weights, so a bundle stores the hypernet and 100 embeddings."""
+
+    def __init__(self, clients: int = 100):
+        torch.manual_seed(0)
+        self.hnet = CNNHyper(clients, int(1 + clients / 4)).eval()
+        self.clients = clients
+
+    def conditions(self):
+        return [{"client": i} for i in range(self.clients)]
+
+    def build(self, cond):
+        return CNNTarget().eval()
+
+    def generate(self, cond):
+        with torch.no_grad():
+            return self.hnet(torch.tensor(cond["client"]))
+
+    def example_inputs(self, cond):
+        return (torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)
+
+    def generator(self):
+        return _EmbeddingToWeights(self.hnet)
+
+    def generator_inputs(self, cond):
+        return (self.hnet.embeddings.weight[cond["client"]].detach().clone(),)
+
+    def generator_input_keys(self):
+        return ["embedding"]
+
+
+class _EmbeddingToWeights(nn.Module):
+    def __init__(self, hnet: CNNHyper):
+        super().__init__()
+        self.hnet = hnet
+
+    def forward(self, emb):
+        return self.hnet.weights_from(emb)

@@ -4,7 +4,10 @@ external parameters of a `hypernetize`d main network.
 Two ways to compile one: `HyperlightModel` is a HyperModel with one variant per point of a grid
 of hyperparameter values (the hypernet runs at build time, each variant gets its own weights);
 `HyperlightModel.fused()` is the whole model, hypernet and main net, as one plain module whose
-graph takes `h` as an input, so any `h` can be asked for at run time.
+graph takes `h` as an input, so any `h` can be asked for at run time. `generator()` is the
+hypernet alone (hyperparameters -> main-net weights), so a bundle can store it instead of every
+grid point's weights (`build --storage generate`) and run a value between grid points
+(`b.run(..., h=0.3, allow_unlisted=True)`).
 """
 
 from __future__ import annotations
@@ -90,6 +93,16 @@ class HyperlightModel:
         gen = torch.Generator().manual_seed(1234)
         return (torch.randn(self.input_shape, generator=gen),)
 
+    def generator(self) -> nn.Module:
+        """The hypernet as G: one 1-element tensor per hyperparameter -> weights by name."""
+        return HyperlightGenerator(self.hypernet, self.names)
+
+    def generator_inputs(self, cond: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        return tuple(self._h(cond)[k] for k in self.names)
+
+    def generator_input_keys(self) -> list[str]:
+        return list(self.names)
+
     def reference(self, cond: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
         """hyperlight's own path: `hypernet(h=...)`, then the main net `using_externals`."""
         with torch.no_grad():
@@ -132,6 +145,22 @@ class HyperlightFused(nn.Module):
         with self.mainnet.using_externals(params):
             y = self.mainnet(x)
         return y
+
+
+class HyperlightGenerator(nn.Module):
+    """`forward(*h)`: the hypernet's external parameters for hyperparameters `names` (each a
+    1-element tensor), through hyperlight's own input flattening, encoding, backbone and output
+    split (its range warning left out, as in `HyperlightFused`)."""
+
+    def __init__(self, hypernet: nn.Module, names: list[str]):
+        super().__init__()
+        self.hypernet = hypernet.eval()
+        self.names = list(names)
+
+    def forward(self, *hs: torch.Tensor) -> dict[str, torch.Tensor]:
+        flat = self.hypernet.flatten_inputs({k: h.reshape(1, 1) for k, h in zip(self.names, hs)})
+        encoded = _encode(flat, self.hypernet.encoding)
+        return dict(self.hypernet.unflatten_output(self.hypernet.backbone(encoded)))
 
 
 def _encode(z: torch.Tensor, mode: Any) -> torch.Tensor:

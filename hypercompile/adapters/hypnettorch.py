@@ -3,6 +3,9 @@ generates the weights of a main network (`MainNetInterface`: MLP, LeNet, ResNet,
 
 The materialized target is a copy of the main net whose generated weights are ordinary
 tensors and whose batch-norm statistics are the chosen task's, so every task shares one graph.
+`generator()` is the hypernet itself, from a task embedding to the generated weights, so a
+bundle can store it and the tasks' embeddings instead of every task's weights
+(`build --storage generate`), and run a new task's embedding (`embedding=[...]`).
 """
 
 from __future__ import annotations
@@ -123,11 +126,37 @@ class HypnettorchModel:
         gen = torch.Generator().manual_seed(1234)
         return (torch.randn(self.input_shape, generator=gen),)
 
+    def generator(self) -> nn.Module:
+        """The hypernet as G: a task embedding -> the generated main-net weights by name."""
+        return HypnetGenerator(self.hnet, self.mnet)
+
+    def generator_inputs(self, cond: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        return (self.hnet.get_cond_in_emb(self._task(cond)).detach().clone(),)
+
+    def generator_input_keys(self) -> list[str]:
+        """A task not listed at build time gives its embedding as `embedding=[...]`."""
+        return ["embedding"]
+
     def reference(self, cond: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
         """The path a hypnettorch user runs: hnet(cond_id=t) -> mnet.forward(x, weights=...)."""
         with torch.no_grad():
             weights = self.hnet.forward(cond_id=self._task(cond))
             return self.mnet.forward(x, weights=weights, condition=self._stats_id(cond))
+
+
+class HypnetGenerator(nn.Module):
+    """`forward(embedding)`: hnet(cond_input=embedding) as the `weights.<i>` of HypnetTarget."""
+
+    def __init__(self, hnet: nn.Module, mnet: nn.Module):
+        super().__init__()
+        self.hnet = hnet.eval()
+        # hypnettorch leaves a *_ref list empty when it covers every parameter in order
+        n = len(mnet.hyper_shapes_learned or [])
+        self.refs = list(mnet.hyper_shapes_learned_ref or range(n))
+
+    def forward(self, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
+        weights = self.hnet.forward(cond_input=embedding.reshape(1, -1))
+        return {f"weights.{ref}": w for ref, w in zip(self.refs, weights)}
 
 
 def _default_input_shape(mnet: nn.Module) -> tuple[int, ...]:

@@ -23,6 +23,8 @@ from ..core import tensors as fmt
 from ..core.conditions import as_json, cond_key, cond_problem, show, value_key
 from ..core.manifest import (
     MANIFEST,
+    PLAIN_SCHEMA,
+    SCHEMA_VERSION,
     Graph,
     Manifest,
     Producer,
@@ -50,6 +52,7 @@ from ..frontend.materialize import (
 from ..frontend.state import find_state
 from ..runtime.checks import parity
 from ..version import __version__
+from .generate import WEIGHT_DTYPES, StoragePlan, stored_form
 from .inputs import (
     ParityOptions,
     constant_outputs,
@@ -65,6 +68,8 @@ DYNAMIC_PARITY_INPUTS = 200
 RESIZED_BATCH = 3  # a second batch size a program is probed and checked at, to run at any
 RESIZED_SETS = 50  # parity input sets tried at that size
 STREAM_PARITY_CALLS = 20  # a stateful variant is checked over this many calls in a row
+DEFAULT_RTOL = 1e-4
+FP16_RTOL = 1e-2  # the default tolerance with --weights fp16 (float16 keeps ~3 digits)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -220,26 +225,38 @@ def build(
     *,
     backends: list[str] | None = None,
     where: dict[str, list[Any]] | None = None,
-    rtol: float = 1e-4,
+    rtol: float | None = None,
     parity_inputs: int | None = None,
     parity_data: str | Path | None = None,
     allow_untested: bool = False,
     example_inputs: Any = None,
     progress: Progress | None = None,
     tune_trials: int | None = None,
+    storage: str = "auto",
+    weights: str = "fp32",
+    max_switch_ms: float | None = None,
 ) -> Path:
     """Build a bundle for `model` (reference, HyperModel or nn.Module) and return its path.
     `backends=["auto"]` builds every back end that can build here and profiles them briefly on
     this machine, so that `run` uses the fastest per variant. `tune_trials`: tune every TVM graph
     on this machine (see README). `example_inputs` (a plain nn.Module's: a tensor, a tuple of
-    tensors, or a dict forward parameter name -> tensor) win over the module's own."""
+    tensors, or a dict forward parameter name -> tensor) win over the module's own.
+    `storage`: "auto" (default), "materialize" or "generate": how each architecture's weights
+    are stored when the model has a `generator()` (see `builder/generate.py`; `max_switch_ms`
+    bounds the generator's switch time under auto). `weights="fp16"` stores floating weights
+    as float16, bound as float32; `rtol` then defaults to FP16_RTOL instead of 1e-4."""
     t0 = time.perf_counter()
+    if weights not in WEIGHT_DTYPES:
+        raise BuildError(f"weights must be one of {', '.join(WEIGHT_DTYPES)}, not {weights!r}")
+    if rtol is None:
+        rtol = FP16_RTOL if weights == "fp16" else DEFAULT_RTOL
     tgt = load_target(target)
     names, tgt = _choose_backends(backends, tgt)  # tgt: as compiled for (TVM: host CPU's mcpu)
     out = Path(out).resolve()
     _prepare_out(out)
     tune = _tune_request(tune_trials, tgt, names, out)
     hm = resolve_model(model, example_inputs)
+    plan = StoragePlan(hm, storage, weights == "fp16", tgt, max_switch_ms)
     conds = select_conditions(hm.conditions(), where)
     if not conds:
         raise BuildError("the model declares no conditions")
@@ -257,7 +274,7 @@ def build(
         opts = ParityOptions(
             parity_inputs, Path(parity_data) if parity_data else None, allow_untested
         )
-        manifest, checks = _materialize_all(hm, conds, tmp, tgt, names, opts, report, tune)
+        manifest, checks = _materialize_all(hm, conds, tmp, tgt, names, opts, report, plan, tune)
         manifest.model = model if isinstance(model, str) else type(hm).__name__
         verify_bundle(tmp, manifest, checks, rtol, report)
         manifest.build_s = round(time.perf_counter() - t0, 3)
@@ -320,7 +337,7 @@ def _tune_request(
 
 
 def _materialize_all(
-    hm, conds, tmp: Path, tgt: Target, backend_names, opts: ParityOptions, report, tune=None
+    hm, conds, tmp: Path, tgt: Target, backend_names, opts: ParityOptions, report, plan, tune=None
 ):
     graphs: dict[str, Graph] = {}
     programs: dict[str, ProgramEntry] = {}
@@ -330,6 +347,13 @@ def _materialize_all(
     checks: list[Check] = []
     store = fmt.TensorStore()  # each distinct tensor once, in the file of its first variant
     gen = torch.Generator().manual_seed(0)
+
+    def write(v: Variant, tensors: dict[str, np.ndarray]) -> None:
+        if plan.half and any(t.dtype == np.float16 for t in tensors.values()):
+            raise BuildError("--weights fp16: the model has float16 weights of its own")
+        v.weights = {name: store.add(stored_form(t, plan.half)) for name, t in tensors.items()}
+        store.flush(tmp, f"weights/{v.id}.safetensors")  # the tensors no variant had before
+
     for i, cond in enumerate(conds):
         label = cond_label(cond)
         report("materialize", i, len(conds))
@@ -380,9 +404,11 @@ def _materialize_all(
         tensors = {n: _np(t) for n, t in target.state_dict().items() if n in set(weight_names)}
         v.params = int(sum(t.size for t in tensors.values()))
         tensors.update(_initial_state(pristine, graphs[v.graph].state if v.graph else []))
-        v.weights = {name: store.add(t) for name, t in tensors.items()}
         v.bytes = int(sum(t.nbytes for t in tensors.values()))
-        store.flush(tmp, f"weights/{vid}.safetensors")  # the tensors no variant had before
+        if v.graph is None:
+            plan.refuse(v, "a dynamic program's weights are stored, not generated")
+        if v.graph is None or not plan.takes(v, graphs[v.graph], target, tensors, inputs):
+            write(v, tensors)
         quality = getattr(hm, "quality", None)
         if callable(quality):
             v.quality = float(quality(cond))
@@ -390,6 +416,7 @@ def _materialize_all(
         variants.append(v)
         checks.append(check)
     report("materialize", len(conds), len(conds))
+    plan.finish(tmp, graphs, store, write, lambda g: _compile_graph(g, tmp, tgt, ["onnxruntime"]))
     manifest = Manifest(
         producer=Producer(
             "hypercompile", __version__, torch.__version__.split("+")[0], onnx_opset=OPSET
@@ -402,6 +429,9 @@ def _materialize_all(
         programs=programs,
         tensors={tid: TensorRef(rel, tid) for tid, rel in store.files.items()},
         weight_bytes=store.nbytes,
+        generators=plan.generators,
+        weight_dtype="float16" if plan.half else None,
+        schema_version=SCHEMA_VERSION if plan.generators or plan.half else PLAIN_SCHEMA,
     )
     return manifest, checks
 

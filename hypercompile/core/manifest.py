@@ -4,7 +4,10 @@ A bundle is a folder: `manifest.json` plus the files it lists with their sha256 
 compiled artifacts, tensor files, stored checks). Weights are stored by content: `tensors` maps
 each distinct tensor's id (see `tensors.tensor_id`) to the file that holds it, and a variant's
 `weights` map its graphs' initializer names to tensor ids. Schema 1 (one weight file per
-variant) is still read: `_read_schema_1` turns it into the same tables. `Manifest.load` parses
+variant) is still read: `_read_schema_1` turns it into the same tables. Schema 3 adds
+`generators` (a variant's weights made at bind time by a generator graph from a few stored
+inputs, see `Generator`) and `weight_dtype` (floating weights stored as float16); a bundle that
+uses neither is written as schema 2. `Manifest.load` parses
 and checks the JSON (unknown, missing or repeated fields, wrong types, references that do not
 resolve: a one-line BundleError naming the field); `Manifest.dump` writes it atomically.
 Torch-free.
@@ -26,8 +29,9 @@ from .fields import Fields
 from .targets import Target, parse_target
 from .tensors import is_tensor_id, unique_keys
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
+SCHEMA_VERSION = 3  # the newest; bundles without generators or fp16 weights are written as 2
+READABLE_SCHEMAS = (1, 2, 3)
+PLAIN_SCHEMA = 2
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 64 << 20
 
@@ -108,6 +112,8 @@ class Graph:
     exporter: str | None = None  # which exporter made it (see frontend/export.py)
     fixed_batch: str | None = None  # why the batch is fixed where it could have been dynamic
     state: list[StateSpec] = field(default_factory=list)  # state carried between calls
+    # how the variants' weights are stored (materialize / generate), why, and the figures
+    storage: dict[str, Any] | None = None
 
     @property
     def output_names(self) -> list[str]:
@@ -138,7 +144,7 @@ class Graph:
             "export_s": self.export_s,
             "artifacts": dict(self.artifacts),
         }
-        for key in ("arch", "digest", "tvm_tuning", "exporter", "fixed_batch"):
+        for key in ("arch", "digest", "tvm_tuning", "exporter", "fixed_batch", "storage"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.artifact_info:
@@ -165,6 +171,7 @@ class Graph:
             tvm_tuning=f.get("tvm_tuning", (dict, type(None)), None),
             exporter=f.get("exporter", (str, type(None)), None),
             fixed_batch=f.get("fixed_batch", (str, type(None)), None),
+            storage=f.get("storage", (dict, type(None)), None),
             state=[
                 StateSpec.from_json(s, f"{where}.state[{i}]")
                 for i, s in enumerate(f.list("state", []))
@@ -254,6 +261,10 @@ class Variant:
     checks: str | None = None  # stored PyTorch answers, for artifacts checked on the device
     untested: list[str] = field(default_factory=list)  # built with --allow-untested despite
     weights_file: str | None = None  # schema 1: the variant's own weight file
+    # weights made by a generator: {"generator": id, "inputs": {G input name -> tensor id}}
+    # (the inputs stored for this condition; `weights` then holds only the other weights)
+    generated: dict[str, Any] | None = None
+    unverified: bool = False  # a condition not listed at build time (never in a manifest)
 
     def files(self) -> list[str]:
         """Every bundle file this variant itself names (its tensors' files aside)."""
@@ -274,6 +285,11 @@ class Variant:
             out["checks"] = self.checks
         if self.untested:
             out["untested"] = list(self.untested)
+        if self.generated is not None:
+            out["generated"] = {
+                "generator": self.generated["generator"],
+                "inputs": dict(self.generated["inputs"]),
+            }
         return out
 
     @staticmethod
@@ -307,6 +323,7 @@ class Variant:
             },
             checks=f.get("checks", (str, type(None)), None),
             untested=f.names("untested", []),
+            generated=_generated(f.sub("generated", None)) if schema > 2 else None,
         )
         f.done()
         if (v.graph is None) == (v.program is None):
@@ -314,6 +331,98 @@ class Variant:
         if not v.artifacts:
             raise BundleError(f"{where}.artifacts is empty")
         return v
+
+
+def _generated(f: Fields | None) -> dict[str, Any] | None:
+    if f is None:
+        return None
+    out = {"generator": f.str("generator"), "inputs": f.str_map("inputs")}
+    f.done()
+    return out
+
+
+@dataclass
+class GenInput:
+    """One input of a generator graph, by position: its value for a listed condition is stored
+    per variant (`stored`), or is the condition's value at `key` (a number or nested list of
+    numbers of `shape`); a condition not listed at build time can give it through `key`."""
+
+    name: str
+    dtype: str
+    shape: list[int]
+    stored: bool
+    key: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        out.update(stored=self.stored, key=self.key)
+        return out
+
+    @staticmethod
+    def from_json(data: Any, where: str) -> GenInput:
+        f = Fields(data, where)
+        i = GenInput(
+            f.str("name"),
+            f.str("dtype"),
+            f.list("shape"),
+            f.bool("stored"),
+            f.get("key", (str, type(None)), None),
+        )
+        f.done()
+        if not all(type(d) is int and d >= 0 for d in i.shape):
+            raise BundleError(f"{where}.shape must be a list of sizes")
+        if i.dtype not in GEN_INPUT_DTYPES:
+            raise BundleError(
+                f"{where}.dtype {i.dtype!r} is not one of {', '.join(GEN_INPUT_DTYPES)}"
+            )
+        if not i.stored and i.key is None:
+            raise BundleError(f"{where} is neither stored nor taken from a condition key")
+        return i
+
+
+GEN_INPUT_DTYPES = ("float32", "float64", "float16", "int64", "int32")
+
+
+@dataclass
+class Generator:
+    """A generator G (the hypernet, exported once): graph `graph` (its parameters are its
+    weights, bound from `weights`: initializer name -> tensor id) maps `inputs` to the weights
+    of target graph `target`; `outputs` maps each G output it uses to the target weight it
+    gives (the build's storage choice and its figures are the target graph's `storage`)."""
+
+    id: str
+    graph: str
+    target: str
+    weights: dict[str, str]
+    inputs: list[GenInput]
+    outputs: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "graph": self.graph,
+            "target": self.target,
+            "weights": dict(self.weights),
+            "inputs": [i.to_json() for i in self.inputs],
+            "outputs": dict(self.outputs),
+        }
+
+    @staticmethod
+    def from_json(data: Any, where: str) -> Generator:
+        f = Fields(data, where)
+        g = Generator(
+            id=f.str("id"),
+            graph=f.str("graph"),
+            target=f.str("target"),
+            weights=f.str_map("weights"),
+            inputs=[
+                GenInput.from_json(x, f"{where}.inputs[{i}]")
+                for i, x in enumerate(f.list("inputs"))
+            ],
+            outputs=f.str_map("outputs"),
+        )
+        f.done()
+        return g
 
 
 @dataclass
@@ -487,7 +596,10 @@ class Manifest:
     build_s: float | None = None
     tensors: dict[str, TensorRef] = field(default_factory=dict)
     weight_bytes: int = 0  # unique weight bytes (each distinct tensor once)
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = PLAIN_SCHEMA
+    generators: dict[str, Generator] = field(default_factory=dict)  # schema 3
+    # "float16": floating weights are stored as float16 and bound as float32 (schema 3)
+    weight_dtype: str | None = None
 
     # -- reading -----------------------------------------------------------------------------
     def variant(self, vid: str) -> Variant:
@@ -526,6 +638,15 @@ class Manifest:
         }
         return names | {s.input for s in self.state_of(v)}
 
+    def generated_names(self, v: Variant) -> set[str]:
+        """The weight names a variant's generator makes (none for stored weights)."""
+        if v.generated is None or v.generated["generator"] not in self.generators:
+            return set()
+        return set(self.generators[v.generated["generator"]].outputs.values())
+
+    def generator_of(self, v: Variant) -> Generator | None:
+        return None if v.generated is None else self.generators[v.generated["generator"]]
+
     # -- JSON ----------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -545,6 +666,10 @@ class Manifest:
         if self.schema_version > 1:
             out["tensors"] = {tid: ref.file for tid, ref in self.tensors.items()}
             out["weight_bytes"] = self.weight_bytes
+        if self.schema_version > 2:
+            out["generators"] = {k: g.to_json() for k, g in self.generators.items()}
+            if self.weight_dtype is not None:
+                out["weight_dtype"] = self.weight_dtype
         if self.sizes:
             out["sizes"] = dict(self.sizes)
         if self.build_s is not None:
@@ -592,6 +717,14 @@ class Manifest:
         else:
             m.tensors = {tid: TensorRef(rel, tid) for tid, rel in f.str_map("tensors").items()}
             m.weight_bytes = f.int("weight_bytes")
+        if version > 2:
+            m.generators = {
+                k: Generator.from_json(g, f"generators.{k}")
+                for k, g in f.dict("generators", {}).items()
+            }
+            m.weight_dtype = f.get("weight_dtype", (str, type(None)), None)
+            if m.weight_dtype not in (None, "float16"):
+                raise BundleError(f"{where}.weight_dtype must be 'float16' or absent")
         f.done()
         m.validate(where)
         return m
@@ -649,7 +782,64 @@ class Manifest:
                     raise BundleError(
                         f"{where}: program {pid} block {b.id} does not match graph {g.id}"
                     )
+        self._validate_generators(where)
         self._validate_tensors(where)
+
+    def _validate_generators(self, where: str) -> None:
+        """A generator's graph exists, is no variant's or program's, takes exactly its inputs
+        and weights, and gives each used output to one weight of a stateless target graph; a
+        generated variant names a generator of its own graph and stores exactly the inputs it
+        stores."""
+        used = {v.graph for v in self.variants} | {
+            b.graph for p in self.programs.values() for b in p.host.blocks.values()
+        }
+        for gid, gen in self.generators.items():
+            w = f"{where}: generator {gid}"
+            if gen.id != gid:
+                raise BundleError(f"{w} is filed under another id ({gen.id!r})")
+            g, t = self.graphs.get(gen.graph), self.graphs.get(gen.target)
+            if g is None or t is None:
+                raise BundleError(f"{w} names an unknown graph")
+            if gen.graph in used or any(
+                o.graph == gen.graph for o in self.generators.values() if o is not gen
+            ):
+                raise BundleError(f"{w}: graph {gen.graph} is also used elsewhere")
+            if "onnxruntime" not in g.artifacts or g.state or t.state:
+                raise BundleError(f"{w}: generators run on onnxruntime, on stateless graphs")
+            if [i.name for i in gen.inputs] != g.input_names:
+                raise BundleError(f"{w}.inputs differ from graph {gen.graph}'s inputs")
+            for i, spec in zip(gen.inputs, g.inputs):
+                if (i.dtype, list(i.shape)) != (spec.dtype, list(spec.shape)):
+                    raise BundleError(f"{w}: input {i.name!r} differs from its graph's spec")
+            if set(gen.weights) != set(g.weights):
+                raise BundleError(f"{w}.weights differ from graph {gen.graph}'s weights")
+            unknown = sorted(set(gen.outputs) - set(g.output_names))
+            if unknown:
+                raise BundleError(f"{w}.outputs names unknown output {unknown[0]!r}")
+            made = list(gen.outputs.values())
+            if len(set(made)) != len(made) or not set(made) <= set(t.weights):
+                raise BundleError(f"{w}.outputs must give distinct weights of graph {gen.target}")
+            bad = next((tid for tid in gen.weights.values() if tid not in self.tensors), None)
+            if bad is not None:
+                raise BundleError(f"{w} names unknown tensor id {bad}")
+        for v in self.variants:
+            if v.generated is None:
+                continue
+            gen = self.generators.get(v.generated["generator"])
+            if gen is None or gen.target != v.graph:
+                raise BundleError(
+                    f"{where}: variant {v.id} names a generator that does not make its graph's "
+                    "weights"
+                )
+            stored = {i.name for i in gen.inputs if i.stored}
+            if set(v.generated["inputs"]) != stored:
+                raise BundleError(f"{where}: variant {v.id} does not store its generator's inputs")
+            for i in gen.inputs:
+                if not i.stored and i.key not in v.cond:
+                    raise BundleError(f"{where}: variant {v.id}'s condition has no {i.key!r}")
+            bad = next((t for t in v.generated["inputs"].values() if t not in self.tensors), None)
+            if bad is not None:
+                raise BundleError(f"{where}: variant {v.id} names unknown tensor id {bad}")
 
     def _validate_tensors(self, where: str) -> None:
         """Every tensor id is a content address (schema 2), every variant binds exactly the
@@ -661,7 +851,7 @@ class Manifest:
             if self.weight_bytes < 0:
                 raise BundleError(f"{where}.weight_bytes must be a byte count")
         for v in self.variants:
-            want = self.weight_names(v)
+            want = self.weight_names(v) - self.generated_names(v)
             missing = sorted(want - set(v.weights))
             if missing:
                 raise BundleError(

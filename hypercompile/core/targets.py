@@ -53,6 +53,7 @@ class Target:
     # the CUDA release the device runs ("12.6" on JetPack 6): its GPU code is compiled with that
     # major's toolkit; "" follows the build machine's nvcc
     cuda: str = ""
+    storage_mb: int = 0  # storage for the bundle's weights (0: not said); see build --storage
     source: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -60,6 +61,9 @@ class Target:
         d["backends"] = list(self.backends)
         d["ort_providers"] = list(self.ort_providers)
         del d["source"]
+        for key in ("storage_mb", "cuda"):  # bundles that do not use them stay readable by
+            if not d[key]:  # older runtimes
+                del d[key]
         return d
 
 
@@ -78,6 +82,7 @@ _FIELDS = {
     "tensorrt_precision": str,
     "memory_mb": int,
     "cuda": str,
+    "storage_mb": int,
 }
 _REQUIRED = ("name", "arch", "backends")
 

@@ -47,6 +47,8 @@ from .measure import (
 if TYPE_CHECKING:
     from ..runtime.bundle import Bundle
 
+SWITCH_SAMPLES = 3  # fresh runners timed per variant for its switch cost
+
 # -- profiling -------------------------------------------------------------------------------
 
 
@@ -158,7 +160,22 @@ def profile_variant(
     )
     del runner
     gc.collect()
+    rec["switch_ms"] = switch_ms(bundle, variant, backend, pool[0])
     return rec
+
+
+def switch_ms(bundle: Bundle, variant: Variant, backend: str, feeds: dict) -> float:
+    """The first call on a condition whose runner is not loaded (a switch): binding its weights
+    (running its generator first, for generated weights; the generator's session stays warm)
+    and one call; the median of SWITCH_SAMPLES fresh runners."""
+    times = []
+    for _ in range(SWITCH_SAMPLES):
+        t = time.perf_counter()
+        runner = bundle.load_runner(variant, backend)
+        runner.run(feeds)
+        times.append(time.perf_counter() - t)
+        del runner
+    return round(float(np.median(times)) * 1e3, 6)
 
 
 def _backends_for(bundle: Bundle, requested: list[str] | None) -> list[str]:

@@ -297,16 +297,16 @@ def _export_once(exporter: str, wrapper, inputs, names, out_names, dynamic: bool
     return _torch_export(wrapper, inputs, names, out_names, dynamic, strict)
 
 
-def _try_exporters(wrapper, inputs, names, out_names, label: str):
+def _try_exporters(wrapper, inputs, names, out_names, label: str, batch: bool = True):
     """The first graph an exporter makes that answers like the model: (proto, exporter,
     dynamic batch, why not dynamic). A dynamic-batch graph must also answer a batch of 3 like
     the model, else the same exporter is asked for a fixed batch. Raises the first exporter's
     error (the one users expect) when all fail."""
     user = inputs[: len(inputs) - len(wrapper.state_keys)]
-    batchable = any(x.dim() for x in user)  # 0-d inputs (a hyperparameter) stay as they are
+    batchable = batch and any(x.dim() for x in user)  # 0-d inputs (a hyperparameter) stay
     failures: list[tuple[str, BaseException]] = []
     for exporter in EXPORTERS:
-        why_fixed = None if batchable else "no input has a batch dimension"
+        why_fixed = None if batchable else "no input has a batch dimension" if batch else None
         for dynamic in (True, False) if batchable else (False,):
             try:
                 # on a copy each time: a failed attempt may leave the module changed
@@ -438,12 +438,14 @@ def export_graph(
     path: Path,
     label: str,
     state_keys: tuple[str, ...] = (),
+    batch: bool = True,
 ) -> GraphInfo:
     """Export `module` on `inputs` to `path` through the first exporter that works. Per-variant
     tensors (state_dict entries used by the graph) become external-data stubs; batch is dynamic
     when the model allows it and the graph answers a batch of 3 correctly. `state_keys`: the
     module's state kept between calls, carried as extra inputs and outputs (`state_in_<i>`,
-    `state_out_<i>`) whose initial values come from the module."""
+    `state_out_<i>`) whose initial values come from the module. `batch=False` keeps every
+    input's shape as given (a generator's inputs have no batch)."""
     import onnx
 
     wrapper = Positional(module, state_keys).eval()
@@ -455,7 +457,7 @@ def export_graph(
     state_out = [f"state_out_{i}" for i in range(len(state_keys))]
     all_inputs = tuple(inputs) + tuple(initial)
     proto, exporter, dynamic, why_fixed = _try_exporters(
-        wrapper, all_inputs, names + state_in, out_names + state_out, label
+        wrapper, all_inputs, names + state_in, out_names + state_out, label, batch
     )
     graph = proto.graph
     if [vi.name for vi in graph.input] != names + state_in:

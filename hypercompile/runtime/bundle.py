@@ -25,6 +25,7 @@ from ..errors import (
     StateError,
 )
 from .checks import run_checks, unpack_checks
+from .generate import Generators
 from .runners import ORT_POOLS, Binding, OrtPool, Runner, SharedTensors, get_runner_factory
 from .stream import StateCarrier, Stream
 from .tensors import TensorStore
@@ -62,8 +63,9 @@ class Bundle:
     `ort_pool` chooses ONNX Runtime's intra-op threads for this bundle's sessions, recorded on
     each runner's `Binding`: "per-session" (every session its own pool of `threads`, or the
     target's `ort_threads`), "shared" (ONNX Runtime's one process-wide pool), or None: the
-    shared pool for DyNN programs (one session per block; the target's `ort_shared_pool`,
-    without `ort_threads`) and per-session pools for static graphs. The process-wide pool can
+    shared pool for DyNN programs (one session per block) and bundles with generators (one
+    per condition bound; both: the target's `ort_shared_pool`, without `ort_threads`), and
+    per-session pools for other static graphs. The process-wide pool can
     only be made before the process's first ONNX Runtime session, and once it exists ONNX
     Runtime refuses per-session pools: where it cannot be had, "shared" sessions get their own
     pools with spinning off; where it exists, None uses it for static graphs too, and
@@ -114,6 +116,7 @@ class Bundle:
         self._runners: OrderedDict[tuple[str, str], Runner] = OrderedDict()
         self._graph_bytes: dict[str, bytes] = {}
         self._tensors = TensorStore(self.path, self.manifest, self.read)
+        self._generators = Generators(self.manifest, self._tensors, self._graph_runner)
         self._shared = SharedTensors()  # each distinct tensor bound once per back end
         self._plans: dict[str, _Plan] = {}
         self._checked: dict[tuple[str, str], dict[str, float]] = {}  # device checks passed
@@ -160,9 +163,10 @@ class Bundle:
             return None
 
     def weights(self, variant: Variant) -> dict[str, np.ndarray]:
-        """A variant's weights by initializer name, read-only. Each distinct tensor is read once
-        while anything holds it: variants that share a tensor get the same array."""
-        return self._tensors.weights(variant)
+        """A variant's weights by initializer name, read-only. Each distinct stored tensor is
+        read once while anything holds it: variants that share a tensor get the same array. A
+        generated variant's generator runs now to make the rest."""
+        return {**self._tensors.weights(variant), **self._generators.weights(variant)}
 
     # -- selection -------------------------------------------------------------------------
     @property
@@ -198,6 +202,8 @@ class Bundle:
     def _no_match(self, cond: dict[str, Any]) -> ConditionError:
         shown = ", ".join(_fmt_cond(v) for v in self.variants[:8])
         more = "" if len(self.variants) <= 8 else f", ... ({len(self.variants)} in all)"
+        if self.manifest.generators:  # (see runtime/generate.py)
+            more += "; one not listed can be generated, unverified, with allow_unlisted=True"
         return ConditionError(f"no variant matches {_fmt_cond(cond)}; available: {shown}{more}")
 
     def select(
@@ -206,16 +212,20 @@ class Bundle:
         budget_ms: float | None = None,
         batch_size: int = 1,
         backend: str | None = None,
+        allow_unlisted: bool = False,
         **cond: Any,
     ) -> Variant:
         """The variant whose condition matches `cond` (all given keys). With `budget_ms`,
         the best variant among those matching whose profiled p90 on this device fits the
-        budget (see `choose`)."""
+        budget (see `choose`). `allow_unlisted`: a condition no variant matches gets one whose
+        weights a generator makes from it, `unverified` (see `runtime/generate.py`)."""
         if budget_ms is not None:
             return self.choose(budget_ms, batch_size=batch_size, backend=backend, **cond).variant
         found = self._matching(cond)
         if len(found) == 1:
             return found[0]
+        if not found and allow_unlisted:
+            return self._generators.unlisted(cond)
         if not found:
             raise self._no_match(cond)
         keys = sorted({k for v in found for k in v.cond} - set(cond))
@@ -329,19 +339,22 @@ class Bundle:
         *,
         backend: str | None = None,
         budget_ms: float | None = None,
+        allow_unlisted: bool = False,
         **cond: Any,
     ) -> dict[str, np.ndarray]:
         """Run the variant selected by `cond`, or with `budget_ms` the best matching variant
         that fits the budget at the inputs' batch size (see `choose`); returns output name ->
         array. Without `backend`, a variant runs on the back end this device's profile found
-        fastest for it, else on the first of the target's back ends it has."""
+        fastest for it, else on the first of the target's back ends it has.
+        `allow_unlisted=True` runs a condition the bundle was not built for when its generator
+        can make its weights (unverified: see `select`)."""
         if budget_ms is not None:
             choice = self.choose(
                 budget_ms, batch_size=batch_of(inputs, self.inputs), backend=backend, **cond
             )
             variant, backend = choice.variant, choice.backend
         else:
-            variant = self.select(**cond)
+            variant = self.select(allow_unlisted=allow_unlisted, **cond)
         plan = self._plan(variant)
         if plan.stateful:
             raise StateError(
@@ -504,6 +517,8 @@ class Bundle:
         weights: dict[str, np.ndarray],
         in_program: bool,
     ) -> Runner:
+        """A runner of graph `gid` with `weights` bound (those with an id shared, see
+        `Binding`); also a generator's graph, whose weights are its parameters."""
         graph = self.manifest.graphs.get(gid)
         if graph is None or backend not in graph.artifacts:
             raise BundleError(f"{self.path}: graph {gid} has no {backend} artifact")
@@ -519,7 +534,7 @@ class Bundle:
             outputs=[s.to_json() for s in graph.outputs],
             in_program=in_program,
             ort_pool=self._ort_pool(in_program) if backend == "onnxruntime" else "per-session",
-            tensor_ids={n: variant.weights[n] for n in graph.weights},
+            tensor_ids={n: variant.weights[n] for n in graph.weights if n in variant.weights},
             shared=self._shared,
         )
         return get_runner_factory(backend).load(binding)
@@ -529,7 +544,9 @@ class Bundle:
         if self.ort_pool is not None:
             return self.ort_pool
         t = self.target
-        if in_program and t.ort_shared_pool and not t.ort_threads:
+        # programs make a session per block, generators one per condition bound: idle pools
+        # of their own would spin and starve the one that runs (a switch took 8 ms, not 1.2)
+        if (in_program or self.manifest.generators) and t.ort_shared_pool and not t.ort_threads:
             return "shared"
         from .runners.onnxruntime import pool_exists
 

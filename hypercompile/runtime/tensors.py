@@ -1,6 +1,7 @@
 """Where a variant's weights come from: the bundle's content-addressed tensor files, each
 distinct tensor read once while something holds it, checked against its id and against the
-graph stubs that take it."""
+graph stubs that take it. Weights stored as float16 (`weight_dtype`) are bound as float32; a
+generated variant's other weights come from its generator (`runtime/generate.py`)."""
 
 from __future__ import annotations
 
@@ -28,10 +29,14 @@ class TensorStore:
         self._stubs: dict[str, dict[str, tuple[Any, tuple[int, ...]]]] = {}  # per graph
 
     def weights(self, variant: Variant) -> dict[str, np.ndarray]:
-        """A variant's weights by initializer name, read-only; variants that share a tensor
-        get the same array."""
+        """A variant's stored weights by initializer name, read-only; variants that share a
+        tensor get the same array."""
+        return self.tensors(variant.weights)
+
+    def tensors(self, ids: dict[str, str]) -> dict[str, np.ndarray]:
+        """The stored tensors `ids` names (name -> tensor id), by name, read-only."""
         with self._lock:
-            arrays = {tid: self._arrays.get(tid) for tid in set(variant.weights.values())}
+            arrays = {tid: self._arrays.get(tid) for tid in set(ids.values())}
             todo: dict[str, list[str]] = {}  # file -> ids to read from it
             for tid in sorted(t for t, a in arrays.items() if a is None):
                 todo.setdefault(self.manifest.tensors[tid].file, []).append(tid)
@@ -39,7 +44,7 @@ class TensorStore:
                 stored = fmt.read_tensors(self.read(rel), rel)
                 for tid in tids:
                     arrays[tid] = self._arrays[tid] = self._stored(stored, rel, tid)
-        return {name: arrays[tid] for name, tid in variant.weights.items()}  # type: ignore[misc]
+        return {name: arrays[tid] for name, tid in ids.items()}  # type: ignore[misc]
 
     def _stored(self, stored: dict[str, np.ndarray], rel: str, tid: str) -> np.ndarray:
         """Tensor `tid` of file `rel`; one stored under its id must hash to it."""
@@ -52,6 +57,9 @@ class TensorStore:
                 f"{self.path}: tensor {tid} in {rel} does not match its id (sha256 of its "
                 "dtype, shape and bytes)"
             )
+        if self.manifest.weight_dtype == "float16" and arr.dtype == np.float16:
+            arr = arr.astype(np.float32)  # stored as float16, computed in float32
+            arr.flags.writeable = False
         return arr
 
     def check(self, gid: str, weights: dict[str, np.ndarray]) -> None:

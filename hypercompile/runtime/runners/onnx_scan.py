@@ -10,6 +10,7 @@ sparse initializers, attribute tensors, subgraphs and functions included), and
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -126,9 +127,11 @@ def externals(model: bytes) -> list[External]:
     return out
 
 
-def external_locations(model: bytes) -> set[tuple[str, str]]:
-    """(tensor name, location) of every `external_data` entry the serialized ModelProto names."""
-    return {(e.name, e.location) for e in externals(model)}
+@functools.lru_cache(maxsize=64)
+def external_locations(model: bytes) -> frozenset[tuple[str, str]]:
+    """(tensor name, location) of every `external_data` entry the serialized ModelProto names;
+    remembered per graph (a generated variant's switch loads its graph again: ~1 ms a scan)."""
+    return frozenset((e.name, e.location) for e in externals(model))
 
 
 def weight_stubs(model: bytes) -> dict[str, tuple[np.dtype | None, tuple[int, ...]]]:
