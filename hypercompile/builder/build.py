@@ -110,11 +110,7 @@ def _why_not(name: str, tgt: Target) -> str | None:
     judged as the compiler compiles for it (a TVM tag expanded: a CUDA tag needs nvcc); an
     unknown TVM tag is a BuildError, not a reason to leave TVM out."""
     if name not in compiler_names():
-        return (
-            f"back end {name} is not implemented yet"
-            if name == "tensorrt"
-            else (f"unknown back end {name!r} (known: {', '.join(compiler_names())})")
-        )
+        return f"unknown back end {name!r} (known: {', '.join(compiler_names())})"
     compiler = get_compiler(name)
     reason = compiler.available() or compiler.can_build(compiler.compile_target(tgt))
     if reason:
@@ -218,18 +214,23 @@ def build(
     example_inputs: Any = None,
     progress: Progress | None = None,
     tune_trials: int | None = None,
+    calib_data: str | Path | None = None,
 ) -> Path:
     """Build a bundle for `model` (reference, HyperModel or nn.Module) and return its path.
     `backends=["auto"]` builds every back end that can build here and profiles them briefly on
     this machine, so that `run` uses the fastest per variant. `tune_trials`: tune every TVM graph
     on this machine (see README). `example_inputs` (a plain nn.Module's: a tensor, a tuple of
-    tensors, or a dict forward parameter name -> tensor) win over the module's own."""
+    tensors, or a dict forward parameter name -> tensor) win over the module's own. `calib_data`:
+    a folder of int8 calibration inputs for TensorRT (one NAME.npy per input, the first axis
+    stacking samples), for targets whose `tensorrt_precision` is int8."""
     t0 = time.perf_counter()
     tgt = load_target(target)
     names, tgt = _choose_backends(backends, tgt)  # tgt: as compiled for (TVM: host CPU's mcpu)
     out = Path(out).resolve()
     _prepare_out(out)
     tune = _tune_request(tune_trials, tgt, names, out)
+    if calib_data is not None:
+        tune = _with_calibration(tune, Path(calib_data), tgt, names)
     hm = resolve_model(model, example_inputs)
     conds = select_conditions(hm.conditions(), where)
     if not conds:
@@ -248,6 +249,7 @@ def build(
             parity_inputs, Path(parity_data) if parity_data else None, allow_untested
         )
         manifest, checks = _materialize_all(hm, conds, tmp, tgt, names, opts, report, tune)
+        _finalize_artifacts(tmp, manifest, names, tune)
         manifest.model = model if isinstance(model, str) else type(hm).__name__
         verify_bundle(tmp, manifest, checks, rtol, report)
         manifest.build_s = round(time.perf_counter() - t0, 3)
@@ -292,6 +294,46 @@ def _tune_request(
             except OSError:
                 continue
     return CompileOptions(tune=TuneRequest(int(trials), tuple(previous)))
+
+
+def _with_calibration(
+    options: CompileOptions | None, folder: Path, tgt: Target, names: list[str]
+) -> CompileOptions:
+    """The compile options with int8 calibration data, which only TensorRT at int8 takes."""
+    if "tensorrt" not in names or tgt.tensorrt_precision != "int8":
+        builds = f"TensorRT at {tgt.tensorrt_precision}" if "tensorrt" in names else "no TensorRT"
+        raise BuildError(
+            f"--calib-data calibrates TensorRT int8 engines; this build for {tgt.name} makes "
+            f"{builds}"
+        )
+    if not folder.is_dir():
+        raise BuildError(f"--calib-data {folder} is not a folder")
+    return CompileOptions(tune=options.tune if options else None, calib_data=folder)
+
+
+def _finalize_artifacts(
+    tmp: Path, manifest: Manifest, names: list[str], options: CompileOptions | None
+) -> None:
+    """Let each compiler complete its artifacts now that every variant is known (TensorRT:
+    which weights vary between the variants of a graph), rewriting what it changes."""
+    for g in manifest.graphs.values():
+        sets = [
+            {n: v.weights[n] for n in g.weights}
+            for v in manifest.variants
+            if g.id in manifest.graphs_of(v)
+        ]
+        for name in names:
+            rel = g.artifacts[name]
+            done = get_compiler(name).finalize(
+                (tmp / rel).read_bytes(), g, sets, manifest.target, options
+            )
+            if done is None:
+                continue
+            _write(tmp, rel, done.data)
+            for path, data in done.files.items():
+                _write(tmp, path, data)
+            if done.info:
+                g.artifact_info[name] = dict(done.info)
 
 
 def _materialize_all(

@@ -77,11 +77,12 @@ def verify_bundle(
                 continue
             variant.parity[backend] = _compare(bundle, manifest, variant, backend, check)
             rec = variant.parity[backend]
-            if not rec.max_rel <= rtol:  # type: ignore[operator]
+            limit = bundle.check_rtol(bundle.manifest.variant(variant.id), backend)
+            if not rec.max_rel <= limit:  # type: ignore[operator]
                 raise ParityError(
                     f"variant {cond_label(variant.cond)} on {backend}: max rel error "
-                    f"{rec.max_rel:.3g} (max abs {rec.max_abs:.3g}) exceeds tolerance {rtol:g} "
-                    f"against the {check.against}"
+                    f"{rec.max_rel:.3g} (max abs {rec.max_abs:.3g}) exceeds tolerance "
+                    f"{limit:g} against the {check.against}"
                 )
     report("verify", total, total)
 
