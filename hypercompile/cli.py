@@ -942,9 +942,10 @@ def prepare(bundle, cond, backend, cache, as_json) -> None:
     """On the device: build (or fetch from the cache), refit and check every variant's engine
     ahead of first use."""
     from .runtime import load
+    from .runtime import prepare as prepare_bundle
 
     b = load(bundle, engine_cache=cache)
-    report = b.prepare(backend=backend, **cond)
+    report = prepare_bundle(b, backend=backend, **cond)
     if as_json:
         click.echo(json.dumps(report))
         return

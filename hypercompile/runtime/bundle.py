@@ -438,9 +438,10 @@ class Bundle:
     def _checked_runner(self, variant: Variant, backend: str) -> Runner:
         runner = self._load_runner(variant, backend)
         parity = variant.parity.get(backend)
-        if parity is not None and parity.deferred:
+        every = get_runner_factory(backend).checks_every_load and variant.checks is not None
+        if every or (parity is not None and parity.deferred):
             key = (variant.id, backend)
-            if key not in self._checked or get_runner_factory(backend).checks_every_load:
+            if key not in self._checked or every:
                 self._checked[key] = self.run_stored_checks(variant, backend, runner)
         return runner
 
@@ -474,24 +475,6 @@ class Bundle:
             for gid in self.manifest.graphs_of(variant)
         ]
         return max([self.manifest.rtol, *recorded])
-
-    def prepare(self, backend: str = "tensorrt", **cond: Any) -> list[dict[str, Any]]:
-        """Make every matching variant's `backend` artifacts ready on this device ahead of
-        first use (TensorRT: build or fetch each engine from the cache, refit it, run the
-        stored checks); one record per variant: its condition, checks and engines."""
-        chosen = self._matching(cond) if cond else list(self.manifest.variants)
-        if not chosen:
-            raise self._no_match(cond)
-        report = []
-        for v in chosen:
-            if backend not in v.artifacts:
-                continue
-            runner = self._runner(v, backend)
-            parts = runner.runners.values() if hasattr(runner, "runners") else [runner]
-            engines = [r.info.to_json() for r in parts if hasattr(r, "info")]
-            checks = self._checked.get((v.id, backend))
-            report.append({"cond": v.cond, "checks": checks, "engines": engines})
-        return report
 
     def _load_runner(self, variant: Variant, backend: str) -> Runner:
         if backend not in variant.artifacts:
@@ -687,6 +670,26 @@ def _check_inputs(
             )
         feeds[name] = arr
     return feeds
+
+
+def prepare(bundle: Bundle, backend: str = "tensorrt", **cond: Any) -> list[dict[str, Any]]:
+    """Make every matching variant's `backend` artifacts ready on this device ahead of first
+    use (TensorRT: build each engine or fetch it from the cache, refit it, run the stored
+    checks), keeping the runners in the bundle's cache; one record per variant: its condition,
+    its checks and its engines."""
+    chosen = bundle._matching(cond) if cond else list(bundle.manifest.variants)
+    if not chosen:
+        raise bundle._no_match(cond)
+    report = []
+    for v in chosen:
+        if backend not in v.artifacts:
+            continue
+        runner = bundle._runner(v, backend)
+        parts = runner.runners.values() if hasattr(runner, "runners") else [runner]
+        engines = [r.info.to_json() for r in parts if hasattr(r, "info")]
+        checks = bundle.device_checks().get((v.id, backend))
+        report.append({"cond": v.cond, "checks": checks, "engines": engines})
+    return report
 
 
 def load(
