@@ -73,6 +73,7 @@ def fake(monkeypatch, tmp_path) -> FakeTensorRT:
     double = FakeTensorRT()
     monkeypatch.setattr(trt_runner, "_trt", lambda: double)
     monkeypatch.setattr(trt_runner, "_device", FakeDevice)
+    monkeypatch.setattr(trt_runner, "_gpu_missing", lambda: None)
     monkeypatch.setattr(trt_runner, "default_cache", lambda: tmp_path / "default-cache")
     return double
 

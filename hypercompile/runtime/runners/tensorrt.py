@@ -10,8 +10,9 @@ variant's weights; the bundle then runs its stored PyTorch checks on every such 
 answers (`RunnerFactory.checks_every_load`), because a refit can fail silently (a weight left
 out, or folded into a constant by the builder).
 
-TensorRT's API is reached only through `_trt()` and device memory only through `_device()`, so
-tests replace both with a test double (`tests/trt_double.py`). The parts that need a real GPU
+TensorRT's API is reached only through `_trt()`, device memory only through `_device()` and the
+GPU check through `_gpu_missing()`, so tests replace them with a test double
+(`tests/trt_double.py`). The parts that need a real GPU
 (`CudaMemory`, the int8 calibrator) are not exercised on machines without TensorRT."""
 
 from __future__ import annotations
@@ -57,6 +58,15 @@ def _trt() -> Any:
 def _device() -> Any:
     """Device memory and a stream for inputs and outputs (tests put a test double here)."""
     return CudaMemory()
+
+
+def _gpu_missing() -> str | None:
+    """Why this machine has no GPU TensorRT could use, or None (tests put None here)."""
+    from .tvm import cuda_driver_version
+
+    if cuda_driver_version() is None:
+        return "this machine has no CUDA driver (libcuda)"
+    return None
 
 
 @dataclass
@@ -265,7 +275,7 @@ class TensorRTRunners(RunnerFactory):
         version = str(_trt().__version__)
         if version.split(".")[0] != str(TENSORRT_MAJOR):
             return f"its recipes are for TensorRT {TENSORRT_MAJOR}.x and this machine has {version}"
-        return None
+        return _gpu_missing()
 
     def load(self, binding: Binding) -> TensorRTRunner:
         reason = self.runs_here(binding.target)
