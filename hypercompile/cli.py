@@ -388,6 +388,13 @@ def _progress_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
     help="--storage auto: materialize an architecture whose generator takes longer than this "
     "to switch to a new condition (measured here).",
 )
+@click.option(
+    "--calib-data",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="TensorRT int8: folder with NAME.npy per input (first axis: samples), stored in the "
+    "bundle to calibrate the engines on the device.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def build(
     model_ref,
@@ -404,6 +411,7 @@ def build(
     storage,
     weight_dtype,
     max_switch_ms,
+    calib_data,
     as_json,
 ) -> None:
     """Build a bundle from MODEL_REF (path/file.py:NAME or package.module:NAME)."""
@@ -427,6 +435,7 @@ def build(
             allow_untested=allow_untested,
             progress=progress,
             tune_trials=tune_trials,
+            calib_data=calib_data,
             example_inputs=example,
             storage=storage,
             weights=weight_dtype,
@@ -677,13 +686,37 @@ def inspect(bundle, as_json) -> None:
             else ""
         )
         out.print(f"graph {gid}: exported by {g.exporter}, {escape(batch)}{state}", highlight=False)
-    native = [(gid, be, i) for gid, g in m.graphs.items() for be, i in g.artifact_info.items()]
+    native = [
+        (gid, be, i)
+        for gid, g in m.graphs.items()
+        for be, i in g.artifact_info.items()
+        if be != "tensorrt"
+    ]
     if native:
         t = Table(title=f"compiled libraries (for {m.target.name}, {m.target.arch})")
         for col in ("graph", "back end", "machine code", "device code"):
             t.add_column(col)
         for gid, be, info in native[:50]:
             t.add_row(gid, be, str(info.get("elf")), _device_code(info))
+        out.print(t)
+    recipes = [
+        (gid, g.artifact_info["tensorrt"])
+        for gid, g in m.graphs.items()
+        if "tensorrt" in g.artifact_info
+    ]
+    if recipes:
+        t = Table(title="TensorRT recipes (engines are built on the device: hypercompile prepare)")
+        for col in ("graph", "precision", "check rtol", "refittable", "built in", "max batch"):
+            t.add_column(col)
+        for gid, i in recipes[:50]:
+            t.add_row(
+                gid,
+                str(i.get("precision")),
+                f"{i.get('check_rtol', 0):g}",
+                str(i.get("refit")),
+                str(i.get("built_in")),
+                str(i.get("max_batch") or "fixed"),
+            )
         out.print(t)
     for pid, program in m.programs.items():
         users = [_cond_text(v.cond) for v in m.variants if v.program == pid]
@@ -1035,6 +1068,52 @@ def program_tables(m: Any, entry: Any) -> list[Any]:
                         ", ".join(f"{k}: {n}" for k, n in c.get("taken", {}).items()),
                     )
     return [t for t in (paths, branches) if t.row_count]
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option(
+    "--cond",
+    multiple=True,
+    callback=_cond_arg,
+    help="Only the variants matching KEY=VALUE (repeatable); default: all.",
+)
+@click.option("--backend", default="tensorrt", show_default=True, help="Back end to prepare.")
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Engine cache folder [~/.cache/hypercompile].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def prepare(bundle, cond, backend, cache, as_json) -> None:
+    """On the device: build (or fetch from the cache), refit and check every variant's engine
+    ahead of first use."""
+    from .runtime import load
+    from .runtime import prepare as prepare_bundle
+
+    b = load(bundle, engine_cache=cache)
+    report = prepare_bundle(b, backend=backend, **cond)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    table = Table(title=f"{backend} on this device ({b.path})")
+    for col in ("condition", "engines", "built", "build s", "refitted", "checks max rel", "rtol"):
+        table.add_column(col, justify="left" if col == "condition" else "right")
+    for r in report:
+        engines, checks = r["engines"], r["checks"] or {}
+        table.add_row(
+            _cond_text(r["cond"]),
+            str(len(engines)),
+            str(sum(e["built"] for e in engines)),
+            f"{sum(e['build_s'] for e in engines):.1f}",
+            str(sum(e["refitted"] for e in engines)),
+            f"{checks.get('max_rel', float('nan')):.2e}",
+            f"{checks.get('rtol', float('nan')):g}",
+        )
+    out.print(table)
+    if not report:
+        out.print(f"no variant of {b.path} has {backend} artifacts", highlight=False)
 
 
 @main.command()

@@ -20,7 +20,7 @@ def hc_cli(*args, cwd=None):
     )
 
 
-@pytest.mark.parametrize("cmd", ["build", "run", "inspect", "targets", "profile"])
+@pytest.mark.parametrize("cmd", ["build", "run", "inspect", "targets", "profile", "prepare"])
 def test_every_command_has_help(cmd):
     res = hc_cli(cmd, "--help")
     assert res.returncode == 0 and "Usage:" in res.stdout

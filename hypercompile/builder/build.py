@@ -124,11 +124,7 @@ def _why_not(name: str, tgt: Target) -> str | None:
     judged as the compiler compiles for it (a TVM tag expanded: a CUDA tag needs nvcc); an
     unknown TVM tag is a BuildError, not a reason to leave TVM out."""
     if name not in compiler_names():
-        return (
-            f"back end {name} is not implemented yet"
-            if name == "tensorrt"
-            else (f"unknown back end {name!r} (known: {', '.join(compiler_names())})")
-        )
+        return f"unknown back end {name!r} (known: {', '.join(compiler_names())})"
     compiler = get_compiler(name)
     reason = compiler.available() or compiler.can_build(compiler.compile_target(tgt))
     if reason:
@@ -235,6 +231,7 @@ def build(
     storage: str = "auto",
     weights: str = "fp32",
     max_switch_ms: float | None = None,
+    calib_data: str | Path | None = None,
 ) -> Path:
     """Build a bundle for `model` (reference, HyperModel or nn.Module) and return its path.
     `backends=["auto"]` builds every back end that can build here and profiles them briefly on
@@ -244,7 +241,9 @@ def build(
     `storage`: "auto" (default), "materialize" or "generate": how each architecture's weights
     are stored when the model has a `generator()` (see `builder/generate.py`; `max_switch_ms`
     bounds the generator's switch time under auto). `weights="fp16"` stores floating weights
-    as float16, bound as float32; `rtol` then defaults to FP16_RTOL instead of 1e-4."""
+    as float16, bound as float32; `rtol` then defaults to FP16_RTOL instead of 1e-4.
+    `calib_data`: a folder of int8 calibration inputs for TensorRT (one NAME.npy per input, the
+    first axis stacking samples), for targets whose `tensorrt_precision` is int8."""
     t0 = time.perf_counter()
     if weights not in WEIGHT_DTYPES:
         raise BuildError(f"weights must be one of {', '.join(WEIGHT_DTYPES)}, not {weights!r}")
@@ -255,6 +254,8 @@ def build(
     out = Path(out).resolve()
     _prepare_out(out)
     tune = _tune_request(tune_trials, tgt, names, out)
+    if calib_data is not None:
+        tune = _with_calibration(tune, Path(calib_data), tgt, names)
     hm = resolve_model(model, example_inputs)
     plan = StoragePlan(hm, storage, weights == "fp16", tgt, max_switch_ms)
     conds = select_conditions(hm.conditions(), where)
@@ -275,6 +276,7 @@ def build(
             parity_inputs, Path(parity_data) if parity_data else None, allow_untested
         )
         manifest, checks = _materialize_all(hm, conds, tmp, tgt, names, opts, report, plan, tune)
+        _finalize_artifacts(tmp, manifest, names, tune)
         manifest.model = model if isinstance(model, str) else type(hm).__name__
         verify_bundle(tmp, manifest, checks, rtol, report)
         manifest.build_s = round(time.perf_counter() - t0, 3)
@@ -334,6 +336,48 @@ def _tune_request(
             except OSError:
                 continue
     return CompileOptions(tune=TuneRequest(int(trials), tuple(previous)))
+
+
+def _with_calibration(
+    options: CompileOptions | None, folder: Path, tgt: Target, names: list[str]
+) -> CompileOptions:
+    """The compile options with int8 calibration data, which only TensorRT at int8 takes."""
+    if "tensorrt" not in names or tgt.tensorrt_precision != "int8":
+        builds = f"TensorRT at {tgt.tensorrt_precision}" if "tensorrt" in names else "no TensorRT"
+        raise BuildError(
+            f"--calib-data calibrates TensorRT int8 engines; this build for {tgt.name} makes "
+            f"{builds}"
+        )
+    if not folder.is_dir():
+        raise BuildError(f"--calib-data {folder} is not a folder")
+    return CompileOptions(tune=options.tune if options else None, calib_data=folder)
+
+
+def _finalize_artifacts(
+    tmp: Path, manifest: Manifest, names: list[str], options: CompileOptions | None
+) -> None:
+    """Let each compiler complete its artifacts now that every variant is known (TensorRT:
+    which weights vary between the variants of a graph), rewriting what it changes."""
+    for g in manifest.graphs.values():
+        sets = [  # a weight a generator makes differs per variant
+            {n: v.weights.get(n, f"generated:{v.id}") for n in g.weights}
+            for v in manifest.variants
+            if g.id in manifest.graphs_of(v)
+        ]
+        for name in names:
+            rel = g.artifacts.get(name)
+            if rel is None:
+                continue
+            done = get_compiler(name).finalize(
+                (tmp / rel).read_bytes(), g, sets, manifest.target, options
+            )
+            if done is None:
+                continue
+            _write(tmp, rel, done.data)
+            for path, data in done.files.items():
+                _write(tmp, path, data)
+            if done.info:
+                g.artifact_info[name] = dict(done.info)
 
 
 def _materialize_all(

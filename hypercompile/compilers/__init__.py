@@ -8,7 +8,7 @@ import importlib
 from ..errors import BackendError
 from .base import Artifact, CompileOptions, Compiler, TuneRequest
 
-_MODULES = {"onnxruntime": ".onnxruntime", "tvm": ".tvm.compile"}
+_MODULES = {"onnxruntime": ".onnxruntime", "tvm": ".tvm.compile", "tensorrt": ".tensorrt.compile"}
 _cache: dict[str, Compiler] = {}
 
 

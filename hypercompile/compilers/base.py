@@ -8,6 +8,7 @@ the builder writes them into the bundle. Running an artifact is the run half's b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -26,6 +27,7 @@ class CompileOptions:
     """What a build asks of every compiler beyond the graph and the target."""
 
     tune: TuneRequest | None = None
+    calib_data: Path | None = None  # int8 calibration inputs (TensorRT), one NAME.npy per input
 
 
 @dataclass(frozen=True)
@@ -75,3 +77,16 @@ class Compiler:
     ) -> Artifact:
         """Compile one ONNX graph (its weights are external stubs, bound at run time)."""
         raise NotImplementedError
+
+    def finalize(
+        self,
+        data: bytes,
+        graph: Any,
+        weight_sets: list[dict[str, str]],
+        target: Any,
+        options: CompileOptions | None = None,
+    ) -> Artifact | None:
+        """The artifact `compile` made for `graph` (its manifest entry), completed once every
+        variant is known: `weight_sets` holds, per variant running the graph, its weight name
+        -> tensor id. None (the default): the artifact stays as it is."""
+        return None

@@ -49,6 +49,7 @@ class Target:
     tvm_host: dict[str, Any] = field(default_factory=dict)
     cross_compiler: str = ""
     tensorrt_precision: str = "fp32"
+    tensorrt_max_batch: int = 16  # the largest batch a TensorRT engine is built for
     memory_mb: int = 0
     # the CUDA release the device runs ("12.6" on JetPack 6): its GPU code is compiled with that
     # major's toolkit; "" follows the build machine's nvcc
@@ -80,6 +81,7 @@ _FIELDS = {
     "tvm_host": dict,
     "cross_compiler": str,
     "tensorrt_precision": str,
+    "tensorrt_max_batch": int,
     "memory_mb": int,
     "cuda": str,
     "storage_mb": int,
@@ -108,6 +110,9 @@ def parse_target(data: dict[str, Any], source: str) -> Target:
         raise TargetError(f"{source}: 'ort_threads' must be between 0 (the default) and 1024")
     if data.get("tensorrt_precision", "fp32") not in ("fp32", "fp16", "int8"):
         raise TargetError(f"{source}: tensorrt_precision must be fp32, fp16 or int8")
+    max_batch = data.get("tensorrt_max_batch", 16)
+    if isinstance(max_batch, bool) or not 1 <= max_batch <= 1 << 20:
+        raise TargetError(f"{source}: 'tensorrt_max_batch' must be a batch size >= 1")
     if data.get("cuda") and not re.fullmatch(r"\d+\.\d+", data["cuda"]):
         raise TargetError(f"{source}: 'cuda' must be a CUDA release such as \"12.6\"")
     kw = dict(data)

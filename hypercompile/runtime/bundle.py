@@ -82,6 +82,7 @@ class Bundle:
         providers: list[str] | None = None,
         device: str | None = None,
         ort_pool: OrtPool | None = None,
+        engine_cache: str | Path | None = None,
     ):
         if ort_pool is not None and ort_pool not in ORT_POOLS:
             raise BackendError(
@@ -90,6 +91,8 @@ class Bundle:
         self.ort_pool = ort_pool
         self.path = Path(path).resolve()
         self.device = device  # a profile's device key to use instead of this machine's
+        # where artifacts built on the device are cached (None: ~/.cache/hypercompile)
+        self.engine_cache = Path(engine_cache) if engine_cache is not None else None
         self.manifest: Manifest = Manifest.load(self.path)
         self._loaded = self._manifest_digest()  # to tell a rebuilt bundle from a damaged one
         self.cache_size = max(1, int(cache_size))
@@ -448,8 +451,11 @@ class Bundle:
     def _checked_runner(self, variant: Variant, backend: str) -> Runner:
         runner = self._load_runner(variant, backend)
         parity = variant.parity.get(backend)
-        if parity is not None and parity.deferred:
-            self._check_on_device(variant, backend, runner)
+        every = get_runner_factory(backend).checks_every_load and variant.checks is not None
+        if every or (parity is not None and parity.deferred):
+            key = (variant.id, backend)
+            if key not in self._checked or every:
+                self._checked[key] = self.run_stored_checks(variant, backend, runner)
         return runner
 
     def _carried(self, variant: Variant, runner: Runner) -> Runner:
@@ -462,12 +468,6 @@ class Bundle:
         """The on-device checks passed in this process: (variant id, back end) -> worst error."""
         return dict(self._checked)
 
-    def _check_on_device(self, variant: Variant, backend: str, runner: Runner) -> None:
-        key = (variant.id, backend)
-        if key in self._checked:
-            return
-        self._checked[key] = self.run_stored_checks(variant, backend, runner)
-
     def run_stored_checks(self, variant: Variant, backend: str, runner: Any) -> dict[str, float]:
         """Compare `runner` (anything with `run(feeds) -> list of arrays`, over the variant's
         whole graph) with the PyTorch answers the bundle stores for `variant`, in order (a
@@ -477,7 +477,17 @@ class Bundle:
             raise BundleError(f"{self.path}: variant {variant.id} has no stored checks")
         cases = unpack_checks(fmt.read_tensors(self.read(rel), rel))
         what = f"variant {_fmt_cond(variant.cond)} on {backend}"
-        return run_checks(self._carried(variant, runner), cases, self.manifest.rtol, what)
+        rtol = self.check_rtol(variant, backend)
+        return run_checks(self._carried(variant, runner), cases, rtol, what)
+
+    def check_rtol(self, variant: Variant, backend: str) -> float:
+        """The tolerance `variant` is checked at on `backend`: the build's, or the larger one
+        its artifacts record for their precision (TensorRT fp16 and int8)."""
+        recorded = [
+            float(self.manifest.graphs[gid].artifact_info.get(backend, {}).get("check_rtol", 0))
+            for gid in self.manifest.graphs_of(variant)
+        ]
+        return max([self.manifest.rtol, *recorded])
 
     def _load_runner(self, variant: Variant, backend: str) -> Runner:
         if backend not in variant.artifacts:
@@ -526,6 +536,8 @@ class Bundle:
         if rel not in self._graph_bytes:
             self._graph_bytes[rel] = self.read(rel)
         self._tensors.check(gid, weights)
+        if graph.path not in self._graph_bytes:
+            self._graph_bytes[graph.path] = self.read(graph.path)
         binding = Binding(
             artifact=self._graph_bytes[rel],
             weights={n: weights[n] for n in graph.weights},
@@ -533,27 +545,31 @@ class Bundle:
             inputs=[s.to_json() for s in graph.inputs],
             outputs=[s.to_json() for s in graph.outputs],
             in_program=in_program,
-            ort_pool=self._ort_pool(in_program) if backend == "onnxruntime" else "per-session",
+            ort_pool=_ort_pool(self, in_program) if backend == "onnxruntime" else "per-session",
             tensor_ids={n: variant.weights[n] for n in graph.weights if n in variant.weights},
             shared=self._shared,
+            graph=self._graph_bytes[graph.path],
+            read=self.read,
+            engine_cache=self.engine_cache,
         )
         return get_runner_factory(backend).load(binding)
 
-    def _ort_pool(self, in_program: bool) -> OrtPool:
-        """ONNX Runtime's threads for one of this bundle's sessions (see the class docstring)."""
-        if self.ort_pool is not None:
-            return self.ort_pool
-        t = self.target
-        # programs make a session per block, generators one per condition bound: idle pools
-        # of their own would spin and starve the one that runs (a switch took 8 ms, not 1.2)
-        if (in_program or self.manifest.generators) and t.ort_shared_pool and not t.ort_threads:
-            return "shared"
-        from .runners.onnxruntime import pool_exists
-
-        return "shared" if pool_exists() else "per-session"  # ORT allows nothing else then
-
     def __repr__(self) -> str:
         return f"Bundle({str(self.path)!r}, variants={len(self.manifest.variants)})"
+
+
+def _ort_pool(bundle: Bundle, in_program: bool) -> OrtPool:
+    """ONNX Runtime's threads for one of a bundle's sessions (see the Bundle docstring)."""
+    if bundle.ort_pool is not None:
+        return bundle.ort_pool
+    t = bundle.target
+    # programs make a session per block, generators one per condition bound: idle pools
+    # of their own would spin and starve the one that runs (a switch took 8 ms, not 1.2)
+    if (in_program or bundle.manifest.generators) and t.ort_shared_pool and not t.ort_threads:
+        return "shared"
+    from .runners.onnxruntime import pool_exists
+
+    return "shared" if pool_exists() else "per-session"  # ORT allows nothing else then
 
 
 class _Plan:
@@ -674,6 +690,26 @@ def _check_inputs(
     return feeds
 
 
+def prepare(bundle: Bundle, backend: str = "tensorrt", **cond: Any) -> list[dict[str, Any]]:
+    """Make every matching variant's `backend` artifacts ready on this device ahead of first
+    use (TensorRT: build each engine or fetch it from the cache, refit it, run the stored
+    checks), keeping the runners in the bundle's cache; one record per variant: its condition,
+    its checks and its engines."""
+    chosen = bundle._matching(cond) if cond else list(bundle.manifest.variants)
+    if not chosen:
+        raise bundle._no_match(cond)
+    report = []
+    for v in chosen:
+        if backend not in v.artifacts:
+            continue
+        runner = bundle._runner(v, backend)
+        parts = runner.runners.values() if hasattr(runner, "runners") else [runner]
+        engines = [r.info.to_json() for r in parts if hasattr(r, "info")]
+        checks = bundle.device_checks().get((v.id, backend))
+        report.append({"cond": v.cond, "checks": checks, "engines": engines})
+    return report
+
+
 def load(
     path: str | Path,
     *,
@@ -682,6 +718,7 @@ def load(
     threads: int | None = None,
     device: str | None = None,
     ort_pool: OrtPool | None = None,
+    engine_cache: str | Path | None = None,
 ) -> Bundle:
     """Open a bundle directory; checks every file's sha256 unless `verify=False`.
     `threads` overrides the target's intra-op thread count (0: the back end's default);
@@ -695,7 +732,10 @@ def load(
     pools for static graphs. ONNX Runtime can only make the shared pool before the process's
     first session and then refuses per-session pools, so: a bundle asking for the pool after
     another session came first gets per-session pools with spinning off; once the pool exists,
-    None uses it for static graphs too, and "per-session" raises BackendError."""
+    None uses it for static graphs too, and "per-session" raises BackendError.
+
+    `engine_cache`: where artifacts built on this device are cached (TensorRT engines, ONNX
+    Runtime's TensorRT provider caches); default ~/.cache/hypercompile."""
     return Bundle(
         Path(path),
         cache_size=cache_size,
@@ -703,4 +743,5 @@ def load(
         threads=threads,
         device=device,
         ort_pool=ort_pool,
+        engine_cache=engine_cache,
     )

@@ -85,4 +85,4 @@ def run_checks(
             f"{what}: max rel error {worst_rel:.3g} (max abs {worst_abs:.3g}) on this device "
             f"exceeds tolerance {rtol:g} against PyTorch; the artifact must not be used here"
         )
-    return {"max_abs": worst_abs, "max_rel": worst_rel, "inputs": len(cases)}
+    return {"max_abs": worst_abs, "max_rel": worst_rel, "inputs": len(cases), "rtol": rtol}

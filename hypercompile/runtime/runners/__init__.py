@@ -8,7 +8,7 @@ import importlib
 from ...errors import BackendError
 from .base import ORT_POOLS, Binding, OrtPool, Runner, RunnerFactory, SharedTensors
 
-_MODULES = {"onnxruntime": ".onnxruntime", "tvm": ".tvm"}
+_MODULES = {"onnxruntime": ".onnxruntime", "tvm": ".tvm", "tensorrt": ".tensorrt"}
 _cache: dict[str, RunnerFactory] = {}
 
 

@@ -7,6 +7,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -63,6 +64,13 @@ class Binding:
     ort_pool: OrtPool = "per-session"
     tensor_ids: dict[str, str] = field(default_factory=dict)  # weight name -> tensor id
     shared: SharedTensors = field(default_factory=SharedTensors)  # the bundle's bound tensors
+    # for back ends whose artifact is not the graph (a TensorRT recipe): the ONNX graph itself
+    graph: bytes = b""
+    # other bundle files an artifact names (TensorRT's calibration data), read and hash-checked
+    read: Callable[[str], bytes] | None = None
+    # where artifacts made on the device are cached (TensorRT engines, ONNX Runtime's
+    # TensorRT provider); None: ~/.cache/hypercompile
+    engine_cache: Path | None = None
 
     def bind(self, kind: tuple, make: Callable[[np.ndarray], Any]) -> list[Held]:
         """Each weight bound by `make(array)`, in order: a tensor with an id is bound once per
@@ -82,6 +90,9 @@ class RunnerFactory:
     runtime lazily, and must not import torch, onnx or the compilers."""
 
     name = ""
+    # the artifact is made on the device when a runner loads (TensorRT: an engine built or
+    # refitted), so the bundle runs its stored checks on every runner, not once per variant
+    checks_every_load = False
 
     def available(self) -> str | None:
         """None when this back end's runtime is installed here, else a one-line reason."""

@@ -64,10 +64,12 @@ def _varint(data: memoryview, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(data: memoryview):
-    """(field number, wire type, value) of one message; value: int or memoryview."""
+def _spans(data: memoryview):
+    """(field number, wire type, value, the field as written) of one message; value: int or
+    memoryview."""
     pos = 0
     while pos < len(data):
+        start = pos
         key, pos = _varint(data, pos)
         field, wire = key >> 3, key & 7
         if wire == 0:
@@ -85,6 +87,12 @@ def _fields(data: memoryview):
             raise ValueError(f"wire type {wire}")
         if pos > len(data):
             raise ValueError("truncated field")
+        yield field, wire, value, data[start:pos]
+
+
+def _fields(data: memoryview):
+    """(field number, wire type, value) of one message; value: int or memoryview."""
+    for field, wire, value, _ in _spans(data):
         yield field, wire, value
 
 
@@ -142,3 +150,72 @@ def weight_stubs(model: bytes) -> dict[str, tuple[np.dtype | None, tuple[int, ..
             dtype = _ONNX_DTYPES.get(e.data_type)
             out[e.name] = (np.dtype(dtype) if dtype else None, e.dims)
     return out
+
+
+_TENSOR_RAW_DATA, _TENSOR_DATA_LOCATION = 9, 14
+_MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
+
+
+def _key(field: int, wire: int) -> bytes:
+    return _encode_varint(field << 3 | wire)
+
+
+def _encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _bytes_field(field: int, value: bytes | memoryview) -> bytes:
+    return _key(field, 2) + _encode_varint(len(value)) + bytes(value)
+
+
+def with_weights(model: bytes, weights: dict[str, np.ndarray]) -> bytes:
+    """The serialized ModelProto with every weight stub of its graph holding `weights[name]`
+    as raw data instead of pointing at the stub location: a self-contained graph for tools
+    that read weights from the model (TensorRT's ONNX parser). Every stub must get a weight of
+    its dtype and shape."""
+    stubs = weight_stubs(model)
+    missing = sorted(set(stubs) - set(weights))
+    if missing:
+        raise BundleError(f"no weight given for stub(s) {', '.join(missing[:5])}")
+    for name, (dtype, dims) in stubs.items():
+        arr = weights[name]
+        if dtype is None or arr.dtype != dtype or tuple(arr.shape) != dims:
+            raise BundleError(f"weight {name!r} does not match its stub's dtype and shape")
+
+    def tensor(data: memoryview) -> bytes:
+        name, is_stub = "", False
+        for field, wire, value in _fields(data):
+            if field == _TENSOR_NAME and wire == 2:
+                name = bytes(value).decode("utf-8", "replace")
+            elif field == _TENSOR_EXTERNAL_DATA and wire == 2:
+                entry = {f: bytes(v) for f, w, v in _fields(value) if w == 2}
+                is_stub |= entry.get(2, b"").decode("utf-8", "replace") == WEIGHT_STUB_LOCATION
+        if not is_stub:
+            return bytes(data)
+        kept = b"".join(
+            bytes(raw)
+            for field, _, _, raw in _spans(data)
+            if field not in (_TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION, _TENSOR_RAW_DATA)
+        )
+        arr = np.ascontiguousarray(weights[name]).astype(weights[name].dtype.newbyteorder("<"))
+        return kept + _bytes_field(_TENSOR_RAW_DATA, arr.tobytes())
+
+    def graph(data: memoryview) -> bytes:
+        return b"".join(
+            _bytes_field(f, tensor(value)) if f == _GRAPH_INITIALIZER and w == 2 else bytes(raw)
+            for f, w, value, raw in _spans(data)
+        )
+
+    try:
+        return b"".join(
+            _bytes_field(field, graph(value)) if field == _MODEL_GRAPH and wire == 2 else bytes(raw)
+            for field, wire, value, raw in _spans(memoryview(model))
+        )
+    except (ValueError, IndexError) as e:
+        raise BundleError(f"an ONNX graph of the bundle is damaged ({e})") from None

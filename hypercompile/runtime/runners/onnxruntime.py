@@ -17,6 +17,7 @@ this process. Made later, it would change how every other bundle's next sessions
 from __future__ import annotations
 
 import atexit
+import json
 import shutil
 import tempfile
 import threading
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ...core.tensors import WEIGHT_STUB_LOCATION
+from ...core.tensors import WEIGHT_STUB_LOCATION, sha256_bytes
 from ...errors import BackendError, BundleError
 from .base import Binding, OrtPool, RunnerFactory
 from .onnx_scan import external_locations
@@ -175,12 +176,13 @@ class OnnxRuntimeRunners(RunnerFactory):
         # the target's providers in preference order, those this ONNX Runtime has (a Jetson
         # bundle's graphs run on an x86 box's CPU provider; the CUDA one where it exists)
         wanted = list(getattr(target, "ort_providers", ()) or ["CPUExecutionProvider"])
-        providers = [p for p in wanted if p in ort.get_available_providers()]
-        if not providers:
+        names = [p for p in wanted if p in ort.get_available_providers()]
+        if not names:
             raise BackendError(
                 f"ONNX Runtime here lacks provider(s) {', '.join(wanted)} "
                 f"(available: {', '.join(ort.get_available_providers())})"
             )
+        providers = provider_options(names, binding)
         _refuse_outside_data(binding.artifact, set(weights))
         held = binding.bind(
             ("onnxruntime",),
@@ -200,7 +202,7 @@ class OnnxRuntimeRunners(RunnerFactory):
         return OrtRunner(session, [held, weights], pool, shared)
 
     def _session(
-        self, binding: Binding, providers: list[str], values: dict[str, Any], shared: bool
+        self, binding: Binding, providers: list[Any], values: dict[str, Any], shared: bool
     ) -> tuple[Any, OrtPool]:
         """A session of the graph with `values` bound in place (`shared`) or copied in."""
         import onnxruntime as ort
@@ -222,6 +224,34 @@ class OnnxRuntimeRunners(RunnerFactory):
                 raise
             first = f"ONNX Runtime cannot load the graph: {e}".splitlines()[0]
             raise BackendError(first) from None
+
+
+def provider_options(names: list[str], binding: Binding) -> list[str | tuple[str, dict]]:
+    """The providers for a session, TensorRT's with its options: engines and timing caches
+    kept per device in the bundle's engine cache, fp16 where the target's TensorRT precision
+    allows it. ONNX Runtime keys a cached engine by the graph's structure, not by its weights,
+    so each weight set gets a folder of its own (two variants of one graph must not share an
+    engine). Weight-stripped engines stay off: ONNX Runtime refits them from the weights in
+    the model file, and a bundle's graphs hold stubs there, bound at load."""
+    if "TensorrtExecutionProvider" not in names:
+        return list(names)
+    from ..fingerprint import fingerprint_key, local_fingerprint
+    from .tensorrt import default_cache
+
+    root = (binding.engine_cache or default_cache()) / "ort-tensorrt"
+    root /= fingerprint_key(local_fingerprint())  # the ONNX Runtime version is part of it
+    weights = json.dumps(sorted(binding.tensor_ids.items())).encode()
+    key = sha256_bytes(binding.artifact + weights)[:32]
+    precision = getattr(binding.target, "tensorrt_precision", "fp32")
+    options = {
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(root / key),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(root),
+        "trt_fp16_enable": "True" if precision in ("fp16", "int8") else "False",
+        "trt_weight_stripped_engine_enable": "False",
+    }
+    return [(n, options) if n == "TensorrtExecutionProvider" else n for n in names]
 
 
 def _refuse_outside_data(model: bytes, bound: set[str]) -> None:
