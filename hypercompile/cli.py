@@ -1070,7 +1070,7 @@ def program_tables(m: Any, entry: Any) -> list[Any]:
     return [t for t in (paths, branches) if t.row_count]
 
 
-@main.command()
+@main.command(short_help="On the device: ready, refit and check every engine.")
 @click.argument("bundle", type=click.Path())
 @click.option(
     "--cond",
