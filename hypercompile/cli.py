@@ -283,18 +283,20 @@ def _default_name(model_ref: str) -> str:
 
 @contextlib.contextmanager
 def _progress_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
-    """A transient progress bar on stderr; yields the `progress(stage, done, total)` callback."""
+    """A transient progress bar on stderr, or where stderr is not a terminal (a log, CI) one
+    line as each stage starts; yields the `progress(stage, done, total)` callback."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(
-        *columns, console=err, transient=True, disable=quiet or not err.is_terminal
-    ) as bar:
+    lines = not quiet and not err.is_terminal
+    with Progress(*columns, console=err, transient=True, disable=quiet or lines) as bar:
         tasks: dict[str, Any] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total)
+                if lines:
+                    err.print(f"{stage}: {total} step(s)", highlight=False, soft_wrap=True)
             bar.update(tasks[stage], completed=done, total=total)
 
         yield progress
