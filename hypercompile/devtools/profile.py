@@ -425,14 +425,23 @@ def profile(
     return device, entry
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+def pareto_front(
+    points: Sequence[tuple[float, float]], noise: Sequence[float] | None = None
+) -> list[int]:
     """Indices of the points no other point dominates, where x is better higher (parameters,
-    quality) and y better lower (latency); sorted by y. Equal points are all kept."""
+    quality) and y better lower (latency); sorted by y. With `noise` (per point, in y's unit),
+    a latency difference counts only beyond the larger noise of the two points: j dominates i
+    when it has at least i's x, is not slower beyond the noise, and has more x or is faster
+    beyond the noise. Equal points are all kept."""
+    tol = list(noise) if noise is not None else [0.0] * len(points)
     front = []
     for i, (x, y) in enumerate(points):
-        dominated = any(
-            (xj >= x and yj <= y) and (xj > x or yj < y) for j, (xj, yj) in enumerate(points)
-        )
+        dominated = False
+        for j, (xj, yj) in enumerate(points):
+            t = max(tol[i], tol[j])
+            if j != i and xj >= x and yj <= y + t and (xj > x or yj < y - t):
+                dominated = True
+                break
         if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: (points[i][1], -points[i][0]))
