@@ -48,10 +48,27 @@ def build(model: Any, target: Any = None, out: Any = "build/bundle", **kwargs: A
     return _build(model, target, out, **kwargs)
 
 
+def profile(path: Any, **kwargs: Any) -> dict[str, Any]:
+    """Time every variant of a bundle here and store it (see `hypercompile.api.profile`);
+    returns what `hypercompile profile --json` prints."""
+    from .api import profile as _profile
+
+    return _profile(path, **kwargs)
+
+
+def inspect(path: Any) -> dict[str, Any]:
+    """A bundle's description as data: what `hypercompile inspect --json` prints."""
+    from .api import inspect as _inspect
+
+    return _inspect(path)
+
+
 __all__ = [
     "__version__",
     "build",
     "load",
+    "profile",
+    "inspect",
     "Bundle",
     "HyperModel",
     "HypercompileError",

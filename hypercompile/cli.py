@@ -283,18 +283,20 @@ def _default_name(model_ref: str) -> str:
 
 @contextlib.contextmanager
 def _progress_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
-    """A transient progress bar on stderr; yields the `progress(stage, done, total)` callback."""
+    """A transient progress bar on stderr, or where stderr is not a terminal (a log, CI) one
+    line as each stage starts; yields the `progress(stage, done, total)` callback."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(
-        *columns, console=err, transient=True, disable=quiet or not err.is_terminal
-    ) as bar:
+    lines = not quiet and not err.is_terminal
+    with Progress(*columns, console=err, transient=True, disable=quiet or lines) as bar:
         tasks: dict[str, Any] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total)
+                if lines:
+                    err.print(f"{stage}: {total} step(s)", highlight=False, soft_wrap=True)
             bar.update(tasks[stage], completed=done, total=total)
 
         yield progress
@@ -620,18 +622,14 @@ def inspect(bundle, as_json) -> None:
     """Show a bundle's variants, graphs, sizes and parity."""
     from .runtime import load
 
+    if as_json:
+        from .api import inspect as summary
+
+        click.echo(json.dumps(summary(bundle)))
+        return
     b = load(bundle)
     m = b.manifest
     summed = sum(v.bytes for v in m.variants)
-    if as_json:
-        data = m.to_json()
-        keep = ("producer", "target", "inputs", "outputs", "graphs", "variants", "programs")
-        extra = {"profile": data["profile"], "this_device": b.device_key()}
-        extra["weight_bytes"] = {"unique": m.weight_bytes, "per_variant_sum": summed}
-        extra["generators"] = {k: g.to_json() for k, g in m.generators.items()}
-        extra["weight_dtype"] = m.weight_dtype or "float32"
-        click.echo(json.dumps({k: data[k] for k in keep} | extra))
-        return
     size = sum((b.path / rel).stat().st_size for rel in m.files)
     io = escape(", ".join(f"{s.name}:{s.dtype}{s.shape}" for s in m.inputs))
     oo = escape(", ".join(f"{s.name}:{s.dtype}{s.shape}" for s in m.outputs))
@@ -647,6 +645,11 @@ def inspect(bundle, as_json) -> None:
             f"{_human_bytes(summed)} summed over the variants{ratio}",
             highlight=False,
         )
+    keys = list(dict.fromkeys(k for v in m.variants for k in v.cond))
+    if keys:
+        fixed = [k for k in keys if k not in m.selectable]
+        line = f"  a budget chooses {', '.join(m.selectable) or 'no key'}"
+        out.print(line + (f"; give {', '.join(fixed)}" if fixed else ""), highlight=False)
     for line in storage_lines(m):
         out.print(line, highlight=False)
     table = Table(title="variants")
@@ -910,10 +913,11 @@ def coverage_table(programs: dict[str, Any]) -> Any:
 @click.option("--plot", "plot_file", default=None, help="Write latency vs size to FILE.png.")
 @click.option(
     "--plot-x",
-    type=click.Choice(["params", "quality", "auto"]),
-    default="params",
+    type=click.Choice(["auto", "quality", "params", "condition"]),
+    default="auto",
     show_default=True,
-    help="x axis of the plot: parameters, the model's quality score, or auto.",
+    help="x axis of the plot; auto: the model's quality score where declared, else "
+    "parameters where they differ, else the condition.",
 )
 @click.option(
     "--rpc",
@@ -948,43 +952,30 @@ def profile(
     profile in the manifest under this device's fingerprint."""
     if rpc and not key:
         raise HypercompileError("--rpc needs --key (the device key the board registered with)")
-    from .devtools.profile import profile as do_profile
-    from .runtime.fingerprint import describe
+    from .api import profile as do_profile
+    from .core.manifest import Manifest
 
     with _progress_bar(quiet=as_json) as progress:
-        device, entry = do_profile(
+        result = do_profile(
             bundle,
             backends=list(backends) or None,
             batches=list(batches) or None,
             warmup=warmup,
             repeat=repeat,
             inputs=inputs_dir,
+            plot=plot_file,
+            plot_x=plot_x,
             rpc=rpc,
             key=key,
             timeout=timeout,
             progress=progress,
         )
-    from .core.manifest import Manifest
-
-    manifest = Manifest.load(Path(bundle))
-    plot_path = None
-    if plot_file:
-        from .devtools.plot import plot_profile
-
-        plot_path = str(plot_profile(manifest, device, plot_file, x=plot_x))
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "bundle": str(Path(bundle).resolve()),
-                    "device": device,
-                    "description": describe(entry.device),
-                    "profile": entry.to_json(),
-                    "plot": plot_path,
-                }
-            )
-        )
+        click.echo(json.dumps(result))
         return
+    manifest = Manifest.load(Path(bundle))
+    device, plot_path = result["device"], result["plot"]
+    entry = manifest.profile[device]
     out.print(profile_table(manifest, device, entry, here=not rpc))
     for table in program_tables(manifest, entry):
         out.print(table)

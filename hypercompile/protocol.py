@@ -21,6 +21,9 @@ class HyperModel(Protocol):
     - `example_inputs(cond)`: a tensor or tuple of tensors with the deployed shapes (batch 1).
     - `reference(cond, *inputs)` (optional): the hypernet + target path, for parity.
     - `quality(cond)` (optional): a score, higher is better, used by budget selection.
+    - `selectable()` (optional): the condition keys a latency budget may choose, those that
+      pick a version of one model (width, depth, stitch, exit configuration); every other key
+      (a task) must be given with a budget. Default: none.
     """
 
     def conditions(self) -> Iterable[dict[str, Any]]: ...

@@ -123,6 +123,9 @@ class Widths:
     def conditions(self):
         return [{"width": w} for w in self.widths]
 
+    def selectable(self):
+        return ["width"]
+
     def build(self, cond):
         w = cond["width"]
         return nn.Sequential(nn.Linear(6, w), nn.Tanh(), nn.Linear(w, 3)).eval()

@@ -109,3 +109,14 @@ def test_a_build_removes_what_a_killed_build_left(tmp_path):
     res = hc_cli("build", ref("TinyHyper"), "--where", "task=0", "--out", tmp_path / "b")
     assert res.returncode == 0, res.stderr
     assert not left.exists() and alive.exists()
+
+
+def test_progress_is_a_line_per_stage_when_not_a_terminal(tmp_path):
+    res = hc_cli("build", ref("TinyHyper"), "--where", "task=0,1", "--out", tmp_path / "b")
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.splitlines()
+    assert lines == ["materialize: 2 step(s)", "verify: 2 step(s)"], res.stderr
+    res = hc_cli("profile", tmp_path / "b", "--warmup", 1, "--repeat", 10)
+    assert res.returncode == 0 and res.stderr.splitlines() == ["profile: 2 step(s)"], res.stderr
+    res = hc_cli("profile", tmp_path / "b", "--repeat", 10, "--json")  # nothing under --json
+    assert res.returncode == 0 and res.stderr == "", res.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-EXAMPLES = ["continual_hypernet", "morph_hypernet", "hypnettorch_mlp", "dynamic"]
+EXAMPLES = ["continual_hypernet", "morph_hypernet", "hypnettorch_mlp", "dynamic", "app"]
 
 
 def readme_commands(readme: Path) -> list[str]:

@@ -143,12 +143,12 @@ def test_profile_through_the_tracker_stores_the_boards_profile(tracker, tvm_bund
     hc.load(dst, verify=True)  # the hashes still check
     # a profile taken over RPC is the board's, never this machine's ...
     with pytest.raises(hc.ProfileError, match="no profile for this device"):
-        hc.load(dst).select(budget_ms=1e6)
+        hc.load(dst).select(budget_ms=1e6, task=0)
     # ... unless asked for by name
     b = hc.load(dst, device=key)
-    choice = b.choose(1e6)
+    choice = b.choose(1e6, task=0)
     assert choice.backend == "tvm" and choice.variant.id in entry["variants"]
-    out = b.run({"input": np.ones((1, 8), np.float32)}, budget_ms=1e6)
+    out = b.run({"input": np.ones((1, 8), np.float32)}, budget_ms=1e6, task=0)
     assert out["output"].shape == (1, 4)
     res = hc_cli("inspect", dst)
     assert f"profile {key}" in res.stdout and f"TVM RPC key {KEY}" in res.stdout

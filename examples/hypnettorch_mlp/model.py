@@ -15,7 +15,10 @@ def make(num_tasks: int = 10, n_in: int = 64, n_out: int = 10, seed: int = 0) ->
     torch.manual_seed(seed)
     mnet = MLP(n_in=n_in, n_out=n_out, hidden_layers=(100, 100), no_weights=True, verbose=False)
     hnet = HMLP(
-        mnet.param_shapes, cond_in_size=16, layers=(100, 100), num_cond_embs=num_tasks,
+        mnet.param_shapes,
+        cond_in_size=16,
+        layers=(100, 100),
+        num_cond_embs=num_tasks,
         verbose=False,
     )
     hnet.apply_hyperfan_init(mnet=mnet)

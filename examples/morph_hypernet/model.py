@@ -168,6 +168,10 @@ class MorphHyperModel:
         """One condition per width."""
         return [{"width": w} for w in self.widths]
 
+    def selectable(self) -> list[str]:
+        """A latency budget may choose the width: the widths are versions of one model."""
+        return ["width"]
+
     def build(self, cond: dict) -> nn.Module:
         """A fresh target MLP of the condition's width, in eval mode."""
         return _fresh_target(self._width(cond))

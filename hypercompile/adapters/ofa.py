@@ -95,6 +95,10 @@ class OFAModel:
     def conditions(self) -> list[dict[str, Any]]:
         return [dict(c) for c in self._conds]
 
+    def selectable(self) -> list[str]:
+        """Every key: the subnets are versions of one network, so a budget may choose any."""
+        return list(dict.fromkeys(k for c in self._conds for k in c))
+
     def _config(self, cond: dict[str, Any]) -> dict[str, Any]:
         if self.named is not None:
             arch = cond.get("arch")

@@ -38,6 +38,7 @@ from ..core.targets import Target, host_arch, load_target
 from ..errors import (
     BackendError,
     BuildError,
+    BundleError,
     UnsupportedModelError,
 )
 from ..frontend.clone import clone_module
@@ -278,8 +279,10 @@ def build(
         manifest, checks = _materialize_all(hm, conds, tmp, tgt, names, opts, report, plan, tune)
         _finalize_artifacts(tmp, manifest, names, tune)
         manifest.model = model if isinstance(model, str) else type(hm).__name__
+        manifest.selectable = _selectable(hm, conds)
         verify_bundle(tmp, manifest, checks, rtol, report)
         manifest.build_s = round(time.perf_counter() - t0, 3)
+        _keep_profiles(out, manifest)
         manifest.dump(tmp)
         if backends == ["auto"]:  # a brief profile records the fastest back end per variant
             from ..devtools.profile import profile
@@ -292,6 +295,40 @@ def build(
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+def _keep_profiles(out: Path, manifest: Manifest) -> None:
+    """A rebuild keeps the old bundle's profiles of the variants whose graph, weights and
+    artifacts did not change (see `devtools.profile.carry_profiles`)."""
+    if not (out / MANIFEST).is_file():
+        return
+    from ..devtools.profile import carry_profiles
+
+    try:
+        old = Manifest.load(out)
+    except (BundleError, OSError):
+        return  # not readable: nothing to keep
+    carry_profiles(old, manifest)
+
+
+def _selectable(hm: Any, conds: list[dict]) -> list[str]:
+    """The condition keys a latency budget may choose (`HyperModel.selectable()`: versions of
+    one model, such as a width or an exit configuration, never a task); none when the model
+    does not say."""
+    method = getattr(hm, "selectable", None)
+    if not callable(method):
+        return []
+    keys = method()
+    if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
+        raise BuildError(f"selectable() must return a list of condition keys, not {keys!r}")
+    known = {k for c in conds for k in c}
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise BuildError(
+            f"selectable() names {', '.join(unknown)}, which no condition has "
+            f"(keys: {', '.join(sorted(known)) or 'none'})"
+        )
+    return list(dict.fromkeys(keys))
 
 
 def _remove_abandoned(out: Path) -> None:

@@ -600,6 +600,9 @@ class Manifest:
     generators: dict[str, Generator] = field(default_factory=dict)  # schema 3
     # "float16": floating weights are stored as float16 and bound as float32 (schema 3)
     weight_dtype: str | None = None
+    # the condition keys a latency budget may choose (HyperModel.selectable()); every other
+    # key must be given with a budget
+    selectable: list[str] = field(default_factory=list)
 
     # -- reading -----------------------------------------------------------------------------
     def variant(self, vid: str) -> Variant:
@@ -670,6 +673,8 @@ class Manifest:
             out["generators"] = {k: g.to_json() for k, g in self.generators.items()}
             if self.weight_dtype is not None:
                 out["weight_dtype"] = self.weight_dtype
+        if self.selectable:
+            out["selectable"] = list(self.selectable)
         if self.sizes:
             out["sizes"] = dict(self.sizes)
         if self.build_s is not None:
@@ -711,6 +716,7 @@ class Manifest:
             rtol=float(f.num("rtol", 1e-4)),
             build_s=f.get("build_s", (int, float, type(None)), None),
             schema_version=version,
+            selectable=f.names("selectable", []),
         )
         if version == 1:
             m._read_schema_1()

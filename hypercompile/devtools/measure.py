@@ -213,14 +213,32 @@ def variant_specs(bundle: Bundle, variant: Variant) -> list[dict[str, Any]]:
     return [s.to_json() for s in bundle.manifest.io(variant)[0]]
 
 
-def best_backend(results: dict[str, dict[str, dict]]) -> str | None:
-    """The back end with the lowest p90 at the smallest batch every profiled back end has."""
+def noise_ms(rec: dict[str, Any]) -> float:
+    """The noise one timing measured: how far the medians of its rounds moved (`drift_ms`), or
+    its spread (p90 - p10) where a profile did not record the drift."""
+    drift = rec.get("drift_ms")
+    return float(drift if drift is not None else rec.get("spread_ms") or 0.0)
+
+
+def best_backend(results: dict[str, dict[str, dict]], order: Sequence[str] = ()) -> str | None:
+    """The back end a variant runs on by default: the first of `order` (the target's back ends,
+    in preference order) that was timed, unless another's p90 is lower by more than the noise
+    either measured (`noise_ms`); compared at the smallest batch every timed back end has."""
     if not results:
         return None
     common = set.intersection(*(set(map(int, r)) for r in results.values()))
     batch = str(min(common) if common else min(int(b) for r in results.values() for b in r))
-    timed = {be: r[batch]["p90_ms"] for be, r in results.items() if batch in r}
-    return min(timed, key=timed.__getitem__) if timed else None
+    timed = {be: r[batch] for be, r in results.items() if batch in r}
+    if not timed:
+        return None
+    fastest = min(timed, key=lambda be: timed[be]["p90_ms"])
+    default = next((be for be in order if be in timed), None)
+    if default is None or default == fastest:
+        return fastest
+    d, f = timed[default], timed[fastest]
+    if d["p90_ms"] - f["p90_ms"] > max(noise_ms(d), noise_ms(f)):
+        return fastest
+    return default
 
 
 def profiled_variant(v: Variant) -> ProfiledVariant:

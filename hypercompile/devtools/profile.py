@@ -8,7 +8,9 @@ artifacts; remote boards are timed through a TVM RPC tracker by `devtools/remote
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -267,7 +269,7 @@ def profile_local(
         entry.results.setdefault(be, {})[str(b)] = rec
     report("profile", len(jobs), len(jobs))
     for entry in variants.values():
-        entry.best_backend = best_backend(entry.results)
+        entry.best_backend = best_backend(entry.results, bundle.target.backends)
     return Profile(
         device=local_fingerprint(),
         source="local",
@@ -287,9 +289,9 @@ def profile_local(
 # -- storing ---------------------------------------------------------------------------------
 
 
-def merge_profile(old: Profile | None, new: Profile) -> Profile:
+def merge_profile(old: Profile | None, new: Profile, order: Sequence[str] = ()) -> Profile:
     """A new profile of the same device keeps the old one's results for back ends, batches and
-    variants it did not time again."""
+    variants it did not time again (`order`: the target's back ends, see `best_backend`)."""
     if old is None or old.device != new.device:
         return new
     merged = copy.deepcopy(new)
@@ -300,8 +302,79 @@ def merge_profile(old: Profile | None, new: Profile) -> Profile:
         for be, by_batch in old_v.results.items():
             for b, rec in by_batch.items():
                 v.results.setdefault(be, {}).setdefault(b, rec)
-        v.best_backend = best_backend(v.results)
+        v.best_backend = best_backend(v.results, order)
     return merged
+
+
+def _graph_hash(m: Manifest, gid: str) -> str | None:
+    graph = m.graphs.get(gid)
+    return None if graph is None else m.files.get(graph.path)
+
+
+def _identity(m: Manifest, v: Variant) -> tuple[str, dict[str, str]]:
+    """What a variant's timings depend on: its condition, target, graphs, host program,
+    weights and generator (one digest), and per back end its artifacts' hashes."""
+    gen = m.generator_of(v)
+    parts = {
+        "cond": v.cond,
+        "target": m.target.to_json(),
+        "weight_dtype": m.weight_dtype,
+        "weights": v.weights,
+        "generated": v.generated,
+        "graphs": {gid: _graph_hash(m, gid) for gid in m.graphs_of(v)},
+        "program": m.programs[v.program].host.to_json() if v.program else None,
+        "generator": None if gen is None else gen.to_json(),
+        "generator_graph": None if gen is None else _graph_hash(m, gen.graph),
+    }
+    base = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    arts = {
+        be: json.dumps([m.files.get(a) for a in (art if isinstance(art, list) else [art])])
+        for be, art in v.artifacts.items()
+    }
+    return base, arts
+
+
+def carry_profiles(old: Manifest, new: Manifest) -> int:
+    """Copy into `new` (a rebuild) the timings `old` holds of every variant whose condition,
+    graphs, weights and artifacts did not change (per back end: only those whose artifacts
+    are byte for byte the same), under the same device keys. Returns how many variant
+    records were kept."""
+    by_identity = {}
+    for v in new.variants:
+        base, arts = _identity(new, v)
+        by_identity[base] = (v, arts)
+    old_variants = {v.id: v for v in old.variants}
+    kept = 0
+    for key, entry in old.profile.items():
+        variants: dict[str, ProfiledVariant] = {}
+        for vid, rec in entry.variants.items():
+            ov = old_variants.get(vid)
+            if ov is None or rec.cond != ov.cond:
+                continue
+            base, old_arts = _identity(old, ov)
+            match = by_identity.get(base)
+            if match is None:
+                continue
+            nv, new_arts = match
+            results = {
+                be: copy.deepcopy(r)
+                for be, r in rec.results.items()
+                if be in new_arts and old_arts.get(be) == new_arts[be]
+            }
+            if not results:
+                continue
+            variants[nv.id] = dataclasses.replace(
+                copy.deepcopy(rec),
+                cond=dict(nv.cond),
+                params=nv.params,
+                quality=nv.quality,
+                results=results,
+                best_backend=best_backend(results, new.target.backends),
+            )
+        if variants:
+            new.profile[key] = dataclasses.replace(copy.deepcopy(entry), variants=variants)
+            kept += len(variants)
+    return kept
 
 
 def store_profile(root: str | Path, entry: Profile) -> str:
@@ -310,7 +383,9 @@ def store_profile(root: str | Path, entry: Profile) -> str:
     root = Path(root).resolve()
     manifest = Manifest.load(root)
     key = fingerprint_key(entry.device)
-    manifest.profile[key] = merge_profile(manifest.profile.get(key), entry)
+    manifest.profile[key] = merge_profile(
+        manifest.profile.get(key), entry, manifest.target.backends
+    )
     manifest.dump(root)
     return key
 
@@ -350,14 +425,23 @@ def profile(
     return device, entry
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+def pareto_front(
+    points: Sequence[tuple[float, float]], noise: Sequence[float] | None = None
+) -> list[int]:
     """Indices of the points no other point dominates, where x is better higher (parameters,
-    quality) and y better lower (latency); sorted by y. Equal points are all kept."""
+    quality) and y better lower (latency); sorted by y. With `noise` (per point, in y's unit),
+    a latency difference counts only beyond the larger noise of the two points: j dominates i
+    when it has at least i's x, is not slower beyond the noise, and has more x or is faster
+    beyond the noise. Equal points are all kept."""
+    tol = list(noise) if noise is not None else [0.0] * len(points)
     front = []
     for i, (x, y) in enumerate(points):
-        dominated = any(
-            (xj >= x and yj <= y) and (xj > x or yj < y) for j, (xj, yj) in enumerate(points)
-        )
+        dominated = False
+        for j, (xj, yj) in enumerate(points):
+            t = max(tol[i], tol[j])
+            if j != i and xj >= x and yj <= y + t and (xj > x or yj < y - t):
+                dominated = True
+                break
         if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: (points[i][1], -points[i][0]))

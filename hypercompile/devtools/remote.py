@@ -270,7 +270,7 @@ def profile_remote(
             entry.device_check = board.checked[v.id]
     report("profile (rpc)", len(jobs), len(jobs))
     for entry in variants.values():
-        entry.best_backend = best_backend(entry.results)
+        entry.best_backend = best_backend(entry.results, bundle.target.backends)
     return Profile(
         device=fp,
         source="rpc",

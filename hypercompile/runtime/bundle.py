@@ -57,6 +57,41 @@ class Choice:
     profiled_batch: int
 
 
+def _check_budget_keys(m: Manifest, cond: dict[str, Any]) -> None:
+    """A budget may choose the selectable keys only: the first other key not given is a
+    ConditionError that names it and some of its values."""
+    for key in dict.fromkeys(k for v in m.variants for k in v.cond):
+        if key in cond or key in m.selectable:
+            continue
+        values = list(dict.fromkeys(show(v.cond[key]) for v in m.variants if key in v.cond))
+        some = ", ".join(values[:5]) + (", ..." if len(values) > 5 else "")
+        declared = ", ".join(m.selectable) or "none"
+        raise ConditionError(
+            f"a budget does not choose {key}: give {key} (one of {some}); a budget chooses "
+            f"only among the keys the model declares selectable ({declared})"
+        )
+
+
+def _timed(v: Variant, rec: Any, backend: str | None, batch_size: int) -> Choice | None:
+    """A variant's profiled p90 at the smallest batch >= `batch_size`: on `backend`, else on
+    the profile's default back end for it, else on its fastest timed one; None if untimed."""
+    best = None
+    if rec is None or rec.cond != v.cond:
+        return None
+    for be, by_batch in rec.results.items():
+        if (backend is not None and be != backend) or be not in v.artifacts:
+            continue
+        b = min((int(k) for k in by_batch if int(k) >= batch_size), default=None)
+        if b is None:
+            continue
+        p90 = float(by_batch[str(b)]["p90_ms"])
+        if be == rec.best_backend and backend is None:
+            return Choice(v, be, p90, batch_size, b)
+        if best is None or p90 < best.p90_ms:
+            best = Choice(v, be, p90, batch_size, b)
+    return best
+
+
 class Bundle:
     """A loaded bundle. `run` is safe to call from several threads at once.
 
@@ -283,26 +318,17 @@ class Bundle:
         within QUALITY_TIE of the best count as equal), else the most parameters, whose p90 on
         this device's profile fits `budget_ms`. The p90 is the one of `backend`, or of the
         fastest profiled back end, at the smallest profiled batch >= `batch_size` (latency
-        grows with the batch, so a smaller profiled batch would promise too much); a variant
-        not profiled at such a batch is not a candidate."""
+        grows with the batch, so a smaller profiled batch would promise too much; the profile's
+        default back end where timed); a variant not profiled at such a batch is not a
+        candidate. Keys the model did not declare `selectable()` must be given."""
+        _check_budget_keys(self.manifest, cond)
         found = self._matching(cond)
         if not found:
             raise self._no_match(cond)
         prof = self.device_profile()
         timed, unprofiled = [], []
         for v in found:
-            rec = prof.variants.get(v.id)
-            best = None
-            if rec is not None and rec.cond == v.cond:
-                for be, by_batch in rec.results.items():
-                    if (backend is not None and be != backend) or be not in v.artifacts:
-                        continue
-                    b = min((int(k) for k in by_batch if int(k) >= batch_size), default=None)
-                    if b is None:
-                        continue
-                    p90 = float(by_batch[str(b)]["p90_ms"])
-                    if best is None or p90 < best.p90_ms:
-                        best = Choice(v, be, p90, batch_size, b)
+            best = _timed(v, prof.variants.get(v.id), backend, batch_size)
             if best is None:
                 unprofiled.append(v)
             else:
