@@ -257,6 +257,7 @@ class Result:
     name: str
     eager: float | None = None
     eager_alone: float | None = None  # eager timed in a process of its own
+    hc_alone: float | None = None  # the bundle timed in a process of its own
     compiled: float | None = None
     compile_note: str = "skipped (--no-compile)"
     compile_first_s: float | None = None
@@ -576,16 +577,20 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> Result:
     torch._dynamo.reset()
     with phase(res, "eager alone"):
         res.eager_alone = eager_alone(name, args)
+        res.hc_alone = eager_alone(name, args, bundle=tmp / name)
     return res
 
 
-def eager_alone(name: str, args: argparse.Namespace) -> float | None:
+def eager_alone(name: str, args: argparse.Namespace, bundle: Path | None = None) -> float | None:
     """Eager's time per inference over the same pool in a fresh process that starts no ONNX
-    Runtime session (no thread pool beside torch's); median of rounds."""
+    Runtime session (no thread pool beside torch's), or with `bundle` the bundle's in a fresh
+    process that runs no torch forward; median of rounds."""
     import json
     import subprocess
 
     cmd = [sys.executable, __file__, "--eager-alone", name, "--rounds", str(args.rounds)]
+    if bundle is not None:
+        cmd += ["--bundle", str(bundle)]
     cmd += ["--pool", str(args.pool)]
     if args.torch_threads:
         cmd += ["--torch-threads", str(args.torch_threads)]
@@ -605,14 +610,23 @@ def time_eager_alone(name: str, args: argparse.Namespace) -> None:
     model = ZOO[name]()
     shape = model.example_inputs()[0].shape
     pool = random_inputs(args.pool, seed=0, shape=shape)
+    call: Callable[[Any], Any] = model
+    if args.bundle:
+        bundle = hc.load(args.bundle)
+        in_name = bundle.inputs[0]["name"]
+        pool = [np.ascontiguousarray(x.numpy()) for x in pool]
+
+        def call(x: Any) -> Any:
+            return bundle.run({in_name: x})
+
     with torch.no_grad():
         for x in pool:  # warm-up
-            model(x)
+            call(x)
         times = []
         for _ in range(args.rounds):
             t = time.perf_counter()
             for x in pool:
-                model(x)
+                call(x)
             times.append((time.perf_counter() - t) / len(pool))
     print(json.dumps({"per_inference_s": statistics.median(times)}))
 
@@ -648,7 +662,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         "hypercompile ORT",
         "eager/hc",
         "eager alone",
-        "alone/hc",
+        "hc alone",
+        "alone/alone",
         "compile/hc",
         "cond/hc",
         "host share",
@@ -677,7 +692,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             fmt_time(r.hc),
             ratio(r.eager, r.hc),
             fmt_time(r.eager_alone),
-            ratio(r.eager_alone, r.hc),
+            fmt_time(r.hc_alone),
+            ratio(r.eager_alone, r.hc_alone),
             ratio(r.compiled, r.hc),
             ratio(r.cond, r.hc),
             "-" if r.host_share is None else f"{100 * r.host_share:.0f}%",
@@ -729,8 +745,10 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         )
     console.print(t)
     notes = [
-        "eager: the zoo's unmodified forward under torch.no_grad(). eager alone: the same, timed"
-        " in a process of its own (no ONNX Runtime threads beside torch's), median of rounds.",
+        "eager: the zoo's unmodified forward under torch.no_grad(). eager alone / hc alone: eager"
+        " and the bundle each timed in a process of its own (no ONNX Runtime threads beside"
+        " torch's, no torch forward beside the bundle), median of rounds; alone/alone: their"
+        " ratio.",
         "torch.compile: inductor (mode=None, fullgraph=False) on that forward; Python control "
         "flow on tensor values graph-breaks, so it runs compiled pieces glued by Python. "
         "(+s): the first pass over the pool, which compiles every path it takes (fresh inductor "
@@ -780,6 +798,7 @@ def main() -> None:
         help="torch intra-op threads for eager and torch.compile (default: torch's)",
     )
     ap.add_argument("--eager-alone", default=None, help=argparse.SUPPRESS)  # the child's side
+    ap.add_argument("--bundle", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.eager_alone:
         if args.torch_threads:
