@@ -558,6 +558,10 @@ class Interpreter:
         """Hook: a host constant as a value of this interpreter."""
         raise NotImplementedError
 
+    # Hook: a value as the host reads it (a decision, a check, a list join, a returned value):
+    # the value itself, or a copy from the device where block outputs stay there between calls
+    host: Callable[[Any], Any] | None = None
+
     def exceeded(self) -> Exception:
         return HypercompileError(
             f"program exceeded its bound of {self.max_iterations} loop iterations"
@@ -597,7 +601,8 @@ class Interpreter:
         interpreter's arrays; numpy here."""
         if not items:
             raise ValueError("expected a non-empty list")
-        arrays = [np.asarray(a) for a in items]
+        host = self.host or _same
+        arrays = [np.asarray(host(a)) for a in items]
         return np.stack(arrays, axis=dim) if stack else np.concatenate(arrays, axis=dim)
 
     def list_error(self, op: ListOp, why: str) -> Exception:
@@ -607,7 +612,8 @@ class Interpreter:
     def check(self, c: HostCheck, env: dict[str, Any]) -> None:
         """Make one host check: raise `failed(c)` for a failing assert, `notify(c)` for a
         warning or log line whose condition holds."""
-        holds = True if c.value is None else bool(env[c.value])
+        host = self.host or _same
+        holds = True if c.value is None else bool(host(env[c.value]))
         if c.kind == "assert":
             if not holds:
                 raise self.failed(c)
@@ -640,6 +646,7 @@ class Interpreter:
         """Run from the entry (or block `start`) until a Return; returns its values. `env` is
         updated in place with every value the program sets."""
         steps, literal = self._steps, self.literal
+        host = self.host or _same
         b = self.program.entry if start is None else start
         visits = 0
         while True:
@@ -665,13 +672,13 @@ class Interpreter:
             if kind == 0:
                 b = arg
             elif kind == 1:
-                taken = bool(env[arg[0]])
+                taken = bool(host(env[arg[0]]))
                 if observer is not None:
                     observer.decide(blk, env, "then" if taken else "else")
                 b = arg[1] if taken else arg[2]
             else:
                 cases = arg[1]
-                i = int(env[arg[0]])
+                i = int(host(env[arg[0]]))
                 if not -len(cases) <= i < len(cases):
                     raise HypercompileError(
                         f"dispatch index {i} out of range for {len(cases)} alternatives"
@@ -680,6 +687,10 @@ class Interpreter:
                 if observer is not None:
                     observer.decide(blk, env, str(i))
                 b = cases[i]
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 class Coverage:

@@ -1,5 +1,10 @@
 """Runs a dynamic network's host program on the device: the IR's one interpreter, each block's
-graph a compiled runner. Torch-free; the program is data from the manifest."""
+graph a compiled runner. Torch-free; the program is data from the manifest.
+
+On a GPU, block outputs stay on the device between blocks: when every block runner can keep
+its results there (`Runner.resident`: ONNX Runtime with a GPU provider through I/O binding, TVM
+on CUDA), blocks exchange device values and the host copies back only what it reads itself:
+decision scalars, checked values, lists it joins, and the program's outputs."""
 
 from __future__ import annotations
 
@@ -22,9 +27,22 @@ class ProgramRunner(ir.Interpreter):
         program: ir.Program,
         graph_inputs: dict[str, list[str]],
         runners: dict[str, Runner],
+        resident: bool | None = None,
     ):
+        """`resident`: keep block outputs where the runners compute them (default: when every
+        runner computes on a device other than the host's memory)."""
         self.graph_inputs, self.runners = graph_inputs, runners
         self._literal = ir.ArrayLiterals()
+        if resident is None:
+            resident = bool(runners) and all(
+                getattr(r, "resident", False) for r in runners.values()
+            )
+        self.resident = resident
+        if resident:
+            to_host = {type(r).host for r in runners.values()}
+            if len(to_host) != 1:
+                raise BundleError("a program's blocks run on one back end")
+            self.host = to_host.pop()
         super().__init__(program)
 
     def bind(self, block: ir.Block) -> Callable[[dict[str, Any]], None] | None:
@@ -38,7 +56,7 @@ class ProgramRunner(ir.Interpreter):
             raise BundleError(f"program block {block.id}: inputs do not match its graph")
         feeds = list(zip(names, block.inputs))
         outputs = block.outputs
-        run = runner.run
+        run = runner.run_resident if self.resident else runner.run  # type: ignore[attr-defined]
 
         def call(env: dict[str, Any]) -> None:
             for n, v in zip(outputs, run({g: env[n] for g, n in feeds})):
@@ -56,10 +74,12 @@ class ProgramRunner(ir.Interpreter):
         out: list[np.ndarray] = []
         for v in super().run(dict(feeds), observer=observer):
             _flatten(v, out)
+        if self.host is not None:
+            return [self.host(v) for v in out]
         return out
 
 
-def _flatten(v: Any, out: list[np.ndarray]) -> None:
+def _flatten(v: Any, out: list[Any]) -> None:
     if type(v) is list:
         for x in v:
             _flatten(x, out)

@@ -112,6 +112,10 @@ def check_session(model: bytes) -> Any:
     return session
 
 
+# providers that compute in GPU memory, and the OrtValue device type of their outputs
+_GPU_PROVIDERS = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
+
+
 class OrtRunner:
     def __init__(self, session: Any, keepalive: list[Any], pool: OrtPool, shared: bool):
         self.session = session
@@ -124,11 +128,37 @@ class OrtRunner:
         self._names = [o.name for o in session.get_outputs()]
         inner = getattr(session, "_sess", None)
         self._inner = inner if callable(getattr(inner, "run", None)) else None
+        # a program's blocks keep their outputs on the GPU the session computes on (see
+        # `run_resident`); on the CPU provider numpy results cost no copy anyway
+        first = session.get_providers()[0] if session.get_providers() else ""
+        self.out_device = _GPU_PROVIDERS.get(first, "cpu")
+        self.resident = self.out_device != "cpu"
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if self._inner is not None:
             return self._inner.run(self._names, feeds, None)
         return self.session.run(None, feeds)
+
+    def run_resident(self, feeds: dict[str, Any]) -> list[Any]:
+        """`run` through I/O binding: feeds are numpy arrays or OrtValues (earlier blocks'
+        outputs, wherever they are), outputs OrtValues left on the session's device."""
+        import onnxruntime as ort
+
+        io = self.session.io_binding()
+        for name, v in feeds.items():
+            if isinstance(v, ort.OrtValue):
+                io.bind_ortvalue_input(name, v)
+            else:
+                io.bind_cpu_input(name, np.require(v, requirements="C"))
+        for name in self._names:
+            io.bind_output(name, self.out_device)
+        self.session.run_with_iobinding(io)
+        return list(io.get_outputs())
+
+    @staticmethod
+    def host(v: Any) -> Any:
+        """A value as the host reads it: an OrtValue copied into a numpy array."""
+        return v.numpy() if hasattr(v, "numpy") and not isinstance(v, np.ndarray) else v
 
 
 class OnnxRuntimeRunners(RunnerFactory):

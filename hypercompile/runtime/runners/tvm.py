@@ -176,27 +176,49 @@ class TvmRunner:
         self.fn, self._inputs, self.weights = fn, input_names, weights
         self._keepalive, self._shapes, self._dev = keepalive, shapes, device
         self._lock = threading.Lock()
+        # a program's blocks keep their outputs on the GPU between calls (see `run_resident`)
+        self.resident = device.dlpack_device_type() != 1
 
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _call(self, feeds: dict[str, Any]) -> list[Any]:
         tvm = sys.modules["tvm"]
-        if (
-            self._dev.dlpack_device_type() == 1
-        ):  # CPU: share memory with numpy instead of copying twice
-            args = [tvm.runtime.from_dlpack(_aligned_copy(feeds[n])) for n in self._inputs]
-        else:
-            args = [
-                tvm.runtime.tensor(np.require(feeds[n], requirements="C"), device=self._dev)
-                for n in self._inputs
-            ]
+        Tensor, cpu = tvm.runtime.Tensor, self._dev.dlpack_device_type() == 1
+        args = [
+            v  # an earlier block's result, already on the device
+            if isinstance(v := feeds[n], Tensor)
+            else tvm.runtime.from_dlpack(_aligned_copy(v))  # CPU: numpy's memory, one copy
+            if cpu
+            else tvm.runtime.tensor(np.require(v, requirements="C"), device=self._dev)
+            for n in self._inputs
+        ]
         with self._lock:
             out = self.fn(*args, *self.weights)
-        outs = [out] if hasattr(out, "numpy") else list(out)
-        arrays = [_to_numpy(o) for o in outs]
-        # TVM's ONNX import turns some 0-d results into shape (1,): keep the graph's shapes
+        return [out] if hasattr(out, "numpy") else list(out)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [self._shaped(_to_numpy(o), s) for o, s in zip(self._call(feeds), self._shapes)]
+
+    def run_resident(self, feeds: dict[str, Any]) -> list[Any]:
+        """`run` with feeds that may be device tensors and outputs left on the device, except
+        those whose shape TVM changed (copied to the host and reshaped, as `run` does)."""
         return [
-            a.reshape(s) if s is not None and a.shape != s and a.size == int(np.prod(s)) else a
-            for a, s in zip(arrays, self._shapes)
+            self._shaped(_to_numpy(o), s) if _reshaped(tuple(o.shape), s) else o
+            for o, s in zip(self._call(feeds), self._shapes)
         ]
+
+    @staticmethod
+    def _shaped(a: np.ndarray, s: tuple[int, ...] | None) -> np.ndarray:
+        return a.reshape(s) if _reshaped(a.shape, s) else a
+
+    @staticmethod
+    def host(v: Any) -> Any:
+        """A value as the host reads it: a TVM tensor copied into a numpy array."""
+        return _to_numpy(v) if hasattr(v, "numpy") and not isinstance(v, np.ndarray) else v
+
+
+def _reshaped(shape: tuple[int, ...], s: tuple[int, ...] | None) -> bool:
+    """Whether a result of `shape` is the graph's `s` reshaped: TVM's ONNX import turns some
+    0-d results into shape (1,), and the graph's shape is kept."""
+    return s is not None and shape != s and int(np.prod(shape)) == int(np.prod(s))
 
 
 class TvmRunners(RunnerFactory):
