@@ -364,9 +364,17 @@ def _progress_bar(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
     "--tune-trials",
     type=_Number(int, 1),
     default=None,
-    help="TVM: MetaSchedule trials per graph, measured on this CPU; the database stays in the "
-    "bundle and a rebuild into the same --out reuses it.",
+    help="TVM: MetaSchedule trials per graph, measured on this CPU (or a board: --tune-rpc); "
+    "the database stays in the bundle and a rebuild into the same --out reuses it.",
 )
+@click.option(
+    "--tune-rpc",
+    default=None,
+    metavar="HOST:PORT",
+    help="With --tune-trials: a TVM RPC tracker; candidates built here are measured on the "
+    "board registered there under --key.",
+)
+@click.option("--key", "tune_key", default=None, help="The board's device key (with --tune-rpc).")
 @click.option(
     "--storage",
     type=click.Choice(["auto", "materialize", "generate"]),
@@ -410,6 +418,8 @@ def build(
     parity_data,
     allow_untested,
     tune_trials,
+    tune_rpc,
+    tune_key,
     storage,
     weight_dtype,
     max_switch_ms,
@@ -437,6 +447,8 @@ def build(
             allow_untested=allow_untested,
             progress=progress,
             tune_trials=tune_trials,
+            tune_rpc=tune_rpc,
+            tune_key=tune_key,
             calib_data=calib_data,
             example_inputs=example,
             storage=storage,

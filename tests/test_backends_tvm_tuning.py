@@ -1,5 +1,6 @@
 """TVM on the CPU: weight transforms lifted out of the per-call function, and `--tune-trials`
-(MetaSchedule, measured here) with its database kept in the bundle and reused by a rebuild."""
+(MetaSchedule's evolutionary search, measured here or on a board through an RPC tracker) with
+its JSON database kept in the bundle and reused by a rebuild."""
 
 import json
 
@@ -35,12 +36,18 @@ def test_tuned_bundle_holds_its_database_and_passes_parity(tuned):
     assert m["graphs"], "the program has subgraphs"
     for gid, g in m["graphs"].items():
         t = g["tvm_tuning"]
-        assert t["database"] == f"tvm/tuning/{gid}/records.json" and t["database"] in m["files"]
-        assert f"tvm/tuning/{gid}/tuning.json" in m["files"]
-        assert t["trials"] == TRIALS and t["trials_run"] >= TRIALS and not t["reused"]
+        assert t["database"] == f"tvm/tuning/{gid}"
+        for name in ("database_workload.json", "database_tuning_record.json", "tuning.json"):
+            assert f"tvm/tuning/{gid}/{name}" in m["files"]
+        assert t["search"] == "MetaSchedule evolutionary" and t["measured_on"] == "this machine"
+        assert t["trials"] == TRIALS and t["trials_run"] >= 1 and not t["reused"]
         assert t["functions"] >= 1 and t["tuning_s"] > 0
-        records = json.loads((out / t["database"]).read_text())["records"]
-        assert sum(r["trials"] for r in records.values()) == t["trials_run"]
+        records = (out / t["database"] / "database_tuning_record.json").read_text().splitlines()
+        assert len(records) == t["measured"] == t["trials_run"]
+        info = json.loads((out / t["database"] / "tuning.json").read_text())
+        for f in info["per_function"].values():  # a tuned schedule only where it is faster
+            assert f["used"] == (f["tuned_s"] is not None and f["tuned_s"] < f["default_s"])
+        assert t["tuned_functions"] == sum(f["used"] for f in info["per_function"].values())
     assert m["variants"][0]["parity"]["tvm"]["max_rel"] <= 1e-4
     b, model, gen = hc.load(out), Router(), torch.Generator().manual_seed(3)
     for _ in range(10):
@@ -51,7 +58,7 @@ def test_tuned_bundle_holds_its_database_and_passes_parity(tuned):
 
 def test_rebuild_reuses_the_database_without_new_trials(tuned, tmp_path):
     out, first = tuned
-    before = {p.name: p.read_text() for p in (out / "tvm/tuning").glob("*/records.json")}
+    before = {str(p): p.read_text() for p in (out / "tvm/tuning").glob("*/database_*.json")}
     m = json.loads(
         (
             hc.build(Router(), out=out, backends=["tvm"], tune_trials=TRIALS, parity_inputs=10)
@@ -62,13 +69,13 @@ def test_rebuild_reuses_the_database_without_new_trials(tuned, tmp_path):
         t = g["tvm_tuning"]
         assert t["reused"] and t["trials_run"] == 0
         assert t["tuning_s"] < first["graphs"][gid]["tvm_tuning"]["tuning_s"]
-    after = {p.name: p.read_text() for p in (out / "tvm/tuning").glob("*/records.json")}
+    after = {str(p): p.read_text() for p in (out / "tvm/tuning").glob("*/database_*.json")}
     assert after == before
     hc.load(out)  # every new file is hashed in the manifest
 
 
 def test_tuning_is_refused_where_it_cannot_measure(tmp_path):
-    with pytest.raises(hc.BuildError, match="measures on this machine's CPU; target x86-cuda"):
+    with pytest.raises(hc.BuildError, match="measured on this machine's CPU; target x86-cuda"):
         hc.build(
             ref("TinyHyper"),
             target="x86-cuda",
@@ -93,7 +100,7 @@ def test_tuning_is_refused_where_it_cannot_measure(tmp_path):
             str(tmp_path / "cli"),
         ],
     )
-    assert res.exit_code == 1 and "measures on this machine's CPU" in res.output
+    assert res.exit_code == 1 and "measured on this machine's CPU" in res.output
     assert len(res.output.strip().splitlines()) == 1
 
 

@@ -198,3 +198,62 @@ def test_the_board_runs_the_stored_checks_before_it_is_timed(tracker, tvm_bundle
     assert res.returncode == 1 and "on the board" in res.stderr
     assert "exceeds tolerance" in res.stderr
     assert manifest(bad)["profile"] == {}  # no profile for a library that answers wrongly
+
+
+def _small_relax_module():
+    """A Relax `main` with static shapes (relu(x @ w)), imported from ONNX as builds do: TIR
+    functions MetaSchedule can measure."""
+    import onnx
+    from onnx import TensorProto, helper
+    from tvm.relax.frontend.onnx import from_onnx
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        "small",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32]),
+            helper.make_tensor_value_info("w", TensorProto.FLOAT, [32, 16]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return from_onnx(model)
+
+
+def test_tuning_measures_on_the_board_through_the_tracker(tracker):
+    """`--tune-rpc HOST:PORT --key KEY`: candidates are built here and timed by MetaSchedule's
+    RPC runner on the board registered under KEY (this machine, on loopback)."""
+    import tvm
+
+    from hypercompile.compilers.base import TuneRequest
+    from hypercompile.compilers.tvm import tuning
+
+    host, port = tracker.rsplit(":", 1)
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 2})
+    files = tuning.tune(_small_relax_module(), target, TuneRequest(4, rpc=(host, int(port), KEY)))
+    info = json.loads(files["tuning.json"])
+    assert info["measured_on"] == f"rpc {tracker} key {KEY}"
+    assert info["trials_run"] >= 1 and info["measured"] == info["trials_run"]
+    records = [json.loads(line) for line in files["database_tuning_record.json"].splitlines()]
+    assert records and all(r[1][1] for r in records), records  # every record has run times
+    # measured on the board, the board's figure decides: the tuned schedules are used
+    assert info["tuned_functions"] == info["functions"] >= 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tune-rpc", "127.0.0.1:9190"], "--tune-rpc and --key tune on a board"),
+        (["--tune-trials", "2", "--tune-rpc", "127.0.0.1:9190"], "--tune-rpc needs --key"),
+        (["--tune-trials", "2", "--tune-rpc", "nohost", "--key", "k"], "must look like HOST:PORT"),
+        (["--tune-trials", "2", "--key", "k"], "add --tune-rpc"),
+    ],
+)
+def test_tune_rpc_options_are_checked_before_the_build(args, message, tmp_path):
+    from conftest import ref
+
+    res = hc_cli("build", ref("TinyHyper"), "--backend", "tvm", "--out", tmp_path / "b", *args)
+    assert res.returncode == 1 and message in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()

@@ -233,11 +233,14 @@ def build(
     weights: str = "fp32",
     max_switch_ms: float | None = None,
     calib_data: str | Path | None = None,
+    tune_rpc: str | None = None,
+    tune_key: str | None = None,
 ) -> Path:
     """Build a bundle for `model` (reference, HyperModel or nn.Module) and return its path.
     `backends=["auto"]` builds every back end that can build here and profiles them briefly on
     this machine, so that `run` uses the fastest per variant. `tune_trials`: tune every TVM graph
-    on this machine (see README). `example_inputs` (a plain nn.Module's: a tensor, a tuple of
+    with MetaSchedule, measured on this machine, or with `tune_rpc="HOST:PORT"` and `tune_key`
+    on the board registered under that key at that TVM RPC tracker (see docs/backends.md). `example_inputs` (a plain nn.Module's: a tensor, a tuple of
     tensors, or a dict forward parameter name -> tensor) win over the module's own.
     `storage`: "auto" (default), "materialize" or "generate": how each architecture's weights
     are stored when the model has a `generator()` (see `builder/generate.py`; `max_switch_ms`
@@ -254,7 +257,7 @@ def build(
     names, tgt = _choose_backends(backends, tgt)  # tgt: as compiled for (TVM: host CPU's mcpu)
     out = Path(out).resolve()
     _prepare_out(out)
-    tune = _tune_request(tune_trials, tgt, names, out)
+    tune = _tune_request(tune_trials, tgt, names, out, tune_rpc, tune_key)
     if calib_data is not None:
         tune = _with_calibration(tune, Path(calib_data), tgt, names)
     hm = resolve_model(model, example_inputs)
@@ -347,32 +350,52 @@ def _remove_abandoned(out: Path) -> None:
 
 
 def _tune_request(
-    trials: int | None, tgt: Target, names: list[str], out: Path
+    trials: int | None,
+    tgt: Target,
+    names: list[str],
+    out: Path,
+    rpc: str | None = None,
+    key: str | None = None,
 ) -> CompileOptions | None:
     """The compile options `--tune-trials` asks for, or None; refused where it cannot run. A
     rebuild over an existing bundle hands its TVM tuning databases on, to start from them."""
     if not trials:
+        if rpc or key:
+            raise BuildError("--tune-rpc and --key tune on a board: add --tune-trials N")
         return None
     if trials < 0:
         raise BuildError(f"--tune-trials must be positive, not {trials}")
     if "tvm" not in names:
         raise BuildError("--tune-trials tunes TVM graphs: add --backend tvm")
     kind = tgt.tvm_target.get("kind")
-    if tgt.arch != host_arch() or kind != "llvm":
+    where = None
+    if rpc is not None:
+        host, sep, port = rpc.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise BuildError(f"--tune-rpc {rpc!r} must look like HOST:PORT")
+        if not key:
+            raise BuildError("--tune-rpc needs --key (the device key the board registered with)")
+        where = (host, int(port), key)
+    elif key:
+        raise BuildError("--key names a board for --tune-rpc HOST:PORT: add --tune-rpc")
+    if kind != "llvm" or tgt.arch != host_arch():
+        how = "a board through --tune-rpc" if where else "this machine's CPU"
         raise BuildError(
-            f"--tune-trials measures on this machine's CPU; target {tgt.name} ({kind}, "
-            f"{tgt.arch}) is not it: build without --tune-trials"
+            f"--tune-trials tunes CPU code built for this machine's architecture and measured "
+            f"on {how}; target {tgt.name} ({kind}, {tgt.arch}) is not: build without "
+            "--tune-trials (GPU and cross-architecture tuning are not implemented)"
         )
-    from ..compilers.tvm.tuning import TUNING_DIR
+    from ..compilers.tvm.tuning import DB_FILES, TUNING_DIR
 
-    previous: list[bytes] = []
+    previous: list[tuple[str, dict[str, bytes]]] = []
     if (out / MANIFEST).is_file():
-        for db in sorted((out / TUNING_DIR).glob("*/records.json")):
+        for folder in sorted((out / TUNING_DIR).glob("*/")):
             try:
-                previous.append(db.read_bytes())
+                files = {n: (folder / n).read_bytes() for n in (*DB_FILES, "tuning.json")}
             except OSError:
                 continue
-    return CompileOptions(tune=TuneRequest(int(trials), tuple(previous)))
+            previous.append((folder.name, files))
+    return CompileOptions(tune=TuneRequest(int(trials), tuple(previous), where))
 
 
 def _with_calibration(
@@ -633,7 +656,8 @@ def _tuning_entry(files: dict[str, bytes], gid: str) -> dict[str, Any] | None:
         return None
     info = json.loads(meta)
     info.pop("key", None)
-    return {"database": f"{TUNING_DIR}/{gid}/records.json", **info}
+    info.pop("per_function", None)
+    return {"database": f"{TUNING_DIR}/{gid}", **info}
 
 
 @dataclass

@@ -14,12 +14,14 @@ from typing import Any
 
 @dataclass(frozen=True)
 class TuneRequest:
-    """Tune each graph for `trials` trials (TVM: MetaSchedule, on this machine's CPU).
-    `previous`: the tuning databases (`records.json` contents) of the bundle being rebuilt,
-    reused where one matches the graph and target."""
+    """Tune each graph for `trials` trials (TVM: MetaSchedule). `previous`: the tuning
+    databases of the bundle being rebuilt ((graph id, its files by name) per tuned graph),
+    reused where one matches the graph and target. `rpc`: (tracker host, port, device key) to measure on a
+    board behind a TVM RPC tracker instead of this machine."""
 
     trials: int
-    previous: tuple[bytes, ...] = ()
+    previous: tuple[tuple[str, dict[str, bytes]], ...] = ()
+    rpc: tuple[str, int, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,7 @@ class TvmCompiler(Compiler):
             if names != inputs + weights:
                 raise BuildError(f"TVM import of {graph_id}: unexpected argument order {names}")
             tvm_target = tvm.target.Target(resolve_target(target))
-            executable, database = tuning.compile_module(mod, tvm_target, tune)
+            executable, database = tuning.compile_module(mod, tvm_target, tune, graph_id)
         except BuildError:
             raise
         except Exception as e:

@@ -11,7 +11,8 @@ serial loop nest; dlight ships only GEMV and softmax-style rules for CPUs. `cpu_
   `main_transform_params`, which the runner calls once per weight set at load;
 - dlight's CPU rules, then `CpuDefault`: every remaining loop nest gets its innermost spatial
   loop vectorized (reduction loops moved outside it) and large nests run in parallel;
-- with a tuning database, MetaSchedule's records override both for the functions it tuned.
+- with a tuning database (MetaSchedule's evolutionary search, `tune`), the schedule it found
+  replaces the default one for each function where it measured faster.
 """
 
 from __future__ import annotations
@@ -147,9 +148,10 @@ def _rules() -> list[Any]:
     return [dl.cpu.GEMV(), RowReduction(), CpuDefault()]
 
 
-def cpu_pipeline(target: Any, records: dict[str, Any] | None = None) -> Any:
+def cpu_pipeline(target: Any, database: dict[str, bytes] | None = None) -> Any:
     """The Relax pass pipeline for an `llvm` target (see the module docstring); functions that
-    `records` (from `tune`) has a tuned trace for take it instead of the default schedule."""
+    `database` (the files `tune` returned) has a faster schedule for take it instead of the
+    default one."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
     from tvm.s_tir import dlight as dl
@@ -158,9 +160,9 @@ def cpu_pipeline(target: Any, records: dict[str, Any] | None = None) -> Any:
     def _pipeline(mod: Any, _ctx: Any) -> Any:
         with target:
             mod = lower_to_tir(mod)
-            if records:
+            if database:
                 with _without_tensor_intrinsics():
-                    mod = apply_records(records, target)(mod)
+                    mod = apply_database(database, target)(mod)
             passes = [dl.ApplyDefaultSchedule(*_rules())]
             passes += cpu_generic.dataflow_lower_passes(target)
             passes += cpu_generic.finalize_passes(target)
@@ -194,23 +196,23 @@ def lower_to_tir(mod: Any) -> Any:
 
 
 def compile_module(
-    mod: Any, target: Any, request: TuneRequest | None
+    mod: Any, target: Any, request: TuneRequest | None, graph_id: str = ""
 ) -> tuple[Any, dict[str, bytes]]:
     """`tvm.compile` for `target`: an `llvm` target gets `cpu_pipeline` (tuned first when
     `request` asks); other targets keep TVM's default pipeline. Returns the executable and the
-    tuning database's files (`records.json`, `tuning.json`; none when not tuned)."""
+    tuning database's files (MetaSchedule's `DB_FILES` and `tuning.json`; none when not
+    tuned)."""
     import tvm
 
     if target.kind.name != "llvm":
         return tvm.compile(mod, target=target), {}
-    records, files = None, {}
+    files: dict[str, bytes] = {}
     if request is not None and request.trials > 0:
         spec = dict(target.export())
         spec.setdefault("num-cores", _physical_cores())
         target = tvm.target.Target({k: v for k, v in spec.items() if k in _TARGET_KEYS})
-        records, info = tune(mod, target, request)
-        files = database_files(records, info)
-    return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, records)), files
+        files = tune(mod, target, request, graph_id)
+    return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, files)), files
 
 
 _TARGET_KEYS = ("kind", "mcpu", "mtriple", "mattr", "num-cores", "host")
@@ -265,10 +267,9 @@ def _workloads(lowered: Any) -> tuple[dict[str, Any], int]:
 
 
 class _Measure:
-    """Build and time one TIR function in this process. MetaSchedule's own builder, runner and
-    search strategies copy IR through JSON serialization, which segfaults (`ToJSONGraph`) with
-    apache-tvm 0.27.0.post1 + apache-tvm-ffi 0.1.15; design-space sampling, postprocessors and
-    trace replay do not, so the search loop lives here."""
+    """Build and time one TIR function in this process: the default schedule and
+    MetaSchedule's best, in the same harness, so a tuned schedule is used only where it is
+    faster here."""
 
     def __init__(self, target: Any, mod: Any):
         import numpy as np
@@ -325,156 +326,270 @@ def _default_seconds(mod: Any, target: Any) -> float:
     return _Measure(target, mod).seconds(default)
 
 
-def _search(mod: Any, target: Any, trials: int, seed: int, bar: float) -> tuple[Any, float, int]:
-    """Random search over MetaSchedule's LLVM design space for one TIR function: sample
-    `trials` schedules (its schedule rules, then its postprocessors), time each, and return the
-    best as TVMScript (None when none beats `bar`, the default schedule's time), its time and
-    how many candidates built and ran."""
-    from tvm.s_tir.meta_schedule.utils import fork_seed
+def _quiet() -> contextlib.AbstractContextManager[None]:
+    """MetaSchedule's console log off (its per-task logs go to the work folder, which is
+    removed): the logger's level when tuning starts is what its console handler gets."""
+    import logging
 
-    measure = _Measure(target, mod)
-    best, best_s, ok = None, bar, 0
-    for rand in fork_seed(seed, n=trials):
+    @contextlib.contextmanager
+    def ctx() -> Iterator[None]:
+        logger = logging.getLogger("tvm.s_tir.meta_schedule")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
         try:
-            ctx = _context(mod, target, rand)
-            sch = ctx.generate_design_space()[0]
-            if not all(p.apply(sch) for p in ctx.space_generator.postprocs):
-                continue
-            t = measure.seconds(sch.mod)
-        except Exception:  # noqa: BLE001  # an invalid candidate
-            continue
-        ok += 1
-        if t < best_s:
-            best, best_s = sch.mod, t
-    # TVMScript, not the trace: replaying a trace read back from JSON fails in this TVM build,
-    # and the scheduled function is exactly what was measured
-    return (best.script() if best is not None else None), best_s, ok
+            yield
+        finally:
+            logger.setLevel(level)
+            for h in list(logger.handlers):  # the handlers it added for this work folder
+                logger.removeHandler(h)
+                h.close()
+
+    return ctx()
 
 
-def _context(mod: Any, target: Any, rand: int) -> Any:
-    """A tune context whose design-space generation samples with `rand`. MutateComputeLocation
-    and MutateParallel crash at initialization here (the same serialization fault), and random
-    search needs no mutators."""
-    from tvm.s_tir import meta_schedule as ms
-
-    space = ms.space_generator.PostOrderApply(
-        sch_rules=ms.ScheduleRule.create("llvm"),
-        postprocs=ms.Postproc.create("llvm"),
-        mutator_probs={},
-    )
-    return ms.TuneContext(
-        mod=mod, target=target, space_generator=space, rand_state=rand, num_threads=1
-    )
-
-
-def _find_previous(previous: tuple[bytes, ...], key: str) -> dict[str, Any] | None:
-    """The records of the previous bundle's database tuned for the same lowered module and
-    target, if any (`previous`: the contents of its `records.json` files)."""
-    for data in previous:
+def _find_previous(
+    previous: tuple[tuple[str, dict[str, bytes]], ...], key: str, graph_id: str
+) -> dict[str, bytes] | None:
+    """The database files of the previous bundle's graph tuned for the same lowered module and
+    TVM target, if any, the same graph's first (`previous`: (graph id, its files) per tuned
+    graph of that bundle)."""
+    for _, files in sorted(previous, key=lambda p: p[0] != graph_id):
         try:
-            db = json.loads(data)
-            if isinstance(db, dict) and db.get("key") == key:
-                records = db["records"]
-                if isinstance(records, dict):
-                    return records
-        except (ValueError, KeyError, TypeError):
+            if json.loads(files.get("tuning.json", b"")).get("key") == key and all(
+                n in files for n in DB_FILES
+            ):
+                return files
+        except (ValueError, AttributeError):
             continue
     return None
 
 
-def tune(mod: Any, target: Any, request: TuneRequest) -> tuple[Any, dict[str, Any]]:
-    """Tune the per-call TIR functions of `mod` for `request.trials` trials in all (spread over
-    the functions). A matching database of the previous bundle (same lowered module, same TVM
-    target) is the starting point: its records are kept, and functions it already tuned for as
-    many trials are not searched again. Returns the records to compile with (the bundle's
-    `records.json`, see `database_files`) and what happened (its `tuning.json`)."""
+def tune(mod: Any, target: Any, request: TuneRequest, graph_id: str = "") -> dict[str, bytes]:
+    """Tune the per-call TIR functions of `mod` with MetaSchedule for `request.trials` trials in
+    all: evolutionary search guided by a cost model (XGBoost when installed, else random),
+    candidates built in a process pool here and measured here or, with `request.rpc`, on the
+    board behind an RPC tracker. MetaSchedule's gradient task scheduler spreads the trials
+    over the functions. A matching database of the previous bundle (same lowered module, same
+    TVM target) is the starting point: tuning continues from its records for the trials it
+    had not run yet. Returns the bundle's database files (see `DB_FILES`, `tuning.json`)."""
     with target:
         lowered = lower_to_tir(mod)
-    with _without_tensor_intrinsics():
-        return _tune(lowered, target, request)
+    with _without_tensor_intrinsics(), _quiet():
+        return _tune(lowered, target, request, graph_id)
 
 
-def database_files(records: dict[str, Any], info: dict[str, Any]) -> dict[str, bytes]:
-    """A tuning database as the bundle keeps it: `records.json` (what `tune` found, under its
-    key) and `tuning.json` (what happened)."""
-    return {
-        "records.json": (json.dumps({"key": info["key"], "records": records}) + "\n").encode(),
-        "tuning.json": (json.dumps(info, indent=1) + "\n").encode(),
-    }
+def _tune(lowered: Any, target: Any, request: TuneRequest, graph_id: str) -> dict[str, bytes]:
+    import tempfile
+    from pathlib import Path
 
-
-def _tune(lowered: Any, target: Any, request: TuneRequest) -> tuple[Any, Any]:
     key = _key(lowered, target)
     works, dynamic = _workloads(lowered)
-    old = _find_previous(request.previous, key)
-    records: dict[str, dict[str, Any]] = dict(old) if old is not None else {}
+    old = _find_previous(request.previous, key, graph_id)
+    before = json.loads(old["tuning.json"]) if old else {}
+    left = request.trials - int(before.get("trials_total", 0))
     t = time.perf_counter()
     run = 0
-    left = request.trials - sum(r.get("trials", 0) for r in records.values())
-    if left > 0 and works:
-        # trials go where the time is: in proportion to each function's default time
-        base = {h: _default_seconds(fmod, target) for h, (_, fmod) in works.items()}
-        total = sum(base.values()) or 1.0
-        share = {h: int(round(left * s / total)) for h, s in base.items()}
-        top = max(base, key=base.get)
-        share[top] += left - sum(share.values())  # rounding: the slowest function gets the rest
-        for i, (h, (name, fmod)) in enumerate(sorted(works.items())):
-            todo = max(share[h], 0)
-            if not todo:
-                continue
-            prev = records.get(h, {})
-            bar = min(base[h], prev.get("seconds") or base[h])
-            script, best_s, ok = _search(fmod, target, todo, len(records) + i, bar)
-            run += todo
-            entry = dict(prev) or {"task": name, "script": None, "seconds": None}
-            entry["trials"] = prev.get("trials", 0) + todo
-            entry["measured"] = prev.get("measured", 0) + ok
-            entry["default_seconds"] = base[h]
-            if script is not None:
-                entry["script"], entry["seconds"] = script, best_s
-            records[h] = entry
-    seconds = time.perf_counter() - t
+    with tempfile.TemporaryDirectory(prefix="hc-tune-") as tmp:
+        paths = {n: Path(tmp) / n for n in DB_FILES}
+        for n, path in paths.items():
+            path.write_bytes(old[n] if old else b"")
+        if left > 0 and works:
+            _search(works, target, request, left, tmp, paths)
+        functions = _compare(works, target, paths, measured_here=request.rpc is None)
+        files = {n: path.read_bytes() for n, path in paths.items()}  # as the query left them
+        # what MetaSchedule measured (its task scheduler may measure a few more than asked)
+        run = _count_lines(files[DB_FILES[1]]) - (_count_lines(old[DB_FILES[1]]) if old else 0)
     info = {
         "key": key,
+        "search": "MetaSchedule evolutionary",
+        "cost_model": _cost_model_name(),
+        "measured_on": "this machine" if request.rpc is None else _rpc_text(request.rpc),
         "functions": len(works),
         "dynamic_functions": dynamic,
         "trials": request.trials,
         "trials_run": run,
-        "measured": sum(r.get("measured", 0) for r in records.values()),
-        "tuned_functions": sum(1 for r in records.values() if r.get("script")),
-        "tuning_s": round(seconds, 3),
+        "trials_total": int(before.get("trials_total", 0)) + max(run, left if works else 0),
+        "measured": _count_lines(files["database_tuning_record.json"]),
+        "tuned_functions": sum(1 for f in functions.values() if f["used"]),
+        "tuning_s": round(time.perf_counter() - t, 3),
         "reused": old is not None,
+        "per_function": functions,
     }
-    return records, info
+    files["tuning.json"] = (json.dumps(info, indent=1) + "\n").encode()
+    return files
 
 
-def apply_records(records: dict[str, dict[str, Any]], target: Any) -> Any:
-    """A module pass that replays the tuned trace of every TIR function with a record (by
-    structural hash) and marks it scheduled, so default schedules leave it alone."""
+# MetaSchedule's JSON database: the workloads (TIR functions) and the measured schedules
+DB_FILES = ("database_workload.json", "database_tuning_record.json")
+BUILD_TIMEOUT_S = 240.0  # one candidate's LLVM build in the builder's pool: slow on 2 cores
+RUN_TIMEOUT_S = 60.0
+
+
+def _count_lines(data: bytes) -> int:
+    return sum(1 for line in data.splitlines() if line.strip())
+
+
+def _cost_model_name() -> str:
+    import importlib.util
+
+    return "xgb" if importlib.util.find_spec("xgboost") is not None else "random"
+
+
+def _rpc_text(rpc: tuple[str, int, str]) -> str:
+    return f"rpc {rpc[0]}:{rpc[1]} key {rpc[2]}"
+
+
+def _search(
+    works: dict[str, Any],
+    target: Any,
+    request: TuneRequest,
+    trials: int,
+    work_dir: str,
+    paths: dict[str, Any],
+) -> None:
+    from tvm.s_tir import meta_schedule as ms
+
+    cores = _physical_cores()
+    # a small budget gets a small population: sampling 512 candidates costs more than
+    # measuring a handful of them
+    population = max(32, min(512, 16 * trials))
+    tasks = [
+        ms.TuneContext(
+            mod=fmod,
+            target=target,
+            # the float32 LLVM rules: the target's own pick would add int8 VNNI rules, whose
+            # tensor intrinsics are not loaded (see `_without_tensor_intrinsics`)
+            space_generator=ms.space_generator.PostOrderApply(
+                sch_rules=ms.ScheduleRule.create("llvm"),
+                postprocs=ms.Postproc.create("llvm"),
+                mutator_probs=ms.Mutator.create("llvm"),
+            ),
+            search_strategy=ms.search_strategy.EvolutionarySearch(
+                population_size=population, init_min_unmeasured=min(50, population // 2)
+            ),
+            task_name=name,
+            num_threads=cores,
+            rand_state=i,
+        )
+        for i, (_, (name, fmod)) in enumerate(sorted(works.items()))
+    ]
+    if request.rpc is None:
+        runner: Any = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, initializer=_worker_init())
+    else:
+        host, port, key = request.rpc
+        runner = ms.runner.RPCRunner(
+            rpc_config=ms.runner.RPCConfig(
+                tracker_host=host,
+                tracker_port=port,
+                tracker_key=key,
+                session_timeout_sec=int(RUN_TIMEOUT_S),
+            ),
+            max_workers=1,
+        )
+    ms.tune.tune_tasks(
+        tasks=tasks,
+        task_weights=[1.0] * len(tasks),
+        work_dir=work_dir,
+        max_trials_global=trials,
+        num_trials_per_iter=min(trials, 16),
+        builder=ms.builder.LocalBuilder(
+            timeout_sec=BUILD_TIMEOUT_S, max_workers=cores, initializer=_worker_init()
+        ),
+        runner=runner,
+        database=_database(paths),
+        cost_model=_cost_model_name(),
+    )
+
+
+def _worker_init() -> Any:
+    """The builder's and runner's worker start-up: the placeholder for TVM's tensor
+    intrinsics, whose import makes every candidate's build take 20 s instead of milliseconds
+    (see `_without_tensor_intrinsics`). A closure, so that it is sent to the worker by value."""
+
+    def init() -> None:
+        import sys
+        import types
+
+        name = "tvm.s_tir.tensor_intrin"
+        sys.modules.setdefault(name, types.ModuleType(name))
+
+    return init
+
+
+def _database(paths: dict[str, Any]) -> Any:
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.database.JSONDatabase(
+        path_workload=str(paths["database_workload.json"]),
+        path_tuning_record=str(paths["database_tuning_record.json"]),
+        module_equality="structural",
+    )
+
+
+def _compare(
+    works: dict[str, Any], target: Any, paths: dict[str, Any], measured_here: bool
+) -> dict[str, dict[str, Any]]:
+    """Per function (by structural hash): its default schedule's time and the best tuned
+    schedule's, both measured in this process; the tuned one is `used` only when faster.
+    Measured on a board (`measured_here` false), MetaSchedule's own figure decides."""
+    db = _database(paths)
+    out: dict[str, dict[str, Any]] = {}
+    for h, (name, fmod) in sorted(works.items()):
+        entry: dict[str, Any] = {"task": name, "default_s": None, "tuned_s": None, "used": False}
+        sch = db.query_schedule(fmod, target, workload_name="main") if db.has_workload(fmod) else None
+        if sch is not None:
+            if measured_here:
+                entry["default_s"] = _default_seconds(fmod, target)
+                entry["tuned_s"] = _Measure(target, fmod).seconds(sch.mod)
+                entry["used"] = entry["tuned_s"] < entry["default_s"]
+            else:
+                (rec,) = db.get_top_k(db.commit_workload(fmod), 1)
+                secs = [float(x) for x in rec.run_secs]
+                entry["tuned_s"] = sum(secs) / len(secs)
+                entry["used"] = True
+        out[h] = entry
+    return out
+
+
+def apply_database(files: dict[str, bytes], target: Any) -> Any:
+    """A module pass that gives every TIR function that tuning found a faster schedule for (by
+    structural hash, `tuning.json`'s `per_function`) the schedule MetaSchedule's database
+    replays for it, and marks it scheduled, so default schedules leave it alone."""
+    import tempfile
+    from pathlib import Path
+
     import tvm
     from tvm import tirx
     from tvm_ffi import structural_hash
 
+    info = json.loads(files["tuning.json"])
+    used = {h for h, f in info.get("per_function", {}).items() if f.get("used")}
+
     @tvm.transform.module_pass(opt_level=0, name="HypercompileApplyTuning")
     def _apply(mod: Any, _ctx: Any) -> Any:
-        updates = {}
-        for gv, func in mod.functions_items():
-            if not isinstance(func, tirx.PrimFunc) or "tirx.is_scheduled" in func.attrs:
-                continue
-            one = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-            rec = records.get(f"{structural_hash(one) & 0xFFFFFFFFFFFFFFFF:016x}")
-            if not rec or not rec.get("script"):
-                continue
-            try:
-                new = tvm.script.from_source(rec["script"])["main"]
-            except Exception:  # noqa: BLE001  # a record this TVM cannot read: default schedule
-                continue
-            new = new.with_attr("tirx.is_scheduled", True)
-            if "global_symbol" in func.attrs:
-                new = new.with_attr("global_symbol", func.attrs["global_symbol"])
-            else:
-                new = new.without_attr("global_symbol")
-            updates[gv] = new
+        if not used:
+            return mod
+        with tempfile.TemporaryDirectory(prefix="hc-tuned-") as tmp:
+            paths = {n: Path(tmp) / n for n in DB_FILES}
+            for n, path in paths.items():
+                path.write_bytes(files[n])
+            db = _database(paths)
+            updates = {}
+            for gv, func in mod.functions_items():
+                if not isinstance(func, tirx.PrimFunc) or "tirx.is_scheduled" in func.attrs:
+                    continue
+                one = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+                if f"{structural_hash(one) & 0xFFFFFFFFFFFFFFFF:016x}" not in used:
+                    continue
+                sch = db.query_schedule(one, target, workload_name="main")
+                if sch is None:
+                    continue
+                new = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                if "global_symbol" in func.attrs:
+                    new = new.with_attr("global_symbol", func.attrs["global_symbol"])
+                else:
+                    new = new.without_attr("global_symbol")
+                updates[gv] = new
         for gv, func in updates.items():
             mod[gv] = func
         return mod
