@@ -107,12 +107,43 @@ def test_tuning_is_refused_where_it_cannot_measure(tmp_path):
 def test_weight_transforms_run_once_at_load_not_per_call(tiny_tvm_bundle):
     """Gemm's weight transpose is lifted into `main_transform_params`, which the runner calls
     once when it binds a variant's weights; the per-call function takes the result."""
-    from hypercompile.runtime.runners.tvm import TRANSFORM_PARAMS, import_tvm, transform_weights
+    from hypercompile.runtime.runners.tvm import (
+        SHARED_TRANSFORM,
+        STATIC_MAIN,
+        import_tvm,
+        transform_weights,
+    )
 
     path = tiny_tvm_bundle
     tvm = import_tvm()
     vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(str(path / "tvm" / "g0.so")), tvm.cpu())
-    assert vm.module.implements_function(TRANSFORM_PARAMS)
+    # one transform for `main` (dynamic batch) and its batch-1 copy
+    assert vm.module.implements_function(SHARED_TRANSFORM)
+    assert vm.module.implements_function(STATIC_MAIN)
     w = [tvm.runtime.tensor(np.ones(s, np.float32)) for s in [(16, 8), (16,), (4, 16), (4,)]]
     lifted, seconds = transform_weights(vm, w)
     assert [tuple(t.shape) for t in lifted] != [tuple(t.shape) for t in w] and seconds >= 0
+
+
+def test_batch_one_runs_the_static_copy_and_other_batches_the_dynamic_main(tiny_tvm_bundle):
+    """A graph with a dynamic batch also has `main` specialized at batch 1 (static shapes:
+    static schedules, tunable); calls at batch 1 take it, others the dynamic `main`, and both
+    answer as the model does."""
+    import torch
+    from models import TinyHyper
+
+    b = hc.load(tiny_tvm_bundle)
+    variant = b.manifest.variants[0]
+    runner = b.load_runner(variant, "tvm")
+    assert runner.static is not None
+    used = []
+    for name in ("fn", "static"):
+        fn = getattr(runner, name)
+        setattr(runner, name, lambda *a, fn=fn, name=name: used.append(name) or fn(*a))
+    model = TinyHyper()
+    for batch in (1, 3, 1):
+        x = np.random.default_rng(batch).standard_normal((batch, 8)).astype(np.float32)
+        (got,) = runner.run({"input": x})
+        want = model.reference(variant.cond, torch.from_numpy(x)).detach().numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert used == ["static", "fn", "static"]

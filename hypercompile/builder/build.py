@@ -240,7 +240,8 @@ def build(
     `backends=["auto"]` builds every back end that can build here and profiles them briefly on
     this machine, so that `run` uses the fastest per variant. `tune_trials`: tune every TVM graph
     with MetaSchedule, measured on this machine, or with `tune_rpc="HOST:PORT"` and `tune_key`
-    on the board registered under that key at that TVM RPC tracker (see docs/backends.md). `example_inputs` (a plain nn.Module's: a tensor, a tuple of
+    on the board registered under that key at that TVM RPC tracker (see docs/backends.md).
+    `example_inputs` (a plain nn.Module's: a tensor, a tuple of
     tensors, or a dict forward parameter name -> tensor) win over the module's own.
     `storage`: "auto" (default), "materialize" or "generate": how each architecture's weights
     are stored when the model has a `generator()` (see `builder/generate.py`; `max_switch_ms`

@@ -16,8 +16,8 @@ from typing import Any
 class TuneRequest:
     """Tune each graph for `trials` trials (TVM: MetaSchedule). `previous`: the tuning
     databases of the bundle being rebuilt ((graph id, its files by name) per tuned graph),
-    reused where one matches the graph and target. `rpc`: (tracker host, port, device key) to measure on a
-    board behind a TVM RPC tracker instead of this machine."""
+    reused where one matches the graph and target. `rpc`: (tracker host, port, device key) to
+    measure on a board behind a TVM RPC tracker instead of this machine."""
 
     trials: int
     previous: tuple[tuple[str, dict[str, bytes]], ...] = ()

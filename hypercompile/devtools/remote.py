@@ -16,7 +16,13 @@ from ..core.manifest import Profile, ProfiledVariant
 from ..errors import ProfileError
 from ..runtime.fingerprint import backend_versions
 from ..runtime.runners import get_runner_factory
-from ..runtime.runners.tvm import TRANSFORM_PARAMS, import_tvm
+from ..runtime.runners.tvm import (
+    SHARED_TRANSFORM,
+    STATIC_BATCH,
+    STATIC_MAIN,
+    TRANSFORM_PARAMS,
+    import_tvm,
+)
 from .measure import (
     DEFAULT_REPEAT,
     DEFAULT_WARMUP,
@@ -106,16 +112,13 @@ def remote_fingerprint(remote: Any, key: str) -> dict[str, Any]:
 
 def _bind_weights(bundle, vm, dev, variant, graph) -> list[Any]:
     """The variant's weights as tensors on the board, in the form `main` takes. A library with
-    lifted weight transforms (`main_transform_params`, TVM CPU builds) needs them applied, and TVM
-    RPC cannot hand back the tensors of the list that function returns: the transform runs here
-    when this machine can run the library, else profiling says so."""
+    lifted weight transforms (`main_transform_params` or `transform_params`, TVM CPU builds)
+    needs them applied, and TVM RPC cannot hand back the tensors of the list that function
+    returns: the transform runs here when this machine can run the library, else profiling
+    says so."""
     import tvm
 
-    try:
-        vm[TRANSFORM_PARAMS]
-        lifted = True
-    except Exception:  # no such function: main takes the weights as they are
-        lifted = False
+    lifted = any(_has(vm, name) for name in (SHARED_TRANSFORM, TRANSFORM_PARAMS))
     if lifted:
         why_not = get_runner_factory("tvm").runs_here(bundle.target)
         if why_not:
@@ -131,6 +134,21 @@ def _bind_weights(bundle, vm, dev, variant, graph) -> list[Any]:
     return [tvm.runtime.tensor(np.require(a, requirements="C"), device=dev) for a in arrays]
 
 
+def _has(vm: Any, name: str) -> bool:
+    try:
+        vm[name]
+        return True
+    except Exception:  # noqa: BLE001  # no such function in the library
+        return False
+
+
+def _main_for(vm: Any, arrays: list[np.ndarray]) -> str:
+    """The function the runtime calls for inputs `arrays`: the batch-specialized copy at its
+    batch, where the library has one, else `main`."""
+    batch = arrays[0].shape[0] if arrays and arrays[0].ndim else None
+    return STATIC_MAIN if batch == STATIC_BATCH and _has(vm, STATIC_MAIN) else "main"
+
+
 def _check_on_board(tvm, vm, dev, bundle, variant, graph, bound) -> dict[str, float]:
     """Run the bundle's stored PyTorch checks for `variant` on the board before timing it:
     a library that answers wrongly there gets no profile (ProfileError names it)."""
@@ -144,7 +162,7 @@ def _check_on_board(tvm, vm, dev, bundle, variant, graph, bound) -> dict[str, fl
                 tvm.runtime.tensor(np.require(feeds[n], requirements="C"), device=dev)
                 for n in names
             ]
-            out = vm["main"](*args, *bound)
+            out = vm[_main_for(vm, [feeds[n] for n in names])](*args, *bound)
             outs = [out] if hasattr(out, "numpy") else list(out)
             return [o.numpy() for o in outs]
 
@@ -179,9 +197,10 @@ class _Board:
         ] + bound
         if v.checks and v.id not in self.checked:  # built elsewhere: verify here
             self.checked[v.id] = _check_on_board(tvm, vm, dev, bundle, v, graph, bound)
+        fn = _main_for(vm, arrays)
         for _ in range(warmup):
-            vm["main"](*args)
-        return vm.time_evaluator("main", dev, number=1, repeat=repeat)(*args)
+            vm[fn](*args)
+        return vm.time_evaluator(fn, dev, number=1, repeat=repeat)(*args)
 
 
 def _open_board(bundle: Bundle, address: str, key: str, timeout: float) -> tuple[_Board, dict]:

@@ -172,17 +172,55 @@ def cpu_pipeline(target: Any, database: dict[str, bytes] | None = None) -> Any:
     return _pipeline
 
 
+def with_static_batch(mod: Any) -> Any:
+    """`mod` with, next to a `main` whose inputs have a dynamic batch (the symbolic `batch`),
+    `main` specialized at the runtime's STATIC_BATCH: static shapes get better default
+    schedules, and only static functions can be tuned. The runner calls it at that batch and
+    `main` at any other; parity checks both (the build probes two batch sizes)."""
+    import tvm
+    import tvm_ffi
+    from tvm import relax
+
+    from ...runtime.runners.tvm import STATIC_BATCH, STATIC_MAIN
+
+    main = mod["main"]
+    n_in = int(main.attrs["num_input"]) if main.attrs and "num_input" in main.attrs else 0
+    batch = set()
+    for p in list(main.params)[:n_in]:
+        shape = getattr(getattr(getattr(p, "ty", None), "shape", None), "values", None)
+        if shape:
+            batch.add(shape[0])
+    (var,) = batch if len(batch) == 1 else (None,)
+    if var is None or isinstance(var, tvm.tirx.IntImm):
+        return mod  # a static batch, or inputs that do not share one
+    try:
+        one = relax.transform.BindSymbolicVars({var: STATIC_BATCH}, "main")(
+            tvm.IRModule({"main": main})
+        )["main"]
+    except Exception:  # noqa: BLE001  # leave it dynamic
+        return mod
+    if tvm_ffi.structural_equal(one, main):
+        return mod
+    out = tvm.IRModule(dict(mod.functions_items()))
+    out[STATIC_MAIN] = one.with_attr("global_symbol", STATIC_MAIN)
+    return out
+
+
 def lower_to_tir(mod: Any) -> Any:
     """Relax -> fused TIR functions, with weight-only computations lifted into
-    `main_transform_params` (run once per weight set, not per call)."""
+    `main_transform_params` (run once per weight set, not per call), or `transform_params`
+    shared with `main`'s batch-specialized copy (`with_static_batch`)."""
     import tvm
     from tvm import relax
 
+    from ...runtime.runners.tvm import STATIC_MAIN
+
+    shared = any(gv.name_hint == STATIC_MAIN for gv in mod.get_global_vars())
     return tvm.transform.Sequential(
         [
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
-            relax.transform.LiftTransformParams(),
+            relax.transform.LiftTransformParams(shared_transform=shared),
             relax.backend.DispatchSampling(),
             relax.backend.DispatchSortScan(),
             relax.transform.LegalizeOps(),
@@ -206,6 +244,7 @@ def compile_module(
 
     if target.kind.name != "llvm":
         return tvm.compile(mod, target=target), {}
+    mod = with_static_batch(mod)
     files: dict[str, bytes] = {}
     if request is not None and request.trials > 0:
         spec = dict(target.export())
@@ -254,7 +293,12 @@ def _workloads(lowered: Any) -> tuple[dict[str, Any], int]:
     from tvm import relax, tirx
     from tvm_ffi import structural_hash
 
-    main = relax.transform.DeadCodeElimination(["main"])(lowered)
+    from ...runtime.runners.tvm import STATIC_MAIN
+
+    entries = [gv.name_hint for gv in lowered.get_global_vars()]
+    main = relax.transform.DeadCodeElimination([n for n in ("main", STATIC_MAIN) if n in entries])(
+        lowered
+    )
     out, dynamic = {}, 0
     for gv, func in main.functions_items():
         if isinstance(func, tirx.PrimFunc) and "tirx.is_scheduled" not in func.attrs:
@@ -536,7 +580,8 @@ def _compare(
     out: dict[str, dict[str, Any]] = {}
     for h, (name, fmod) in sorted(works.items()):
         entry: dict[str, Any] = {"task": name, "default_s": None, "tuned_s": None, "used": False}
-        sch = db.query_schedule(fmod, target, workload_name="main") if db.has_workload(fmod) else None
+        known = db.has_workload(fmod)
+        sch = db.query_schedule(fmod, target, workload_name="main") if known else None
         if sch is not None:
             if measured_here:
                 entry["default_s"] = _default_seconds(fmod, target)

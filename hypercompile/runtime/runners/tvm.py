@@ -22,6 +22,12 @@ from .base import Binding, RunnerFactory
 # the function TVM's LiftTransformParams makes of the weight-only work of `main` (transposes,
 # folded batch norm): the runner calls it once per weight set, not per call
 TRANSFORM_PARAMS = "main_transform_params"
+# one transform for `main` and its batch-specialized copy (see compilers/tvm/tuning.py)
+SHARED_TRANSFORM = "transform_params"
+# a graph with a dynamic batch also has `main` specialized at this batch, with static shapes
+# (its loop nests get static schedules and can be tuned): calls at that batch use it
+STATIC_BATCH = 1
+STATIC_MAIN = f"main_batch{STATIC_BATCH}"
 
 
 def import_tvm() -> Any:
@@ -46,10 +52,12 @@ def transform_weights(vm: Any, weights: list[Any]) -> tuple[list[Any], float]:
     once (transposes, folded batch norm), or the weights themselves for a library without one
     (built before the transform was lifted, or for another target). Returns them with the
     seconds it took."""
-    if not vm.module.implements_function(TRANSFORM_PARAMS):
+    names = (SHARED_TRANSFORM, TRANSFORM_PARAMS)
+    name = next((n for n in names if vm.module.implements_function(n)), None)
+    if name is None:
         return weights, 0.0
     t = time.perf_counter()
-    out = list(vm[TRANSFORM_PARAMS](weights))
+    out = list(vm[name](weights))
     return out, time.perf_counter() - t
 
 
@@ -176,6 +184,7 @@ class TvmRunner:
         self.fn, self._inputs, self.weights = fn, input_names, weights
         self._keepalive, self._shapes, self._dev = keepalive, shapes, device
         self._lock = threading.Lock()
+        self.static: Any = None  # `main` specialized at STATIC_BATCH, where the library has it
         # a program's blocks keep their outputs on the GPU between calls (see `run_resident`)
         self.resident = device.dlpack_device_type() != 1
 
@@ -190,8 +199,11 @@ class TvmRunner:
             else tvm.runtime.tensor(np.require(v, requirements="C"), device=self._dev)
             for n in self._inputs
         ]
+        fn = self.fn
+        if self.static is not None and args and args[0].shape[0] == STATIC_BATCH:
+            fn = self.static
         with self._lock:
-            out = self.fn(*args, *self.weights)
+            out = fn(*args, *self.weights)
         return [out] if hasattr(out, "numpy") else list(out)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -269,7 +281,10 @@ class TvmRunners(RunnerFactory):
             for o in binding.outputs
         ]
         inputs = [i["name"] for i in binding.inputs]
-        return TvmRunner(vm["main"], inputs, bound, (vm, lib, held), shapes, dev)
+        runner = TvmRunner(vm["main"], inputs, bound, (vm, lib, held), shapes, dev)
+        if vm.module.implements_function(STATIC_MAIN):
+            runner.static = vm[STATIC_MAIN]
+        return runner
 
 
 FACTORY = TvmRunners()
