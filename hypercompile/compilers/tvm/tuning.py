@@ -370,23 +370,46 @@ def _default_seconds(mod: Any, target: Any) -> float:
     return _Measure(target, mod).seconds(default)
 
 
+# what TVM's C++ side writes to stderr while tuning that says nothing to a user: the LLVM
+# rules name a pooling rule that exists only for other targets (and list, indented, where
+# they looked for it)
+_NOISE = "Unknown schedule rule"
+
+
 def _quiet() -> contextlib.AbstractContextManager[None]:
     """MetaSchedule's console log off (its per-task logs go to the work folder, which is
-    removed): the logger's level when tuning starts is what its console handler gets."""
+    removed): the logger's level when tuning starts is what its console handler gets. TVM's
+    C++ warnings go through file descriptor 2: they are caught, and all but `_NOISE` passed
+    on."""
     import logging
+    import os
+    import sys
+    import tempfile
 
     @contextlib.contextmanager
     def ctx() -> Iterator[None]:
         logger = logging.getLogger("tvm.s_tir.meta_schedule")
         level = logger.level
         logger.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            logger.setLevel(level)
-            for h in list(logger.handlers):  # the handlers it added for this work folder
-                logger.removeHandler(h)
-                h.close()
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as caught:
+            os.dup2(caught.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                logger.setLevel(level)
+                for h in list(logger.handlers):  # the handlers it added for this work folder
+                    logger.removeHandler(h)
+                    h.close()
+                caught.seek(0)
+                noise = False
+                for line in caught.read().decode(errors="replace").splitlines():
+                    noise = _NOISE in line or (noise and line.startswith(" "))
+                    if line.strip() and not noise:
+                        print(line, file=sys.stderr)
 
     return ctx()
 
@@ -437,9 +460,13 @@ def _tune(lowered: Any, target: Any, request: TuneRequest, graph_id: str) -> dic
         paths = {n: Path(tmp) / n for n in DB_FILES}
         for n, path in paths.items():
             path.write_bytes(old[n] if old else b"")
+        # every function's default schedule, timed here: where the time goes (and on this
+        # machine, what a tuned schedule has to beat)
+        base = {h: _default_seconds(fmod, target) for h, (_, fmod) in works.items()}
         if left > 0 and works:
-            _search(works, target, request, left, tmp, paths)
-        functions = _compare(works, target, paths, measured_here=request.rpc is None)
+            heavy = _where_the_time_goes(base)
+            _search({h: works[h] for h in heavy}, base, target, request, left, tmp, paths)
+        functions = _compare(works, base, target, paths, measured_here=request.rpc is None)
         files = {n: path.read_bytes() for n, path in paths.items()}  # as the query left them
         # what MetaSchedule measured (its task scheduler may measure a few more than asked)
         run = _count_lines(files[DB_FILES[1]]) - (_count_lines(old[DB_FILES[1]]) if old else 0)
@@ -483,8 +510,24 @@ def _rpc_text(rpc: tuple[str, int, str]) -> str:
     return f"rpc {rpc[0]}:{rpc[1]} key {rpc[2]}"
 
 
+HEAVY_SHARE = 0.95  # tune the functions that make up this share of the default time
+
+
+def _where_the_time_goes(base: dict[str, float]) -> list[str]:
+    """The slowest functions (by default-schedule time) that together take HEAVY_SHARE of it:
+    trials spent on a reshape or a pooling step of microseconds would be lost."""
+    total, acc, out = sum(base.values()) or 1.0, 0.0, []
+    for h in sorted(base, key=lambda h: -base[h]):
+        out.append(h)
+        acc += base[h]
+        if acc >= HEAVY_SHARE * total:
+            break
+    return out
+
+
 def _search(
     works: dict[str, Any],
+    base: dict[str, float],
     target: Any,
     request: TuneRequest,
     trials: int,
@@ -532,10 +575,12 @@ def _search(
         )
     ms.tune.tune_tasks(
         tasks=tasks,
-        task_weights=[1.0] * len(tasks),
+        # the gradient scheduler spends trials where weight x latency can drop most; every
+        # function first gets one round of `per_iter`, so that all of them are measured
+        task_weights=[base[h] / min(base[k] for k in works) for h in sorted(works)],
         work_dir=work_dir,
         max_trials_global=trials,
-        num_trials_per_iter=min(trials, 16),
+        num_trials_per_iter=max(2, min(16, trials // (2 * len(tasks)))),
         builder=ms.builder.LocalBuilder(
             timeout_sec=BUILD_TIMEOUT_S, max_workers=cores, initializer=_worker_init()
         ),
@@ -571,7 +616,11 @@ def _database(paths: dict[str, Any]) -> Any:
 
 
 def _compare(
-    works: dict[str, Any], target: Any, paths: dict[str, Any], measured_here: bool
+    works: dict[str, Any],
+    base: dict[str, float],
+    target: Any,
+    paths: dict[str, Any],
+    measured_here: bool,
 ) -> dict[str, dict[str, Any]]:
     """Per function (by structural hash): its default schedule's time and the best tuned
     schedule's, both measured in this process; the tuned one is `used` only when faster.
@@ -579,12 +628,11 @@ def _compare(
     db = _database(paths)
     out: dict[str, dict[str, Any]] = {}
     for h, (name, fmod) in sorted(works.items()):
-        entry: dict[str, Any] = {"task": name, "default_s": None, "tuned_s": None, "used": False}
+        entry: dict[str, Any] = {"task": name, "default_s": base[h], "tuned_s": None, "used": False}
         known = db.has_workload(fmod)
         sch = db.query_schedule(fmod, target, workload_name="main") if known else None
         if sch is not None:
             if measured_here:
-                entry["default_s"] = _default_seconds(fmod, target)
                 entry["tuned_s"] = _Measure(target, fmod).seconds(sch.mod)
                 entry["used"] = entry["tuned_s"] < entry["default_s"]
             else:
