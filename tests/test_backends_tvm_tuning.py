@@ -40,14 +40,19 @@ def test_tuned_bundle_holds_its_database_and_passes_parity(tuned):
         for name in ("database_workload.json", "database_tuning_record.json", "tuning.json"):
             assert f"tvm/tuning/{gid}/{name}" in m["files"]
         assert t["search"] == "MetaSchedule evolutionary" and t["measured_on"] == "this machine"
-        assert t["trials"] == TRIALS and t["trials_run"] >= 1 and not t["reused"]
+        assert t["trials"] == TRIALS and not t["reused"]
+        # searched here, or every tuned function taken from an earlier graph of the build
+        assert t["trials_run"] >= 1 or t["shared_functions"] >= 1
         assert t["functions"] >= 1 and t["tuning_s"] > 0
         records = (out / t["database"] / "database_tuning_record.json").read_text().splitlines()
-        assert len(records) == t["measured"] == t["trials_run"]
+        assert len(records) == t["measured"] >= t["trials_run"]
         info = json.loads((out / t["database"] / "tuning.json").read_text())
         for f in info["per_function"].values():  # a tuned schedule only where it is faster
             assert f["used"] == (f["tuned_s"] is not None and f["tuned_s"] < f["default_s"])
         assert t["tuned_functions"] == sum(f["used"] for f in info["per_function"].values())
+    # Router's two experts are the same function: the second graph takes the first's records
+    shared = [g["tvm_tuning"] for g in m["graphs"].values() if g["tvm_tuning"]["shared_functions"]]
+    assert shared and all(t["trials_run"] == 0 for t in shared)
     assert m["variants"][0]["parity"]["tvm"]["max_rel"] <= 1e-4
     b, model, gen = hc.load(out), Router(), torch.Generator().manual_seed(3)
     for _ in range(10):
@@ -68,7 +73,9 @@ def test_rebuild_reuses_the_database_without_new_trials(tuned, tmp_path):
     for gid, g in m["graphs"].items():
         t = g["tvm_tuning"]
         assert t["reused"] and t["trials_run"] == 0
-        assert t["tuning_s"] < first["graphs"][gid]["tvm_tuning"]["tuning_s"]
+        then = first["graphs"][gid]["tvm_tuning"]
+        if then["trials_run"]:  # it searched then; now it only reads its database
+            assert t["tuning_s"] < then["tuning_s"]
     after = {str(p): p.read_text() for p in (out / "tvm/tuning").glob("*/database_*.json")}
     assert after == before
     hc.load(out)  # every new file is hashed in the manifest

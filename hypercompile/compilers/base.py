@@ -22,6 +22,9 @@ class TuneRequest:
     trials: int
     previous: tuple[tuple[str, dict[str, bytes]], ...] = ()
     rpc: tuple[str, int, str] | None = None
+    # what this build's graphs tuned so far, by TIR function (structural hash): a function
+    # another graph already tuned is not searched again (BlockDrop's identical residual blocks)
+    tuned: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)

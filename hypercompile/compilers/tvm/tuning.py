@@ -465,11 +465,24 @@ def _tune(lowered: Any, target: Any, request: TuneRequest, graph_id: str) -> dic
         base = {h: _default_seconds(fmod, target) for h, (_, fmod) in works.items()}
         if left > 0 and works:
             heavy = _where_the_time_goes(base)
-            _search({h: works[h] for h in heavy}, base, target, request, left, tmp, paths)
+            # functions an earlier graph of this build tuned: their records, no new search
+            copied = _take_tuned(works, heavy, request.tuned, paths)
+            todo = {h: works[h] for h in heavy if h not in copied}
+            if todo:
+                _search(todo, base, target, request, left, tmp, paths)
+                _keep_tuned(todo, request.tuned, paths, graph_id)
+        else:
+            copied = set()
         functions = _compare(works, base, target, paths, measured_here=request.rpc is None)
+        for h in copied:
+            functions[h]["from_graph"] = request.tuned[h]["graph"]
         files = {n: path.read_bytes() for n, path in paths.items()}  # as the query left them
-        # what MetaSchedule measured (its task scheduler may measure a few more than asked)
-        run = _count_lines(files[DB_FILES[1]]) - (_count_lines(old[DB_FILES[1]]) if old else 0)
+        # what MetaSchedule measured here (its task scheduler may measure a few more than asked)
+        run = (
+            _count_lines(files[DB_FILES[1]])
+            - (_count_lines(old[DB_FILES[1]]) if old else 0)
+            - sum(len(request.tuned[h]["records"]) for h in copied)
+        )
     info = {
         "key": key,
         "search": "MetaSchedule evolutionary",
@@ -482,6 +495,7 @@ def _tune(lowered: Any, target: Any, request: TuneRequest, graph_id: str) -> dic
         "trials_total": int(before.get("trials_total", 0)) + max(run, left if works else 0),
         "measured": _count_lines(files["database_tuning_record.json"]),
         "tuned_functions": sum(1 for f in functions.values() if f["used"]),
+        "shared_functions": len(copied),
         "tuning_s": round(time.perf_counter() - t, 3),
         "reused": old is not None,
         "per_function": functions,
@@ -523,6 +537,42 @@ def _where_the_time_goes(base: dict[str, float]) -> list[str]:
         if acc >= HEAVY_SHARE * total:
             break
     return out
+
+
+KEEP_RECORDS = 5  # a function's best records handed on to the build's later graphs
+
+
+def _take_tuned(
+    works: dict[str, Any], heavy: list[str], tuned: dict[str, Any], paths: dict[str, Any]
+) -> set[str]:
+    """Copy into this graph's database the records of the heavy functions an earlier graph of
+    the build tuned; returns their hashes."""
+    from tvm.s_tir import meta_schedule as ms
+
+    copied = {h for h in heavy if h in tuned}
+    if copied:
+        db = _database(paths)
+        for h in sorted(copied):
+            workload = db.commit_workload(works[h][1])
+            for trace, secs, target, args in tuned[h]["records"]:
+                record = ms.database.TuningRecord(trace, workload, secs, target, args)
+                db.commit_tuning_record(record)
+    return copied
+
+
+def _keep_tuned(
+    todo: dict[str, Any], tuned: dict[str, Any], paths: dict[str, Any], graph_id: str
+) -> None:
+    """Remember the best records of the functions just tuned, for the build's later graphs."""
+    db = _database(paths)
+    for h, (_, fmod) in todo.items():
+        if not db.has_workload(fmod):
+            continue
+        top = db.get_top_k(db.commit_workload(fmod), KEEP_RECORDS)
+        tuned[h] = {
+            "graph": graph_id,
+            "records": [(r.trace, r.run_secs, r.target, r.args_info) for r in top],
+        }
 
 
 def _search(
