@@ -76,3 +76,17 @@ class PermutedGate(StoredPermutation):
         if float(y.sum()) > 100.0:
             return y * 0
         return y
+
+
+class TracingShortcut(nn.Module):
+    """Code that takes another path under TorchScript tracing, as libraries do for their export
+    paths; here the traced path leaves the bias out, so a trace answers unlike the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        if torch.jit.is_tracing():
+            return torch.nn.functional.linear(x, self.fc.weight)
+        return self.fc(x)

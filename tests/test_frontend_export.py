@@ -2,12 +2,22 @@
 TorchScript exporter, a fixed batch; the manifest says which, and a failure names the user's
 line."""
 
+import subprocess
+import sys
+
 import export_models
 import numpy as np
 import pytest
 import torch
 from conftest import manifest
-from export_models import Bessel, MetaFusion, NumpyScale, PermutedGroups, StoredPermutation
+from export_models import (
+    Bessel,
+    MetaFusion,
+    NumpyScale,
+    PermutedGroups,
+    StoredPermutation,
+    TracingShortcut,
+)
 
 import hypercompile as hc
 from hypercompile.errors import BuildError
@@ -36,8 +46,31 @@ def test_input_named_like_a_submodule_builds(tmp_path):
     model, out = _build(MetaFusion(), tmp_path, torch.randn(1, 4), torch.randn(1, 2))
     g = _graph(out)
     assert [i["name"] for i in g["inputs"]] == ["img", "meta"]
-    assert g["exporter"] == "torch.export" and g["dynamic_batch"]
+    # torch.export captured it; tracing the same forward wrote the graph
+    assert g["exporter"] == "torch.export+torchscript" and g["dynamic_batch"]
     _agrees(model, out, (3, 4), (3, 2))
+
+
+def test_a_trace_unlike_the_captured_program_is_not_kept(tmp_path):
+    model, out = _build(TracingShortcut(), tmp_path, torch.randn(1, 4))
+    g = _graph(out)
+    assert g["exporter"] == "torch.export" and g["dynamic_batch"]  # torch.onnx's translation
+    _agrees(model, out, (3, 4))
+
+
+def test_a_small_model_builds_without_onnxscript(tmp_path):
+    """Tracing writes the graph of a program torch.export captured: the build imports neither
+    onnxscript nor TVM (their imports are most of a small model's build time)."""
+    code = (
+        "import sys, torch\n"
+        "import hypercompile as hc\n"
+        "m = torch.nn.Sequential(torch.nn.Linear(8, 24), torch.nn.ReLU(), torch.nn.Linear(24, 4))\n"
+        f"hc.build(m, out={str(tmp_path / 'b')!r}, example_inputs=(torch.randn(1, 8),))\n"
+        "print(sorted(k for k in ('onnxscript', 'tvm') if k in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_torchscript_exporter_takes_what_torch_export_refuses(tmp_path):
@@ -58,7 +91,7 @@ def test_a_dynamic_batch_graph_wrong_at_batch_3_falls_back_to_a_fixed_batch(tmp_
 
 def test_strict_tracing_follows_numpy(tmp_path):
     model, out = _build(NumpyScale(), tmp_path, torch.randn(1, 4))
-    assert _graph(out)["exporter"] == "torch.export-strict"
+    assert _graph(out)["exporter"].startswith("torch.export-strict")
     _agrees(model, out, (2, 4))
 
 

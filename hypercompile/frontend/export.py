@@ -7,6 +7,7 @@ import inspect
 import io
 import logging
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,6 @@ def quiet():
 def _quiet_fds():
     """Silence what native code writes to the process's stdout and stderr."""
     import os
-    import sys
 
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
@@ -115,10 +115,11 @@ def warm_exporter() -> None:
 @contextlib.contextmanager
 def _shared_registry():
     """torch.onnx.export with the process's translation table instead of a new one per call
-    (it only reads it: no custom translations are passed)."""
-    try:
-        from torch.onnx._internal.exporter import _registration
-    except ImportError:
+    (it only reads it: no custom translations are passed). Where torch.onnx's dynamo exporter
+    has not been imported (`warm_exporter` does, before an export that uses it), nothing is
+    patched: importing it costs onnxscript's import, which tracing does not need."""
+    _registration = sys.modules.get("torch.onnx._internal.exporter._registration")
+    if _registration is None:
         yield
         return
     cls = _registration.ONNXRegistry
@@ -201,11 +202,21 @@ def _slot_value(owner: torch.nn.Module, attr: str) -> torch.Tensor:
 
 
 def _torch_export(wrapper, inputs, names, out_names, dynamic: bool, strict: bool):
+    """torch.export captures the program: it refuses what the inputs' values or a dynamic
+    batch would change. The graph is then written by the TorchScript exporter, tracing the same
+    Python on the same example (no onnxscript: a small model builds in a third of the time),
+    kept when it answers like the model; else torch.onnx's translation of the captured program
+    (`torch.export`). Returns (graph, how it was made, whether a batch of 3 was checked)."""
     dyn = tuple({0: torch.export.Dim.DYNAMIC} if x.dim() else {} for x in inputs)
     if dynamic and wrapper.state_keys:  # the state keeps its own shape
         dyn = dyn[: len(inputs) - len(wrapper.state_keys)] + ({},) * len(wrapper.state_keys)
     with quiet():
-        ep = _capture(wrapper, tuple(inputs), (dyn,) if dynamic else None, strict)
+        ep = _capture(clone_module(wrapper), tuple(inputs), (dyn,) if dynamic else None, strict)
+    traced = _traced_graph(wrapper, inputs, names, out_names, dynamic)
+    if traced is not None:
+        return traced, f"{'torch.export-strict' if strict else 'torch.export'}+torchscript", True
+    warm_exporter()
+    with quiet():
         try:
             program = torch.onnx.export(
                 ep,
@@ -220,7 +231,22 @@ def _torch_export(wrapper, inputs, names, out_names, dynamic: bool, strict: bool
         except Exception as e:
             _note_node_source(e, ep)
             raise
-    return program.model_proto
+    return program.model_proto, "torch.export-strict" if strict else "torch.export", False
+
+
+def _traced_graph(wrapper, inputs, names, out_names, dynamic: bool):
+    """The TorchScript exporter's graph of a program torch.export captured, or None where it
+    fails, names other inputs, or answers unlike the model (a batch of 3 for a dynamic batch,
+    else the example)."""
+    try:
+        proto = _torchscript_export(clone_module(wrapper), inputs, names, out_names, dynamic)
+    except Exception:  # noqa: BLE001  # torch.onnx's translation of the program follows
+        return None
+    if [vi.name for vi in proto.graph.input] != list(names):
+        return None
+    if _mismatch(proto, clone_module(wrapper), inputs, names, grow=dynamic):
+        return None
+    return proto
 
 
 def _note_node_source(e: BaseException, ep: Any) -> None:
@@ -291,8 +317,11 @@ def _torchscript_export(wrapper, inputs, names, out_names, dynamic: bool):
 
 
 def _export_once(exporter: str, wrapper, inputs, names, out_names, dynamic: bool):
+    """(graph, how it was made, whether a batch of 3 was checked); `wrapper` is copied first:
+    an attempt may leave the module changed."""
     if exporter == "torchscript":
-        return _torchscript_export(wrapper, inputs, names, out_names, dynamic)
+        proto = _torchscript_export(clone_module(wrapper), inputs, names, out_names, dynamic)
+        return proto, exporter, False
     strict = exporter == "torch.export-strict"
     return _torch_export(wrapper, inputs, names, out_names, dynamic, strict)
 
@@ -309,39 +338,43 @@ def _try_exporters(wrapper, inputs, names, out_names, label: str, batch: bool = 
         why_fixed = None if batchable else "no input has a batch dimension" if batch else None
         for dynamic in (True, False) if batchable else (False,):
             try:
-                # on a copy each time: a failed attempt may leave the module changed
-                once = clone_module(wrapper)
-                proto = _export_once(exporter, once, inputs, names, out_names, dynamic)
+                proto, how, checked = _export_once(
+                    exporter, wrapper, inputs, names, out_names, dynamic
+                )
             except Exception as e:  # the exporters raise many types
                 failures.append((exporter, e))
                 why_fixed = why_fixed or f"{exporter} refused a dynamic batch"
                 continue
-            if dynamic:
-                why_fixed = _batch_mismatch(proto, clone_module(wrapper), inputs, names)
+            if dynamic and not checked:
+                why_fixed = _mismatch(proto, clone_module(wrapper), inputs, names, grow=True)
                 if why_fixed:
                     continue
-            return proto, exporter, dynamic, why_fixed
+            return proto, how, dynamic, why_fixed
     raise _export_error(failures, label)
 
 
-def _batch_mismatch(proto, wrapper, inputs, names) -> str | None:
-    """None when the dynamic-batch graph answers a batch of 3 like the model, else why not."""
+def _mismatch(proto, wrapper, inputs, names, grow: bool) -> str | None:
+    """None when the graph answers like the model, else why not: on a batch of 3 grown from the
+    example (`grow`: a dynamic-batch graph), else on the example itself."""
     from ..runtime.runners.onnxruntime import check_session
 
     n = len(inputs) - len(wrapper.state_keys)
     gen = torch.Generator().manual_seed(3)
-    batch = [_grow(x, gen) if x.dim() else x for x in inputs[:n]] + list(inputs[n:])
+    batch = [_grow(x, gen) if x.dim() and grow else x for x in inputs[:n]] + list(inputs[n:])
+    what = "a batch of 3" if grow else "the example"
     try:
         with torch.no_grad():
             want = flatten_outputs(wrapper(*batch))[1]
         sess = check_session(proto.SerializeToString())
         got = sess.run(None, {k: x.numpy() for k, x in zip(names, batch)})
-    except Exception as e:  # ONNX Runtime or the model itself refuses a batch of 3
-        return f"a batch of 3 fails ({first_line(e)})"
+    except Exception as e:  # ONNX Runtime or the model itself refuses the input
+        return f"{what} fails ({first_line(e)})"
+    if len(got) != len(want):
+        return f"the graph has {len(got)} outputs, the model {len(want)}"
     for g, w in zip(got, want):
         w = w.detach().numpy()
         if g.shape != w.shape or not _close(g, w):
-            return "the dynamic-batch graph answers a batch of 3 differently"
+            return f"the graph answers {what} differently"
     return None
 
 
@@ -472,7 +505,8 @@ def export_graph(
         batch_symbol = first.type.tensor_type.shape.dim[0].dim_param or None
 
     weights = stub_weights(proto, module.state_dict(), prefix=Positional.PREFIX)
-    proto = simplify(proto, weights)
+    if not exporter.endswith("torchscript"):  # tracing writes no such plumbing
+        proto = simplify(proto, weights)
     onnx.save(proto, str(path))
 
     spec = lambda vi, t: {  # noqa: E731
@@ -535,7 +569,7 @@ def stub_weights(proto: Any, state: dict[str, torch.Tensor], prefix: str = "") -
 
 def simplify(proto: Any, weights: list[str]) -> Any:
     """Run the ONNX optimizer with the per-variant weights as graph inputs, so it removes the
-    exporter's shape plumbing (Shape/Expand/CastLike around batch norm) without folding any
+    dynamo exporter's shape plumbing (Shape/Expand/CastLike around batch norm) without folding any
     weight into a new constant; then turn the weights back into stubs. ONNX Runtime fuses
     conv + batch norm + activation at load, once the real weights are bound."""
     import onnxscript.optimizer
