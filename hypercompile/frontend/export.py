@@ -306,6 +306,9 @@ def _torchscript_export(wrapper, inputs, names, out_names, dynamic: bool):
             opset_version=OPSET,
             dynamic_axes=axes if dynamic else None,
             do_constant_folding=False,  # folding would bake weights into new constants
+            # else equal tensors (two fresh norms' weights) become one initializer: another
+            # variant bound to this graph may not have them equal
+            keep_initializers_as_inputs=True,
         )
     for w in caught:  # tracing freezes a tensor's value read as a Python bool or number
         if issubclass(w.category, torch.jit.TracerWarning) and _FROZEN.search(str(w.message)):
@@ -313,7 +316,12 @@ def _torchscript_export(wrapper, inputs, names, out_names, dynamic: bool):
                 f"{w.filename}:{w.lineno}: a tensor's value is read as a Python value (a branch "
                 "or arithmetic on tensor data), which tracing would freeze to the example's"
             )
-    return onnx.load_from_string(buf.getvalue())
+    proto = onnx.load_from_string(buf.getvalue())
+    weights = {t.name for t in proto.graph.initializer}
+    kept = [vi for vi in proto.graph.input if vi.name not in weights]
+    del proto.graph.input[:]
+    proto.graph.input.extend(kept)
+    return proto
 
 
 def _export_once(exporter: str, wrapper, inputs, names, out_names, dynamic: bool):
