@@ -9,9 +9,12 @@ latency per inference of
 then the share of (d)'s time spent in the host interpreter and its ONNX Runtime calls per
 inference. All contenders see the same pool of random inputs (the path taken depends on it).
 Every model takes one 1x3x32x32 image except `branchynet_b8` (per-sample exit), which takes a
-batch of eight: its latency is per batch. The models that return a list of path-dependent length
-or stop decoding at a token (shallow_deep_outputs, ranet, captioner) and branchynet_b8 and
-blockdrop_data have no torch.cond form here.
+batch of eight: its latency is per batch. Two held-out models no one here wrote for the compiler
+(tests/dyn_models.py) follow the zoo: `per_sample_exit_b8` (confident samples leave a batch of 8,
+answers scattered back in order) and `token_dispatch` (12 tokens routed top-1 to 4 experts, each
+expert run on the tokens it got). The models that return a list of path-dependent length
+or stop decoding at a token (shallow_deep_outputs, ranet, captioner), branchynet_b8,
+blockdrop_data and the held-out models have no torch.cond form here.
 
     python benchmarks/bench_dynamic.py [--models skipnet_ff,blockdrop] [--no-compile]
         [--rounds 20] [--pool 64] [--compile-timeout 120] [--torch-threads N]
@@ -53,13 +56,33 @@ from torch import nn  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "examples" / "dynamic"))
+sys.path.insert(0, str(ROOT / "tests"))
 
+import dyn_models  # noqa: E402
 from common import console, fmt_time, machine, measure, ratio, table  # noqa: E402
 from zoo import ZOO  # noqa: E402
 
 import hypercompile as hc  # noqa: E402
 
-ZOO_FILE = ROOT / "examples" / "dynamic" / "zoo.py"
+# held-out models no one here wrote for the compiler (tests/dyn_models.py): per-sample early
+# exit at batch 8 and top-1 token dispatch with data-dependent expert batches, 12 tokens
+HELD_OUT = {"per_sample_exit_b8": dyn_models.PerSampleExit, "token_dispatch": dyn_models.TokenMoE}
+MODELS = {**ZOO, **HELD_OUT}
+
+
+def make(name: str) -> nn.Module:
+    """The model, the same weights in every process (the zoo seeds itself; the held-out models
+    draw from torch's generator)."""
+    torch.manual_seed(0)
+    return MODELS[name]().eval()
+
+
+def example_shape(model: nn.Module) -> torch.Size:
+    """The first example input's shape (the zoo gives a method, the held-out an attribute)."""
+    ex = model.example_inputs
+    return (ex() if callable(ex) else ex)[0].shape
+
+
 PARITY_INPUTS = 50
 SHARE_INPUTS = 200
 VERIFY_RTOL = 1e-4  # relative to the output's magnitude, like hypercompile's parity check
@@ -342,9 +365,9 @@ def quiet_loggers() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_hc(cls: type, out: Path, res: Result) -> hc.Bundle:
+def build_hc(model: nn.Module, out: Path, res: Result) -> hc.Bundle:
     t = time.perf_counter()
-    path = hc.build(f"{ZOO_FILE}:{cls.__name__}", out=out, parity_inputs=PARITY_INPUTS)
+    path = hc.build(model, out=out, parity_inputs=PARITY_INPUTS)
     res.build_s = time.perf_counter() - t
     return hc.load(path)
 
@@ -525,9 +548,8 @@ def host_share(bundle: hc.Bundle, in_name: str, xs: list[np.ndarray], res: Resul
 
 def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> Result:
     res = Result(name)
-    cls = ZOO[name]
-    model = cls()
-    shape = model.example_inputs()[0].shape  # 1x3x32x32, or a batch of 8 for branchynet_b8
+    model = make(name)
+    shape = example_shape(model)  # 1x3x32x32, a batch of 8 (per-sample exits), 12 tokens
     pool = random_inputs(args.pool, seed=0, shape=shape)
     pool_np = [np.ascontiguousarray(x.numpy()) for x in pool]
     with torch.no_grad():
@@ -535,7 +557,7 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> Result:
 
     # hypercompile first: its ONNX Runtime sessions come before any other in the process
     with phase(res, "build"):
-        bundle = build_hc(cls, tmp / name, res)
+        bundle = build_hc(model, tmp / name, res)
     in_name = bundle.inputs[0]["name"]
     res.diffs["hc"], bad = compare(ref, [as_arrays(bundle.run({in_name: x})) for x in pool_np])
     if bad:
@@ -607,8 +629,8 @@ def time_eager_alone(name: str, args: argparse.Namespace) -> None:
     import json
     import statistics
 
-    model = ZOO[name]()
-    shape = model.example_inputs()[0].shape
+    model = make(name)
+    shape = example_shape(model)
     pool = random_inputs(args.pool, seed=0, shape=shape)
     call: Callable[[Any], Any] = model
     if args.bundle:
@@ -775,7 +797,7 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument(
-        "--models", default=",".join(ZOO), help=f"comma-separated subset of: {', '.join(ZOO)}"
+        "--models", default=",".join(MODELS), help=f"comma-separated subset of: {', '.join(MODELS)}"
     )
     ap.add_argument(
         "--no-compile",
@@ -806,9 +828,9 @@ def main() -> None:
         time_eager_alone(args.eager_alone, args)
         return
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ZOO]
+    unknown = [n for n in names if n not in MODELS]
     if unknown:
-        ap.error(f"unknown model(s) {', '.join(unknown)} (known: {', '.join(ZOO)})")
+        ap.error(f"unknown model(s) {', '.join(unknown)} (known: {', '.join(MODELS)})")
     quiet_loggers()
     # exporter deprecation chatter, and the LSTM's flat-weights notice during export
     warnings.filterwarnings("ignore", category=FutureWarning)
