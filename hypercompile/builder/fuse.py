@@ -86,8 +86,6 @@ def _fusable_head(b: ir.Block, headers: set[int], fused: set[int]) -> bool:
 
 def _fuse(head, side, new_id, graphs, proto, tmp, add, done) -> ir.Block | None:
     """`head` then `side` as one block (`new_id`), or None when they cannot be composed."""
-    import onnx
-
     written: dict[str, Source] = {}
 
     def source(n: str) -> Source:
@@ -119,15 +117,18 @@ def _fuse(head, side, new_id, graphs, proto, tmp, add, done) -> ir.Block | None:
     side_in = [source(n) for n in side.inputs]
     for j, n in enumerate(side.outputs):
         written[n] = ("s", j)
-    outs = [n for n, s in written.items() if s[0] != "in"]  # what the graphs compute
-    # values head's moves copy from before both graphs (a host list among them) stay host
-    # moves, made after the graph: only while the graph overwrites none of their sources
-    copies = [(n, s[1]) for n, s in written.items() if s[0] == "in" and s[1] != n]
-    if {src for _, src in copies} & ({*outs} | {dst for dst, _ in copies}):
-        return None
-    ins = list(dict.fromkeys([*head.inputs, *(s[1] for s in side_in if s[0] == "in")]))
-    key = (head.graph, side.graph, tuple(head.inputs), tuple(side_in), tuple(ins))
-    key += tuple(written[n] for n in outs)
+    outs = [n for n, s in written.items() if s != ("in", n)]
+    ins = list(dict.fromkeys(head.inputs))
+    ins += [s[1] for s in (*side_in, *(written[n] for n in outs)) if s[0] == "in"]
+    ins = list(dict.fromkeys(ins))
+    key = (
+        head.graph,
+        side.graph,
+        tuple(head.inputs),
+        tuple(side_in),
+        tuple(written[n] for n in outs),
+        tuple(ins),
+    )
     if key not in done:
         made = _compose(
             proto(head.graph),
@@ -136,22 +137,30 @@ def _fuse(head, side, new_id, graphs, proto, tmp, add, done) -> ir.Block | None:
             graphs[side.graph],
             [ins.index(n) for n in head.inputs],
             [(s[0], ins.index(s[1]) if s[0] == "in" else s[1]) for s in side_in],
-            [written[n] for n in outs],
+            [
+                (
+                    written[n][0],
+                    ins.index(written[n][1]) if written[n][0] == "in" else written[n][1],
+                )
+                for n in outs
+            ],
             len(ins),
         )
         if made is None:
             return None
         path = tmp / "graphs" / f".fused{new_id}.onnx"
+        import onnx
+
         onnx.save(made[0], str(path))
         done[key] = add(path, made[1])
-    moves = copies + list(side.moves)
-    return ir.Block(new_id, graph=done[key], inputs=ins, outputs=outs, moves=moves, **tail)
+    return ir.Block(
+        new_id, graph=done[key], inputs=ins, outputs=outs, moves=list(side.moves), **tail
+    )
 
 
 def _compose(pb, ps, gb: Graph, gs: Graph, b_in: list[int], s_in: list[Source], outs, n_in):
     """One ONNX graph running `pb` then `ps`: its inputs `in0..`, `pb`'s inputs taken from
-    `b_in` (indices), `ps`'s from `s_in` sources, its outputs `out0..` from `outs` (outputs of
-    `pb` or `ps`).
+    `b_in` (indices), `ps`'s from `s_in` sources, its outputs `out0..` from `outs` sources.
     Weights keep their names (bound per variant by name, so one shared by both is one); every
     other value is renamed apart. None when either graph holds a subgraph or a function."""
     from onnx import helper
@@ -209,14 +218,19 @@ def _compose(pb, ps, gb: Graph, gs: Graph, b_in: list[int], s_in: list[Source], 
             s_inputs.append(b_out[k])
     s_names = take(ps, gs, "b.", s_inputs)
     s_out = [s_names.get(vi.name, vi.name) for vi in ps.graph.output]
-    specs_out = []
+    out_values, specs_out = [], []
     for m, (kind, k) in enumerate(outs):
-        if kind == "b":
+        if kind == "in":
+            if specs_in[k] is None:
+                return None  # an input only passed through: its spec is unknown
+            value, s = f"in{k}", dict(specs_in[k])
+        elif kind == "b":
             value, s = b_out[k], spec(gb, "out", k, "")
         else:
             value, s = s_out[k], spec(gs, "out", k, "")
         s["name"] = f"out{m}"
         nodes.append(helper.make_node("Identity", [value], [s["name"]], name=f"out.{m}"))
+        out_values.append(s)
         specs_out.append(s)
     if any(s is None for s in specs_in):
         return None
