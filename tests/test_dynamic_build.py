@@ -340,41 +340,6 @@ def test_skipping_a_residual_block_costs_no_graph_call(name):
         assert "_hc_get(__root" in code and ")(" in code, code
 
 
-def test_a_block_before_a_branch_decided_earlier_runs_with_the_next_one(zoo_bundle):
-    """BlockDrop's policy decides every skip in the first block: the host branches before a
-    residual block's graph, and each side runs that graph composed with the next block's. So
-    an input that runs two blocks in a row calls fewer graphs than the split program does, with
-    the same answers."""
-    import torch
-
-    from hypercompile.core import ir
-    from hypercompile.frontend.program import Probe, split_module
-
-    model, path = zoo_bundle("BlockDrop")
-    bundle = hc.load(path)
-    (variant,) = bundle.manifest.variants
-    runner = bundle.load_runner(variant, "onnxruntime")
-    prog = split_module(model)
-    probe = Probe(prog, model)
-    spec = bundle.inputs[0]
-    gen = np.random.default_rng(5)
-    fused = split = 0
-    for _ in range(20):
-        x = gen.standard_normal([1, *spec["shape"][1:]]).astype(np.float32)
-        trace, before = ir.Trace(), ir.Trace()
-        got = runner.run({spec["name"]: x}, trace)
-        with torch.no_grad():
-            ir.Interpreter.run(probe, {prog.inputs[0]: torch.from_numpy(x)}, observer=before)
-            want = [t.numpy() for t in model(torch.from_numpy(x))]
-        for g, w in zip(got, want):
-            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
-        calls = sum(1 for k in trace.blocks if runner.program.blocks[k].graph)
-        calls_split = sum(1 for k in before.blocks if k in prog.fns)
-        assert calls <= calls_split
-        fused, split = fused + calls, split + calls_split
-    assert fused < 0.8 * split, (fused, split)
-
-
 class _Recording:
     """A block runner counting the values its resident calls made, recording the kinds of
     values they were fed, and counting (in `host`) the values the host copied back."""

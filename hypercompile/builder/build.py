@@ -53,7 +53,6 @@ from ..frontend.materialize import (
 from ..frontend.state import find_state
 from ..runtime.checks import parity
 from ..version import __version__
-from .fuse import fuse_known_branches
 from .generate import WEIGHT_DTYPES, StoragePlan, stored_form
 from .inputs import (
     ParityOptions,
@@ -740,14 +739,8 @@ def _build_program(prog, target, sets, ctx: _Ctx) -> tuple[Check, ProgramEntry]:
             check.inputs.append({n: _np(x) for n, x in zip(names, xs)})
             check.expected.append([_np(t) for t in want])
         other = resized[0][1]  # type: ignore[index]
-    host = fuse_known_branches(
-        P.program_ir(prog, graph_of),
-        ctx.graphs,
-        ctx.tmp,
-        lambda path, record: _add_block_graph(path, record, 0.0, ctx),
-    )
     entry = ProgramEntry(
-        host=host,
+        host=P.program_ir(prog, graph_of),
         input_specs=[
             TensorSpec(n, str(_np(x).dtype), ["batch", *x.shape[1:]] if batch else list(x.shape))
             for n, x in zip(names, inputs)
