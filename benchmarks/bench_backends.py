@@ -136,7 +136,9 @@ def main() -> None:
                 )
         for name, ref in HELDOUT.items():
             if not only or name in only:
-                run(name, str(ROOT / ref), Path(d) / name, (1,), args.rounds, args.tune_trials, rows)
+                run(
+                    name, str(ROOT / ref), Path(d) / name, (1,), args.rounds, args.tune_trials, rows
+                )
         for name in [] if args.no_zoo else ZOO:
             if not only or name in only:
                 ref = f"{ROOT}/examples/dynamic/zoo.py:{name}"
