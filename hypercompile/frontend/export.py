@@ -204,9 +204,10 @@ def _slot_value(owner: torch.nn.Module, attr: str) -> torch.Tensor:
 def _torch_export(wrapper, inputs, names, out_names, dynamic: bool, strict: bool):
     """torch.export captures the program: it refuses what the inputs' values or a dynamic
     batch would change. The graph is then written by the TorchScript exporter, tracing the same
-    Python on the same example (no onnxscript: a small model builds in a third of the time),
-    kept when it answers like the model; else torch.onnx's translation of the captured program
-    (`torch.export`). Returns (graph, how it was made, whether a batch of 3 was checked)."""
+    Python on the same example (neither onnxscript nor torch.onnx's translation table is
+    needed), kept when it answers like the model; else torch.onnx's translation of the captured
+    program. Returns (graph, how it was made, whether a batch of 3 was checked)."""
+    name = "torch.export-strict" if strict else "torch.export"
     dyn = tuple({0: torch.export.Dim.DYNAMIC} if x.dim() else {} for x in inputs)
     if dynamic and wrapper.state_keys:  # the state keeps its own shape
         dyn = dyn[: len(inputs) - len(wrapper.state_keys)] + ({},) * len(wrapper.state_keys)
@@ -214,7 +215,7 @@ def _torch_export(wrapper, inputs, names, out_names, dynamic: bool, strict: bool
         ep = _capture(clone_module(wrapper), tuple(inputs), (dyn,) if dynamic else None, strict)
     traced = _traced_graph(wrapper, inputs, names, out_names, dynamic)
     if traced is not None:
-        return traced, f"{'torch.export-strict' if strict else 'torch.export'}+torchscript", True
+        return traced, f"{name}+torchscript", True
     warm_exporter()
     with quiet():
         try:
@@ -231,7 +232,7 @@ def _torch_export(wrapper, inputs, names, out_names, dynamic: bool, strict: bool
         except Exception as e:
             _note_node_source(e, ep)
             raise
-    return program.model_proto, "torch.export-strict" if strict else "torch.export", False
+    return program.model_proto, name, False
 
 
 def _traced_graph(wrapper, inputs, names, out_names, dynamic: bool):
